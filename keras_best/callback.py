@@ -1,0 +1,172 @@
+"""`BestCheckpoint`: the tracker as a `keras.callbacks.Callback` for `fit()`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+
+from keras_best import savers
+from keras_best.monitor import Decision
+from keras_best.tracker import _LATER, BestWeightsTracker
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """A drop-in replacement for `keras.callbacks.ModelCheckpoint`.
+
+    Takes every argument of `ModelCheckpoint` with the same meaning (note its
+    defaults: `save_best_only=False`, `verbose=0`), and adds the tracker's
+    options: `keep_top_k`, `patience` (sets `model.stop_training`),
+    `restore_best_weights`, `save_last`/`resume` (continue an interrupted
+    `fit()` at the right epoch with the best value kept), `min_delta`,
+    `start_from_epoch`. Saves are atomic and recorded in `keras_best.json`, so
+    `load_best(model, directory)` works for `fit()` runs too.
+
+    One deliberate difference: an unknown `mode` raises `ValueError` (Keras
+    warns and falls back to "auto").
+
+    Example:
+
+    ```python
+    model.fit(x, y, validation_data=(vx, vy), epochs=50, callbacks=[
+        BestCheckpoint("runs/exp1/best.weights.h5", monitor="val_loss",
+                       save_best_only=True, patience=5,
+                       restore_best_weights=True)])
+    ```
+    """
+
+    def __init__(
+        self,
+        filepath: str | os.PathLike,
+        monitor: str = "val_loss",
+        verbose: int = 0,
+        save_best_only: bool = False,
+        save_weights_only: bool = False,
+        mode: str = "auto",
+        save_freq: str | int = "epoch",
+        initial_value_threshold: float | None = None,
+        *,
+        keep_top_k: int | None = None,
+        min_delta: float = 0.0,
+        patience: int | None = None,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
+        save_last: bool = False,
+        resume: bool = False,
+        save_format: str | None = None,
+        export_at_finish: bool = False,
+        stop_on_non_finite: bool = False,
+    ) -> None:
+        super().__init__()
+        filepath = os.fspath(filepath)
+        if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
+            raise ValueError(
+                f"Unrecognized save_freq: {save_freq}. "
+                "Expected save_freq are 'epoch' or integer values"
+            )
+        if save_format is None:
+            save_format = _format_from_name(filepath, save_weights_only)
+        self.save_freq = save_freq
+        self.tracker = BestWeightsTracker(
+            _LATER,
+            filepath,
+            monitor=monitor,
+            mode=mode,
+            min_delta=min_delta,
+            baseline=initial_value_threshold,
+            keep_top_k=keep_top_k,
+            save_best_only=save_best_only,
+            save_last=save_last,
+            patience=patience,
+            start_from_epoch=start_from_epoch,
+            restore_best_weights=restore_best_weights,
+            resume=resume,
+            save_format=save_format,
+            export_at_finish=export_at_finish,
+            stop_on_non_finite=stop_on_non_finite,
+            verbose=verbose,
+        )
+        self._batches_since_save = 0
+        self._last_batch = None
+        self._epoch = 0
+
+    # ModelCheckpoint attribute names, for code that reads them.
+    @property
+    def best(self) -> float | None:
+        return self.tracker.best
+
+    @property
+    def filepath(self) -> str:
+        return self.tracker.filepath
+
+    @property
+    def monitor(self) -> str:
+        return self.tracker.monitor
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.tracker.mode is None:
+            self.tracker.mode_hint(_direction_from_model(self.model, self.tracker.monitor))
+        if self.tracker.model is not self.model:
+            self.tracker.bind(self.model)
+            if self.tracker.initial_epoch:
+                # What keras.callbacks.BackupAndRestore does: no public way.
+                self.model._initial_epoch = self.tracker.initial_epoch
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.save_freq == "epoch":
+            return
+        if self._last_batch is None or batch <= self._last_batch:
+            self._batches_since_save += batch + 1  # a new epoch: batches are 0-based
+        else:
+            self._batches_since_save += batch - self._last_batch
+        self._last_batch = batch
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._act(self.tracker.update(self._epoch, dict(logs or {}), step=batch))
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.save_freq == "epoch":
+            self._act(self.tracker.update(epoch, dict(logs or {})))
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self.tracker.finish()
+
+    def _act(self, decision: Decision) -> None:
+        if decision.should_stop:
+            self.model.stop_training = True
+
+
+def _format_from_name(filepath: str, save_weights_only: bool) -> str:
+    """ModelCheckpoint's file-name rules, with its error messages."""
+    if save_weights_only:
+        if not filepath.endswith(".weights.h5"):
+            raise ValueError(
+                "When using `save_weights_only=True` in `ModelCheckpoint`"
+                ", the filepath provided must end in `.weights.h5` "
+                f"(Keras weights format). Received: filepath={filepath}"
+            )
+        return savers.WEIGHTS
+    if filepath.endswith(".weights.h5"):
+        return savers.WEIGHTS
+    if not filepath.endswith((".keras", ".h5")):
+        raise ValueError(
+            "The filepath provided must end in `.keras` "
+            f"(Keras model format). Received: filepath={filepath}"
+        )
+    return savers.KERAS
+
+
+def _direction_from_model(model: Any, monitor: str) -> str | None:
+    """The direction ("up"/"down") of the compiled metric that `monitor` names."""
+    name = monitor[4:] if monitor.startswith("val_") else monitor
+    stack = list(getattr(model, "metrics", []))
+    while stack:
+        m = stack.pop()
+        stack.extend(getattr(m, "metrics", []) if m is not None and not hasattr(m, "_direction") else [])
+        if getattr(m, "name", None) == name and getattr(m, "_direction", None) in ("up", "down"):
+            return m._direction
+    return None

@@ -1,0 +1,207 @@
+"""Atomic file operations on local paths and on `tf.io.gfile` remote paths.
+
+Everything that touches the run directory goes through here, so the rules
+(temp name in the same directory, flush + fsync, `os.replace`) live in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from typing import Callable
+
+TMP_PREFIX = ".kb-tmp-"
+_TMP_RE = re.compile(r"^\.kb-tmp-[0-9a-f]{12}-")
+
+
+def is_remote(path: str) -> bool:
+    """True for `gs://`, `s3://`, `ram://`... (anything with a scheme but `file://`)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def join(directory: str, name: str) -> str:
+    if is_remote(directory):
+        return directory.rstrip("/") + "/" + name
+    return os.path.join(directory, name)
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(path)
+
+
+def exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def makedirs(path: str) -> None:
+    if is_remote(path):
+        _gfile().makedirs(path)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def listdir(path: str) -> list[str]:
+    if is_remote(path):
+        return [n.rstrip("/") for n in _gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def tmp_path(final_path: str) -> str:
+    """A fresh temp name beside `final_path` that keeps its suffix.
+
+    `best.weights.h5` -> `.kb-tmp-1a2b3c4d5e6f-best.weights.h5`: the same
+    directory (so `os.replace` is atomic) and the same ending (Keras checks it).
+    """
+    directory, name = final_path[: len(final_path) - len(basename(final_path))], basename(final_path)
+    return f"{directory}{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+
+
+def is_tmp_name(name: str) -> bool:
+    return bool(_TMP_RE.match(name))
+
+
+def fsync_path(path: str) -> None:
+    """fsync a local file, or every file of a local directory tree."""
+    if os.path.isdir(path):
+        for root, _, names in os.walk(path):
+            for n in names:
+                _fsync_file(os.path.join(root, n))
+            fsync_dir(root)
+    else:
+        _fsync_file(path)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durably(path: str, write: Callable[[str], None]) -> None:
+    """Run `write(local_path)` so that a complete, fsynced file (or directory)
+    ends up at `path`. `path` must not be read by anyone until renamed: it is a
+    temp name. Remote paths are written locally and copied.
+    """
+    if not is_remote(path):
+        write(path)
+        fsync_path(path)
+        return
+    local_dir = tempfile.mkdtemp(prefix="keras_best-")
+    try:
+        local = os.path.join(local_dir, basename(path))
+        write(local)
+        _copy_to_remote(local, path)
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
+
+
+def _copy_to_remote(local: str, remote: str) -> None:
+    gfile = _gfile()
+    if os.path.isdir(local):
+        for root, _, names in os.walk(local):
+            rel = os.path.relpath(root, local)
+            target = remote if rel == "." else remote.rstrip("/") + "/" + rel.replace(os.sep, "/")
+            gfile.makedirs(target)
+            for n in names:
+                gfile.copy(os.path.join(root, n), target + "/" + n, overwrite=True)
+    else:
+        gfile.copy(local, remote, overwrite=True)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write `data` to `path` atomically: temp file, fsync, rename."""
+    tmp = tmp_path(path)
+
+    def _write(local: str) -> None:
+        with open(local, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    try:
+        write_durably(tmp, _write)
+        replace(tmp, path)
+    except BaseException:
+        remove(tmp, missing_ok=True)
+        raise
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        with _gfile().GFile(path, "rb") as f:
+            return f.read()
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def replace(src: str, dst: str) -> None:
+    """Atomically move `src` over `dst` (a file, or a directory over a directory)."""
+    if is_remote(src):
+        gfile = _gfile()
+        if gfile.isdir(src):
+            if gfile.exists(dst):
+                gfile.rmtree(dst)
+            gfile.rename(src, dst)
+        else:
+            gfile.rename(src, dst, overwrite=True)
+        return
+    if os.path.isdir(src) and os.path.isdir(dst):
+        # os.replace cannot replace a non-empty directory: swap via a side name.
+        old = tmp_path(dst)
+        os.replace(dst, old)
+        os.replace(src, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(src, dst)
+    fsync_dir(os.path.dirname(dst))
+
+
+def remove(path: str, missing_ok: bool = False) -> None:
+    """Delete a file or a directory tree."""
+    if is_remote(path):
+        gfile = _gfile()
+        if not gfile.exists(path):
+            if missing_ok:
+                return
+            raise FileNotFoundError(path)
+        if gfile.isdir(path):
+            gfile.rmtree(path)
+        else:
+            gfile.remove(path)
+        return
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise

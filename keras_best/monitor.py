@@ -1,0 +1,201 @@
+"""The decision engine: is this value better, and should training stop?
+
+Plain Python: no TensorFlow, no I/O. Unit-testable in microseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any, Mapping
+
+MODES = ("min", "max", "auto")
+
+_MIN_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "hinge", "crossentropy", "perplexity")
+_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fbeta", "iou", "r2", "top_k", "psnr", "ssim")
+
+
+class StopReason(str, enum.Enum):
+    """Why `Decision.should_stop` is true (empty string when it is not)."""
+
+    NONE = ""
+    PATIENCE_EXHAUSTED = "patience_exhausted"
+    NON_FINITE_METRIC = "non_finite_metric"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """What one `update()` decided. Frozen: a record, not a handle.
+
+    Attributes:
+        epoch: the epoch given to `update()`.
+        value: the monitored value read this epoch (may be NaN).
+        improved: whether `value` beat the best so far.
+        best: the best value after this update (`None` until one is finite
+            and beats `baseline`).
+        best_epoch: the epoch of `best`.
+        saved_path: the file written for this epoch, or `None`.
+        evicted: files deleted because they fell out of the top k.
+        should_stop: early stopping says stop.
+        stop_reason: a `StopReason` (empty when `should_stop` is false).
+        wait: epochs since the last improvement.
+    """
+
+    epoch: int
+    value: float
+    improved: bool
+    best: float | None
+    best_epoch: int | None
+    saved_path: str | None = None
+    evicted: tuple[str, ...] = ()
+    should_stop: bool = False
+    stop_reason: StopReason = StopReason.NONE
+    wait: int = 0
+
+
+def infer_mode(monitor: str, direction: str | None = None) -> str:
+    """Return "min" or "max" for `monitor`, or raise `ValueError`.
+
+    `direction` is a Keras metric object's own hint ("up"/"down") when known.
+
+    >>> infer_mode("val_loss"), infer_mode("val_accuracy")
+    ('min', 'max')
+    """
+    if direction == "up":
+        return "max"
+    if direction == "down":
+        return "min"
+    name = monitor.lower()
+    if any(h in name for h in _MIN_HINTS):
+        return "min"
+    if any(h in name for h in _MAX_HINTS):
+        return "max"
+    raise ValueError(
+        f"Cannot infer whether `{monitor}` should be minimised or maximised. "
+        f'Pass `mode="min"` or `mode="max"`. Received: monitor={monitor!r}, mode="auto"'
+    )
+
+
+def check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(
+            f'`mode` must be one of "min", "max" or "auto". Received: mode={mode!r}'
+        )
+    return mode
+
+
+class Monitor:
+    """Decides whether a monitored value improved and whether to stop early.
+
+    Args:
+        mode: "min" or "max" (resolve "auto" with `infer_mode` first).
+        min_delta: an improvement must beat the best by more than this.
+        baseline: initial best; nothing counts as improvement until beaten.
+        patience: stop after this many epochs in a row without improvement,
+            as `keras.callbacks.EarlyStopping` does (`None`: never stop).
+        start_from_epoch: epochs before this never count towards patience.
+        stop_on_non_finite: stop at once when the value is NaN or infinite.
+
+    Example:
+    >>> m = Monitor("min", patience=2)
+    >>> [m.step(e, v).improved for e, v in enumerate([3.0, 2.0, 2.5])]
+    [True, True, False]
+    >>> m.step(3, 2.2).should_stop
+    True
+    """
+
+    def __init__(
+        self,
+        mode: str,
+        *,
+        min_delta: float = 0.0,
+        baseline: float | None = None,
+        patience: int | None = None,
+        start_from_epoch: int = 0,
+        stop_on_non_finite: bool = False,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f'Monitor needs mode "min" or "max". Received: mode={mode!r}')
+        if not _is_number(min_delta) or min_delta < 0 or not math.isfinite(min_delta):
+            raise ValueError(
+                f"`min_delta` must be a finite number >= 0. Received: min_delta={min_delta!r}"
+            )
+        if baseline is not None and (not _is_number(baseline) or math.isnan(baseline)):
+            raise ValueError(f"`baseline` must be a number or None. Received: baseline={baseline!r}")
+        if patience is not None and (not isinstance(patience, int) or patience < 0):
+            raise ValueError(
+                f"`patience` must be an int >= 0 or None. Received: patience={patience!r}"
+            )
+        if not isinstance(start_from_epoch, int) or start_from_epoch < 0:
+            raise ValueError(
+                "`start_from_epoch` must be an int >= 0. "
+                f"Received: start_from_epoch={start_from_epoch!r}"
+            )
+        self.mode = mode
+        self.min_delta = float(min_delta)
+        self.baseline = None if baseline is None else float(baseline)
+        self.patience = patience
+        self.start_from_epoch = start_from_epoch
+        self.stop_on_non_finite = stop_on_non_finite
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+
+    def is_improvement(self, value: float) -> bool:
+        """Pure check: would `value` beat the current best (or baseline)?"""
+        if not math.isfinite(value):
+            return False
+        reference = self.best if self.best is not None else self.baseline
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
+
+    def step(self, epoch: int, value: float) -> Decision:
+        """Record `value` for `epoch`; return the decision."""
+        improved = self.is_improvement(value)
+        if improved:
+            self.best, self.best_epoch = value, epoch
+            self.wait = 0
+        elif epoch >= self.start_from_epoch:
+            self.wait += 1
+        reason = StopReason.NONE
+        if self.stop_on_non_finite and not math.isfinite(value):
+            reason = StopReason.NON_FINITE_METRIC
+        elif (
+            not improved
+            and self.patience is not None
+            and epoch >= self.start_from_epoch
+            and self.wait >= self.patience
+        ):
+            reason = StopReason.PATIENCE_EXHAUSTED
+        return Decision(
+            epoch=epoch,
+            value=value,
+            improved=improved,
+            best=self.best,
+            best_epoch=self.best_epoch,
+            should_stop=reason is not StopReason.NONE,
+            stop_reason=reason,
+            wait=self.wait,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("best", "best_epoch", "wait"):
+            if key not in state:
+                raise ValueError(f"Required state attribute {key!r} is absent from {dict(state)!r}")
+        self.best = None if state["best"] is None else float(state["best"])
+        self.best_epoch = state["best_epoch"]
+        self.wait = int(state["wait"])
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,0 +1,655 @@
+"""`BestWeightsTracker`: keep the best model of a custom training loop."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import string
+import sys
+import time
+import warnings
+from typing import Any, Callable, Iterable, Mapping
+
+from keras_best import distribute, files, manifest, retention, savers, state
+from keras_best.metrics import direction_of, read_all
+from keras_best.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
+from keras_best.retention import Record
+from keras_best.writer import Transaction, Writer
+
+_RESERVED_KEYS = ("epoch", "batch")
+
+
+class BestWeightsTracker:
+    """Keeps the best model of a training loop on disk, and stops early.
+
+    Call `update(epoch, metrics)` once per epoch (or per `step`) with your
+    validation metrics; when the monitored value improves the model is saved
+    atomically, and `keras_best.json` beside it records the run.
+
+    Args:
+        model: the `keras.Model` being trained.
+        filepath: where to save. `.weights.h5` saves weights, `.keras` the
+            full model, and with `save_format="savedmodel"` a directory gets a
+            TensorFlow SavedModel export. May hold `{epoch}` (1-based, as in
+            Keras) and any metric key with a format spec, e.g.
+            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory is
+            the run directory.
+        monitor: the key of the metrics passed to `update()` to rank by.
+        mode: "min", "max" or "auto" (inferred from the name or the Keras
+            metric; an error when it cannot be).
+        min_delta: an improvement must beat the best by more than this.
+        baseline: initial best; nothing is saved until it is beaten (the same
+            as `initial_value_threshold` of `keras.callbacks.ModelCheckpoint`).
+        keep_top_k: how many best files to keep (`None`: keep every file
+            saved). Above 1, any epoch entering the best k is saved.
+        save_best_only: if False, save at every update (as ModelCheckpoint).
+        save_last: also keep the latest training state (model, optimizer,
+            epoch and tracker state) to resume from.
+        patience: stop after this many updates in a row without improvement
+            (`None`: never stop).
+        start_from_epoch: updates before this epoch never count as patience.
+        restore_best_weights: at `finish()`, put the best weights back into
+            the model (from memory, no disk read).
+        optimizer: the optimizer of a custom loop, saved in the training state
+            (defaults to `model.optimizer` when the model is compiled).
+        resume: continue the run recorded in the directory: model, optimizer,
+            best value, patience counter, kept files and history come back,
+            and `initial_epoch` says where to continue. Implies `save_last`.
+        save_format: "weights", "keras" or "savedmodel" (default: from the
+            file name).
+        export_at_finish: with `save_format="savedmodel"`, keep weights while
+            training and export the best model once, at `finish()`.
+        stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
+
+    Example:
+
+    ```python
+    tracker = BestWeightsTracker(model, "runs/exp1/best.weights.h5",
+                                 monitor="val_loss", patience=5)
+    for epoch in range(tracker.initial_epoch, 100):
+        train_one_epoch()
+        decision = tracker.update(epoch, {"val_loss": val_loss_metric})
+        if decision.should_stop:
+            break
+    tracker.finish()
+    ```
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        filepath: str,
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        baseline: float | None = None,
+        keep_top_k: int | None = 1,
+        save_best_only: bool = True,
+        save_last: bool = False,
+        patience: int | None = None,
+        start_from_epoch: int = 0,
+        restore_best_weights: bool = False,
+        optimizer: Any = None,
+        resume: bool = False,
+        save_format: str | None = None,
+        export_at_finish: bool = False,
+        stop_on_non_finite: bool = False,
+        verbose: int = 1,
+    ) -> None:
+        filepath = _path_to_string(filepath)
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be a metric name. Received: monitor={monitor!r}")
+        check_mode(mode)
+        if keep_top_k is not None and (
+            not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1
+        ):
+            raise ValueError(
+                "`keep_top_k` must be an int >= 1, or None to keep every saved file. "
+                f"Received: keep_top_k={keep_top_k!r}"
+            )
+        self.format = savers.resolve_format(filepath, save_format)
+        if export_at_finish and self.format != savers.SAVEDMODEL:
+            raise ValueError(
+                '`export_at_finish=True` needs save_format="savedmodel". '
+                f"Received: save_format={save_format!r}, filepath={filepath}"
+            )
+        self.directory, self._template = _split_run_path(filepath)
+        self._fields = _template_fields(self._template, filepath)
+        if keep_top_k is not None and keep_top_k > 1 and not self._fields:
+            raise ValueError(
+                f"keep_top_k={keep_top_k} keeps several files, so `filepath` needs a "
+                "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
+                f"Received: filepath={filepath}"
+            )
+        self.filepath = filepath
+        self.monitor = monitor
+        self.mode = None if mode == "auto" else mode
+        if self.mode is None:
+            try:
+                self.mode = infer_mode(monitor)
+            except ValueError:
+                self.mode = None  # a Keras metric object may tell us at update()
+        self._monitor_options = dict(
+            min_delta=min_delta,
+            baseline=baseline,
+            patience=patience,
+            start_from_epoch=start_from_epoch,
+            stop_on_non_finite=stop_on_non_finite,
+        )
+        # Validate the numbers now, not at the first update.
+        self._engine = Monitor(self.mode or "min", **self._monitor_options)
+        self.keep_top_k = keep_top_k
+        self.save_best_only = save_best_only
+        self.save_last = save_last or resume
+        self.restore_best_weights = restore_best_weights
+        self.resume = resume
+        self.export_at_finish = export_at_finish
+        self.verbose = verbose
+        self._optimizer = optimizer
+        self._saver = savers.saver_for(savers.WEIGHTS if export_at_finish else self.format)
+
+        self.history: list[dict[str, Any]] = []
+        self._kept: list[Record] = []
+        self._last: dict[str, Any] | None = None
+        self._stopped: dict[str, Any] | None = None
+        self._export: str | None = None
+        self._architecture: str | None = None
+        self._best_weights: list[Any] | None = None
+        self._checked_keys = False
+        self.initial_epoch = 0
+        self.model = None
+        self._chief = distribute.is_chief()
+        self._writer = Writer(self.directory, enabled=self._chief)
+        if self._chief:
+            _prepare_directory(self.directory)
+        if model is not _LATER:
+            self.bind(model)
+
+    # ------------------------------------------------------------------ setup
+    def bind(self, model: Any) -> None:
+        """Attach the model (done by the constructor; the callback does it late)."""
+        _check_model(model)
+        self.model = model
+        if self.directory_has_run():
+            if self.resume:
+                self._restore()
+            elif self._chief:
+                data = manifest.read(self.directory)
+                best = data.get("best") or {}
+                warnings.warn(
+                    f"{self.directory} already holds a keras-best run (best epoch "
+                    f"{best.get('epoch')}, {data.get('monitor')}={best.get('value')}). "
+                    "Starting a new run there; pass resume=True to continue it instead.",
+                    stacklevel=3,
+                )
+
+    def mode_hint(self, direction: str | None) -> None:
+        """Resolve `mode="auto"` from a Keras metric's direction ("up"/"down")."""
+        if self.mode is None and direction in ("up", "down"):
+            self.mode = infer_mode(self.monitor, direction)
+            self._engine = Monitor(self.mode, **self._monitor_options)
+
+    def directory_has_run(self) -> bool:
+        return files.exists(manifest.manifest_path(self.directory))
+
+    @property
+    def optimizer(self) -> Any:
+        if self._optimizer is not None:
+            return self._optimizer
+        return getattr(self.model, "optimizer", None)
+
+    # --------------------------------------------------------------- public
+    @property
+    def best(self) -> float | None:
+        """The best monitored value so far (`None` before the first improvement)."""
+        return self._engine.best
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self._engine.best_epoch
+
+    @property
+    def best_path(self) -> str | None:
+        """Path of the best file kept on disk (`None` if none is)."""
+        record = retention.best_of(self._kept, self._mode_or_min())
+        return None if record is None else files.join(self.directory, record.path)
+
+    @property
+    def kept(self) -> list[Record]:
+        """Records of the files kept on disk, best first."""
+        return retention.ranked(self._kept, self._mode_or_min())
+
+    @property
+    def stop_reason(self) -> StopReason:
+        return StopReason(self._stopped["reason"]) if self._stopped else StopReason.NONE
+
+    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
+        """Read `metrics`, decide, save if better; return the `Decision`.
+
+        `metrics` maps names to `keras.metrics.Metric` objects (read with
+        `.result()`, not reset), tensors, numpy scalars or floats. `epoch` is
+        0-based, as in Keras callbacks.
+        """
+        if self.model is None:
+            raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise ValueError(f"`epoch` must be an int >= 0. Received: epoch={epoch!r}")
+        values = read_all(metrics)
+        self._first_update_checks(metrics, values)
+        value = values.get(self.monitor, math.nan)
+        previous, best_weights = self.state_dict(), self._best_weights
+        try:
+            return self._decide_and_save(epoch, step, values, value)
+        except BaseException:
+            # Nothing on disk changed (see writer.commit): forget this update too.
+            self.load_state_dict(previous)
+            self._best_weights = best_weights
+            raise
+
+    def finish(self) -> None:
+        """Wait for writes; restore the best weights or export if asked."""
+        self._writer.flush()
+        if self.export_at_finish:
+            self._export_best()
+        if self.restore_best_weights and self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+        self._writer.close()
+
+    def run(
+        self,
+        train_step: Callable[..., Any],
+        validation_step: Callable[..., Any],
+        train_data: Iterable[Any],
+        validation_data: Iterable[Any],
+        epochs: int,
+        metrics: Iterable[Any] | Mapping[str, Any] = (),
+    ) -> list[dict[str, Any]]:
+        """Drive a whole custom loop: train, validate, update, stop early.
+
+        Calls `train_step(*batch)` for each training batch and
+        `validation_step(*batch)` for each validation batch, resets `metrics`
+        (Keras Metric objects, keyed by their `name`) at the start of each
+        epoch, shows a `keras.utils.Progbar`, and calls `finish()`. Starts at
+        `initial_epoch` (so a resumed run continues). Returns `history`.
+
+        ```python
+        tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,
+                    metrics=[train_loss, val_loss])
+        ```
+        """
+        import keras
+
+        named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
+        for epoch in range(self.initial_epoch, epochs):
+            for m in named.values():
+                m.reset_state()
+            if self.verbose:
+                print(f"Epoch {epoch + 1}/{epochs}")
+            progbar = keras.utils.Progbar(_length(train_data), verbose=1 if self.verbose else 0)
+            for i, batch in enumerate(train_data):
+                _call(train_step, batch)
+                progbar.update(i + 1, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
+            for batch in validation_data:
+                _call(validation_step, batch)
+            progbar.update(progbar._seen_so_far, [(k, float(v.result())) for k, v in named.items()], finalize=True)
+            decision = self.update(epoch, named)
+            if decision.should_stop:
+                break
+        self.finish()
+        return self.history
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's own state as plain JSON-able data."""
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "engine": self._engine.state_dict(),
+            "kept": [r.to_json() for r in self._kept],
+            "last": copy.deepcopy(self._last),
+            "history": list(self.history),
+            "stopped": copy.deepcopy(self._stopped),
+            "export": self._export,
+        }
+
+    def load_state_dict(self, data: Mapping[str, Any]) -> None:
+        for key in ("monitor", "mode", "engine", "kept", "history"):
+            if key not in data:
+                raise ValueError(f"Required state attribute {key!r} is absent.")
+        self.mode = data["mode"] or self.mode
+        self._engine = Monitor(self.mode or "min", **self._monitor_options)
+        self._engine.load_state_dict(data["engine"])
+        self._kept = [Record.from_json(r) for r in data["kept"]]
+        self._last = copy.deepcopy(data.get("last"))
+        self.history = list(data["history"])
+        self._stopped = copy.deepcopy(data.get("stopped"))
+        self._export = data.get("export")
+
+    # ------------------------------------------------------------- internal
+    def _mode_or_min(self) -> str:
+        return self.mode or "min"
+
+    def _first_update_checks(self, metrics: Mapping[str, Any], values: Mapping[str, float]) -> None:
+        if self._checked_keys:
+            return
+        needs_value = self.save_best_only or self.keep_top_k is not None or (
+            self._monitor_options["patience"] is not None or self.restore_best_weights
+        )
+        if self.monitor not in values and needs_value:
+            raise ValueError(
+                f"The monitored metric {self.monitor!r} is not among the metrics given to "
+                f"update(): {sorted(values)}. HINT: pass it, e.g. "
+                f"tracker.update(epoch, {{{self.monitor!r}: val_metric}}), or set `monitor=`."
+            )
+        missing = [f for f in self._fields if f not in _RESERVED_KEYS and f not in values]
+        if missing:
+            raise ValueError(
+                f"`filepath` uses {missing}, which are not among the metrics given to "
+                f"update(): {sorted(values)}. Received: filepath={self.filepath}"
+            )
+        if self.mode is None:
+            self.mode_hint(direction_of(metrics.get(self.monitor)))
+            self.mode_hint("down" if infer_mode(self.monitor) == "min" else "up")
+        self._architecture = self._architecture or architecture_of(self.model)
+        self._checked_keys = True
+
+    def _decide_and_save(self, epoch: int, step: int | None, values: dict[str, float], value: float) -> Decision:
+        decision = self._engine.step(epoch, value)
+        if self.save_best_only is False:
+            save = True
+        elif self.keep_top_k is None or self.keep_top_k == 1:
+            save = decision.improved
+        else:
+            save = decision.improved or (
+                _beats_baseline(value, self._engine)
+                and retention.admits(self._kept, value, self.keep_top_k, self.mode)
+            )
+        txn = Transaction(state={})
+        saved_path, evicted = None, []
+        if save:
+            rel = self._format_name(epoch, step, values)
+            tmp_rel = files.tmp_path(rel)
+            if self._chief:
+                files.write_durably(files.join(self.directory, tmp_rel), self._write_model)
+            txn.renames.append((tmp_rel, rel))
+            record = Record(epoch, value, rel, dict(values), step)
+            self._kept, evicted_records, _ = retention.retain(self._kept, record, self.keep_top_k, self.mode)
+            evicted = [r.path for r in evicted_records]
+            txn.deletes.extend(evicted)
+            saved_path = files.join(self.directory, rel)
+        if decision.improved and self.restore_best_weights:
+            self._best_weights = self.model.get_weights()
+        if self.save_last:
+            tmp_rel = files.tmp_path(state.LAST_NAME)
+            if self._chief:
+                arrays = state.snapshot(self.model, self.optimizer)
+                files.write_durably(
+                    files.join(self.directory, tmp_rel),
+                    lambda p: state.write(p, *arrays, epoch=epoch, step=step),
+                )
+            txn.renames.append((tmp_rel, state.LAST_NAME))
+            self._last = {"path": state.LAST_NAME, "epoch": epoch, "step": step}
+        if decision.should_stop:
+            self._stopped = {"epoch": epoch, "step": step, "reason": decision.stop_reason.value}
+        self.history.append(
+            {
+                "epoch": epoch,
+                "step": step,
+                "value": value,
+                "improved": decision.improved,
+                "saved": None if saved_path is None else files.basename(saved_path),
+                "wait": decision.wait,
+                "metrics": dict(values),
+            }
+        )
+        txn.state = self._manifest_body()
+        self._writer.submit(txn)
+        decision = dataclasses.replace(decision, saved_path=saved_path, evicted=tuple(
+            files.join(self.directory, p) for p in evicted))
+        self._report(decision)
+        return decision
+
+    def _write_model(self, path: str) -> None:
+        self._saver.write(self.model, path)
+
+    def _format_name(self, epoch: int, step: int | None, values: Mapping[str, float]) -> str:
+        if not self._fields:
+            return self._template
+        fields = dict(values)
+        fields["epoch"] = epoch + 1
+        if step is not None:
+            fields["batch"] = step + 1
+        try:
+            name = self._template.format(**fields)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"Failed to format filepath {self.filepath!r}: {e}") from e
+        if self.export_at_finish:
+            name += ".weights.h5"
+        return name
+
+    def _manifest_body(self) -> dict[str, Any]:
+        best = retention.best_of(self._kept, self._mode_or_min())
+        return {
+            "monitor": self.monitor,
+            "mode": self.mode,
+            "save_format": self._saver.format,
+            "filepath": self._template,
+            "architecture": self._architecture,
+            "best": None if best is None else best.to_json(),
+            "engine": self._engine.state_dict(),
+            "options": {
+                "min_delta": self._monitor_options["min_delta"],
+                "baseline": self._monitor_options["baseline"],
+                "patience": self._monitor_options["patience"],
+                "start_from_epoch": self._monitor_options["start_from_epoch"],
+                "keep_top_k": self.keep_top_k,
+                "save_best_only": self.save_best_only,
+            },
+            "kept": [r.to_json() for r in retention.ranked(self._kept, self._mode_or_min())],
+            "last": self._last,
+            "stopped": self._stopped,
+            "export": self._export,
+            "history": self.history,
+            "updated_at": time.time(),
+        }
+
+    def _report(self, d: Decision) -> None:
+        if not self.verbose:
+            return
+        prefix = f"Epoch {d.epoch + 1}: "
+        if d.improved and d.saved_path:
+            msg = (f"{self.monitor} improved from {self._previous_best_str} to {d.value:.5f}, "
+                   f"saving model to {d.saved_path}")
+        elif d.saved_path and not self.save_best_only:
+            msg = f"saving model to {d.saved_path}"
+        elif d.saved_path:
+            msg = (f"{self.monitor}={d.value:.5f} is among the best {self.keep_top_k}, "
+                   f"saving model to {d.saved_path}")
+        elif d.improved:
+            msg = f"{self.monitor} improved from {self._previous_best_str} to {d.value:.5f}"
+        else:
+            msg = f"{self.monitor} did not improve from {_fmt(d.best, self._monitor_options['baseline'])}"
+        lines = [prefix + msg]
+        if self.verbose > 1:
+            lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
+        if d.should_stop:
+            lines.append(prefix + f"early stopping ({d.stop_reason.value}); best {self.monitor} "
+                         f"{_fmt(d.best, None)} at epoch {None if d.best_epoch is None else d.best_epoch + 1}")
+        self._previous_best_str = _fmt(d.best, self._monitor_options["baseline"])
+        sys.stdout.write("".join("\n" + line for line in lines) + "\n")
+        sys.stdout.flush()
+
+    _previous_best_str = "None"
+
+    def _restore(self) -> None:
+        data = manifest.read(self.directory)
+        if self._chief:
+            data = manifest.roll_forward(self.directory, data)
+        if data.get("monitor") != self.monitor:
+            raise ValueError(
+                f"Cannot resume {self.directory}: it was recorded with monitor="
+                f"{data.get('monitor')!r}, not {self.monitor!r}. Use the same monitor, "
+                "or another directory for a new run."
+            )
+        if self.mode is not None and data.get("mode") not in (None, self.mode):
+            raise ValueError(
+                f"Cannot resume {self.directory}: it was recorded with mode="
+                f"{data.get('mode')!r}, not {self.mode!r}."
+            )
+        recorded = data.get("architecture")
+        if recorded and self.model.built and recorded != architecture_of(self.model):
+            raise ValueError(
+                f"Cannot resume {self.directory}: the model's architecture (weight "
+                "shapes) differs from the one recorded there. Use the same model code, "
+                "or another directory for a new run."
+            )
+        self.load_state_dict({**data, "history": data.get("history", [])})
+        self._architecture = recorded
+        self._previous_best_str = _fmt(self._engine.best, self._monitor_options["baseline"])
+        last = data.get("last")
+        if last and files.exists(files.join(self.directory, last["path"])):
+            epoch, _ = state.load(files.join(self.directory, last["path"]), self.model, self.optimizer)
+            self.initial_epoch = epoch + 1
+            if self.restore_best_weights and self._kept:
+                self._best_weights = _read_weights_of(self.model, self._best_file_for_restore())
+        elif self.history:
+            self.initial_epoch = self.history[-1]["epoch"] + 1
+
+    def _best_file_for_restore(self) -> str:
+        record = retention.best_of(self._kept, self._mode_or_min())
+        return savers.weights_file(files.join(self.directory, record.path), self._saver.format)
+
+    def _export_best(self) -> None:
+        record = retention.best_of(self._kept, self._mode_or_min())
+        if record is None or not self._chief:
+            return
+        current = self.model.get_weights()
+        try:
+            self.model.load_weights(files.join(self.directory, record.path))
+            rel = record.path[: -len(".weights.h5")]
+            tmp_rel = files.tmp_path(rel)
+            exporter = savers.SavedModelSaver()
+            files.write_durably(
+                files.join(self.directory, tmp_rel), lambda p: exporter.write(self.model, p)
+            )
+            self._export = rel
+            txn = Transaction(state=self._manifest_body(), renames=[(tmp_rel, rel)])
+            self._writer.submit(txn)
+        finally:
+            self.model.set_weights(current)
+
+
+_LATER = object()
+
+
+def architecture_of(model: Any) -> str:
+    """A fingerprint of the model's variables (shapes and dtypes, in order)."""
+    spec = [(list(v.shape), str(getattr(v, "dtype", ""))) for v in model.weights]
+    return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
+
+
+def _read_weights_of(model: Any, path: str) -> list[Any]:
+    current = model.get_weights()
+    try:
+        model.load_weights(path)
+        return model.get_weights()
+    finally:
+        model.set_weights(current)
+
+
+def _beats_baseline(value: float, engine: Monitor) -> bool:
+    if engine.baseline is None:
+        return True
+    return value < engine.baseline if engine.mode == "min" else value > engine.baseline
+
+
+def _fmt(x: float | None, fallback: float | None) -> str:
+    x = x if x is not None else fallback
+    return "None" if x is None else f"{x:.5f}"
+
+
+def _path_to_string(filepath: Any) -> str:
+    import os
+
+    if isinstance(filepath, os.PathLike):
+        return os.fspath(filepath)
+    if not isinstance(filepath, str) or not filepath:
+        raise ValueError(f"`filepath` must be a non-empty path. Received: filepath={filepath!r}")
+    return filepath
+
+
+def _split_run_path(filepath: str) -> tuple[str, str]:
+    name = files.basename(filepath)
+    directory = filepath[: len(filepath.rstrip("/")) - len(name)].rstrip("/") or "."
+    if "{" in directory or "}" in directory:
+        raise ValueError(
+            "Placeholders are allowed in the file name only, not in its directory "
+            f"(the run directory). Received: filepath={filepath}"
+        )
+    return directory, name
+
+
+def _template_fields(template: str, filepath: str) -> list[str]:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"`filepath` is not a valid format string ({e}). Received: filepath={filepath}") from e
+    fields = []
+    for _, field, _, _ in parsed:
+        if field is None:
+            continue
+        if not field or not field.replace("_", "a").replace("-", "a").isalnum():
+            raise ValueError(
+                "`filepath` placeholders must be metric names or `epoch`, e.g. "
+                f"'{{epoch:03d}}-{{val_loss:.4f}}.weights.h5'. Received: filepath={filepath}"
+            )
+        fields.append(field)
+    return fields
+
+
+def _prepare_directory(directory: str) -> None:
+    try:
+        files.makedirs(directory)
+    except OSError as e:
+        raise ValueError(
+            f"Cannot create the run directory {directory!r}: {e.strerror or e}. "
+            "Choose a writable location for `filepath`."
+        ) from e
+    if files.is_remote(directory):
+        return
+    probe = files.join(directory, files.tmp_path("probe"))
+    try:
+        with open(probe, "wb"):
+            pass
+        files.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"The run directory {directory!r} is not writable: {e.strerror or e}. "
+            "Choose a writable location for `filepath`."
+        ) from e
+
+
+def _check_model(model: Any) -> None:
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "`model` must be a keras.Model (Sequential, functional or subclassed). "
+            f"Received: {type(model).__name__}"
+        )
+
+
+def _length(data: Any) -> int | None:
+    try:
+        n = len(data)
+    except TypeError:
+        return None
+    return n if n >= 0 else None
+
+
+def _call(fn: Callable[..., Any], batch: Any) -> Any:
+    return fn(*batch) if isinstance(batch, (tuple, list)) else fn(batch)
