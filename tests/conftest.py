@@ -1,0 +1,47 @@
+"""Shared fixtures: small real Keras models and data."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def make_model(units: int = 8, inputs: int = 4, seed: int = 0) -> keras.Model:
+    """A tiny built Sequential model."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((inputs,)),
+            keras.layers.Dense(units, activation="relu"),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+def weights_equal(a: keras.Model, b: keras.Model) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
+
+
+def perturb(model: keras.Model, seed: int) -> None:
+    """Give the model new, distinct weights (stands in for a training step)."""
+    rng = np.random.default_rng(seed)
+    model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+@pytest.fixture
+def model() -> keras.Model:
+    return make_model()
+
+
+@pytest.fixture
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4)).astype("float32")
+    y = (x.sum(axis=1, keepdims=True) > 0).astype("float32")
+    return x, y
