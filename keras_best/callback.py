@@ -109,8 +109,12 @@ class BestCheckpoint(keras.callbacks.Callback):
             self.tracker.mode_hint(_direction_from_model(self.model, self.tracker.monitor))
         if self.tracker.model is not self.model:
             self.tracker.bind(self.model)
-            if self.tracker.initial_epoch:
-                # What keras.callbacks.BackupAndRestore does: no public way.
+            # What keras.callbacks.BackupAndRestore does (there is no public way):
+            # continue after the last saved epoch, or run none if the resumed
+            # run had already stopped early.
+            if self.tracker.stopped:
+                self.model._initial_epoch = (self.params or {}).get("epochs", self.tracker.initial_epoch)
+            elif self.tracker.initial_epoch:
                 self.model._initial_epoch = self.tracker.initial_epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -133,6 +137,8 @@ class BestCheckpoint(keras.callbacks.Callback):
             self._act(self.tracker.update(epoch, dict(logs or {})))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.tracker.resume and getattr(self.model, "_initial_epoch", None) is not None:
+            self.model._initial_epoch = None  # a later fit() starts where it is told
         self.tracker.finish()
 
     def _act(self, decision: Decision) -> None:

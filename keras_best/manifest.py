@@ -91,10 +91,15 @@ def roll_forward(directory: str, data: dict[str, Any]) -> dict[str, Any]:
     if pending:
         apply(directory, pending)
         write(directory, data)
+    remove_tmp_files(directory)
+    return data
+
+
+def remove_tmp_files(directory: str) -> None:
+    """Delete temp files a crash left (names made by `files.tmp_path`)."""
     for name in files.listdir(directory):
         if files.is_tmp_name(name):
             files.remove(files.join(directory, name), missing_ok=True)
-    return data
 
 
 def apply(directory: str, pending: Mapping[str, Any]) -> None:

@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable, Iterable, Mapping
 
 from keras_best import distribute, files, manifest, retention, savers, state
+from keras_best.lock import DirectoryLock
 from keras_best.metrics import direction_of, read_all
 from keras_best.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
 from keras_best.retention import Record
@@ -164,8 +165,11 @@ class BestWeightsTracker:
         self.model = None
         self._chief = distribute.is_chief()
         self._writer = Writer(self.directory, enabled=self._chief)
+        self._lock = None
         if self._chief:
             _prepare_directory(self.directory)
+            if not files.is_remote(self.directory):
+                self._lock = DirectoryLock(self.directory)
         if model is not _LATER:
             self.bind(model)
 
@@ -174,6 +178,9 @@ class BestWeightsTracker:
         """Attach the model (done by the constructor; the callback does it late)."""
         _check_model(model)
         self.model = model
+        self._acquire_lock()
+        if self._chief:
+            self._recover()
         if self.directory_has_run():
             if self.resume:
                 self._restore()
@@ -224,6 +231,11 @@ class BestWeightsTracker:
         return retention.ranked(self._kept, self._mode_or_min())
 
     @property
+    def stopped(self) -> bool:
+        """True once early stopping fired (also after `resume=True`)."""
+        return self._stopped is not None
+
+    @property
     def stop_reason(self) -> StopReason:
         return StopReason(self._stopped["reason"]) if self._stopped else StopReason.NONE
 
@@ -241,23 +253,34 @@ class BestWeightsTracker:
         values = read_all(metrics)
         self._first_update_checks(metrics, values)
         value = values.get(self.monitor, math.nan)
+        self._acquire_lock()
         previous, best_weights = self.state_dict(), self._best_weights
         try:
             return self._decide_and_save(epoch, step, values, value)
-        except BaseException:
-            # Nothing on disk changed (see writer.commit): forget this update too.
+        except BaseException as e:
+            # The run directory still holds the previous state (see
+            # writer.commit): forget this update too, so both agree.
             self.load_state_dict(previous)
             self._best_weights = best_weights
+            if isinstance(e, OSError) and not isinstance(e, SaveError):
+                raise SaveError(self._save_error_message(epoch, e)) from e
             raise
 
     def finish(self) -> None:
-        """Wait for writes; restore the best weights or export if asked."""
-        self._writer.flush()
-        if self.export_at_finish:
-            self._export_best()
-        if self.restore_best_weights and self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
-        self._writer.close()
+        """Wait for writes; restore the best weights or export if asked.
+
+        Releases the run directory's lock; a later `update()` takes it again.
+        """
+        try:
+            self._writer.flush()
+            if self.export_at_finish:
+                self._export_best()
+            if self.restore_best_weights and self._best_weights is not None:
+                self.model.set_weights(self._best_weights)
+            self._writer.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     def run(
         self,
@@ -284,7 +307,7 @@ class BestWeightsTracker:
         import keras
 
         named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
-        for epoch in range(self.initial_epoch, epochs):
+        for epoch in range(self.initial_epoch, 0 if self.stopped else epochs):
             for m in named.values():
                 m.reset_state()
             if self.verbose:
@@ -330,6 +353,28 @@ class BestWeightsTracker:
         self._export = data.get("export")
 
     # ------------------------------------------------------------- internal
+    def _acquire_lock(self) -> None:
+        if self._lock is not None and not self._lock.held:
+            self._lock.acquire()
+
+    def _recover(self) -> None:
+        """Finish a transaction a crash interrupted; remove stray temp files."""
+        if self.directory_has_run():
+            manifest.roll_forward(self.directory, manifest.read(self.directory))
+        elif files.isdir(self.directory):
+            manifest.remove_tmp_files(self.directory)
+
+    def _save_error_message(self, epoch: int, error: OSError) -> str:
+        if not files.isdir(self.directory):
+            where = f"the run directory {self.directory!r} no longer exists (was it removed?)"
+        else:
+            where = f"writing into {self.directory!r} failed: {error}"
+        best = retention.best_of(self._kept, self._mode_or_min())
+        kept = (f"The previous best (epoch {best.epoch + 1}, {self.monitor}={best.value:.5f}, "
+                f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")
+        return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
+                "the directory, then call update() again or resume with resume=True.")
+
     def _mode_or_min(self) -> str:
         return self.mode or "min"
 
@@ -487,8 +532,6 @@ class BestWeightsTracker:
 
     def _restore(self) -> None:
         data = manifest.read(self.directory)
-        if self._chief:
-            data = manifest.roll_forward(self.directory, data)
         if data.get("monitor") != self.monitor:
             raise ValueError(
                 f"Cannot resume {self.directory}: it was recorded with monitor="
@@ -544,6 +587,10 @@ class BestWeightsTracker:
 
 
 _LATER = object()
+
+
+class SaveError(OSError):
+    """A save failed; the previous best and the record are intact."""
 
 
 def architecture_of(model: Any) -> str:
