@@ -111,8 +111,12 @@ def write_durably(path: str, write: Callable[[str], None]) -> None:
     temp name. Remote paths are written locally and copied.
     """
     if not is_remote(path):
-        write(path)
-        fsync_path(path)
+        try:
+            write(path)
+            fsync_path(path)
+        except BaseException:
+            remove(path, missing_ok=True)  # never leave a partial file behind
+            raise
         return
     local_dir = tempfile.mkdtemp(prefix="keras_best-")
     try:

@@ -1,0 +1,116 @@
+"""Write errors (full disk, removed directory, permissions, Ctrl-C) surface as a
+clear exception, and the previous best stays on disk, loadable and recorded."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_best import BestWeightsTracker, SaveError, files, load_best, manifest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKER = os.path.join(ROOT, "tests", "workers", "write_error_worker.py")
+HOWS = ["sync"] + (["async"] if "async_save" in inspect.signature(BestWeightsTracker).parameters else [])
+
+
+def _worker_model() -> keras.Model:
+    return keras.Sequential([keras.Input((256,)), keras.layers.Dense(512), keras.layers.Dense(1)])
+
+
+def _run_worker(kind: str, run_dir: str, how: str, drop_root_powers: bool = False) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    prefix = []
+    if drop_root_powers:
+        # root ignores file permissions: drop the capabilities that let it.
+        prefix = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
+    out = subprocess.run(
+        prefix + [sys.executable, WORKER, kind, run_dir, how], env=env, capture_output=True,
+        text=True, timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _assert_first_best_intact(run_dir: str) -> None:
+    model = _worker_model()
+    rec = load_best(model, run_dir)
+    assert rec.epoch == 0 and rec.value == 1.0
+    assert all(np.array_equal(w, np.zeros_like(w)) for w in model.get_weights())
+    assert [n for n in os.listdir(run_dir) if files.is_tmp_name(n)] == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", HOWS)
+def test_full_disk_raises_clearly_and_keeps_previous_best(tmp_path, how):
+    run_dir = str(tmp_path / "run")
+    result = _run_worker("fsize", run_dir, how)
+    assert result["raised"] == "SaveError", result
+    assert "previous best (epoch 1" in result["message"] and "intact" in result["message"]
+    assert "File too large" in result["message"] or "[Errno 27]" in result["message"]
+    assert result["best_after"] == 1.0, "the failed epoch must not become the in-memory best"
+    _assert_first_best_intact(run_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", HOWS)
+def test_read_only_directory_raises_clearly_and_keeps_previous_best(tmp_path, how):
+    run_dir = tmp_path / "run"
+    is_root = os.geteuid() == 0
+    if is_root and shutil.which("setpriv") is None:
+        pytest.skip("running as root without util-linux's setpriv: permissions cannot be enforced")
+    result = _run_worker("chmod", str(run_dir), how, drop_root_powers=is_root)
+    assert result["raised"] == "SaveError", result
+    assert "Permission denied" in result["message"]
+    assert result["cause"] == "PermissionError"
+    _assert_first_best_intact(str(run_dir))
+
+
+def test_removed_run_directory_raises_clearly(tmp_path, model):
+    run_dir = tmp_path / "run"
+    tracker = BestWeightsTracker(model, str(run_dir / "best.weights.h5"), verbose=0)
+    tracker.update(0, {"val_loss": 1.0})
+    shutil.rmtree(run_dir)
+    with pytest.raises(SaveError, match="no longer exists"):
+        tracker.update(1, {"val_loss": 0.5})
+        tracker.finish()
+    assert tracker.best == 1.0
+
+
+class _InterruptedSave(keras.Sequential):
+    """A real model whose next save is interrupted by Ctrl-C half-way."""
+
+    interrupt = False
+
+    def save_weights(self, filepath, **kwargs):
+        super().save_weights(filepath, **kwargs)  # a complete temp file exists...
+        if self.interrupt:
+            raise KeyboardInterrupt  # ...when Ctrl-C arrives
+
+
+def test_ctrl_c_during_a_save_keeps_previous_best_and_record(tmp_path):
+    model = _InterruptedSave([keras.Input((4,)), keras.layers.Dense(3)])
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), verbose=0,
+                                 **({"async_save": False} if len(HOWS) > 1 else {}))
+    first = [w.copy() for w in model.get_weights()]
+    tracker.update(0, {"val_loss": 1.0})
+    model.set_weights([w + 1 for w in first])
+    model.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        tracker.update(1, {"val_loss": 0.5})
+    assert tracker.best == 1.0 and tracker.best_epoch == 0
+    fresh = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    rec = load_best(fresh, tmp_path)
+    assert rec.epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
+    assert [n for n in os.listdir(tmp_path) if files.is_tmp_name(n)] == []
+    assert [h["epoch"] for h in manifest.read(str(tmp_path))["history"]] == [0]
+    model.interrupt = False
+    assert tracker.update(1, {"val_loss": 0.5}).improved  # the run goes on normally
