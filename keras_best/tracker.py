@@ -555,6 +555,12 @@ class BestWeightsTracker:
         self._previous_best_str = _fmt(self._engine.best, self._monitor_options["baseline"])
         last = data.get("last")
         if last and files.exists(files.join(self.directory, last["path"])):
+            if not self.model.built:
+                raise ValueError(
+                    f"Cannot resume {self.directory}: the model is not built yet, so its "
+                    "weights cannot be restored. Build it first (call it on a batch, or "
+                    "`model.build(input_shape)`), then create the tracker."
+                )
             epoch, _ = state.load(files.join(self.directory, last["path"]), self.model, self.optimizer)
             self.initial_epoch = epoch + 1
             if self.restore_best_weights and self._kept:

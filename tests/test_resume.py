@@ -204,3 +204,12 @@ def test_resume_restores_optimizer_state(tmp_path):
     assert int(opt2.iterations.numpy()) == 1
     for a, b in zip(opt.variables, opt2.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_resume_with_an_unbuilt_model_says_to_build_it(tmp_path):
+    t = BestWeightsTracker(_build(), str(tmp_path / "b.weights.h5"), resume=True, verbose=0)
+    t.update(0, {"val_loss": 0.5})
+    t.finish()
+    unbuilt = keras.Sequential([keras.layers.Dense(12, activation="tanh"), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="not built yet.*model.build"):
+        BestWeightsTracker(unbuilt, str(tmp_path / "b.weights.h5"), resume=True, verbose=0)
