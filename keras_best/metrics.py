@@ -24,9 +24,9 @@ def read_value(key: str, value: Any) -> float:
             f"Metric {key!r} must be a number, a scalar tensor or a keras Metric. "
             f"Received a string: {value!r}"
         )
-    if isinstance(value, bool):
+    if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"Metric {key!r} must be a number, not a bool. Received: {value!r}")
-    if isinstance(value, numbers.Number):
+    if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, Mapping):
         raise ValueError(
@@ -40,7 +40,9 @@ def read_value(key: str, value: Any) -> float:
             f"Cannot read metric {key!r} as a number. Received: {value!r} "
             f"of type {type(value).__name__}"
         ) from e
-    if array.size != 1 or array.dtype.kind not in "fiub":
+    if array.dtype.kind == "b":
+        raise ValueError(f"Metric {key!r} must be a number, not a bool. Received: {value!r}")
+    if array.size != 1 or array.dtype.kind not in "fiu":
         raise ValueError(
             f"Metric {key!r} must be a scalar number. Received a value of shape "
             f"{array.shape} and dtype {array.dtype}. Reduce it first (e.g. take the mean)."

@@ -97,7 +97,10 @@ class Monitor:
         baseline: initial best; nothing counts as improvement until beaten.
         patience: stop after this many epochs in a row without improvement,
             as `keras.callbacks.EarlyStopping` does (`None`: never stop).
-        start_from_epoch: epochs before this never count towards patience.
+        start_from_epoch: epochs before this are ignored by early stopping
+            (as in `keras.callbacks.EarlyStopping`): they neither count
+            towards patience nor set the value patience must beat. They
+            still count for `best` (what gets saved).
         stop_on_non_finite: stop at once when the value is NaN or infinite.
 
     Example:
@@ -144,12 +147,17 @@ class Monitor:
         self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
+        # Patience compares with the best since `start_from_epoch` only, as
+        # keras.callbacks.EarlyStopping does (warm-up epochs are ignored).
+        self.patience_best: float | None = None
 
     def is_improvement(self, value: float) -> bool:
         """Pure check: would `value` beat the current best (or baseline)?"""
+        return self._beats(value, self.best if self.best is not None else self.baseline)
+
+    def _beats(self, value: float, reference: float | None) -> bool:
         if not math.isfinite(value):
             return False
-        reference = self.best if self.best is not None else self.baseline
         if reference is None:
             return True
         if self.mode == "min":
@@ -161,18 +169,22 @@ class Monitor:
         improved = self.is_improvement(value)
         if improved:
             self.best, self.best_epoch = value, epoch
-            self.wait = 0
-        elif epoch >= self.start_from_epoch:
+        patience_exhausted = False
+        if epoch >= self.start_from_epoch:
+            # keras.callbacks.EarlyStopping's rule: the counter restarts on a
+            # value that beats the best since `start_from_epoch` and the
+            # baseline; a value that beats only the former never stops.
             self.wait += 1
+            if self._beats(value, self.patience_best):
+                self.patience_best = value
+                if self._beats(value, self.baseline):
+                    self.wait = 0
+            else:
+                patience_exhausted = self.patience is not None and self.wait >= self.patience
         reason = StopReason.NONE
         if self.stop_on_non_finite and not math.isfinite(value):
             reason = StopReason.NON_FINITE_METRIC
-        elif (
-            not improved
-            and self.patience is not None
-            and epoch >= self.start_from_epoch
-            and self.wait >= self.patience
-        ):
+        elif patience_exhausted:
             reason = StopReason.PATIENCE_EXHAUSTED
         return Decision(
             epoch=epoch,
@@ -186,7 +198,12 @@ class Monitor:
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+        return {
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "patience_best": self.patience_best,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key in ("best", "best_epoch", "wait"):
@@ -195,6 +212,9 @@ class Monitor:
         self.best = None if state["best"] is None else float(state["best"])
         self.best_epoch = state["best_epoch"]
         self.wait = int(state["wait"])
+        # Absent in manifests written before it existed: then it was `best`.
+        patience_best = state.get("patience_best", state["best"])
+        self.patience_best = None if patience_best is None else float(patience_best)
 
 
 def _is_number(x: Any) -> bool:

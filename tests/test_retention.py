@@ -1,0 +1,108 @@
+"""Retention: which saved files to keep. Pure functions over plain records."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from keras_best.retention import Record, admits, best_of, ranked, retain
+
+
+def _feed(values, keep_top_k, mode, paths=None):
+    """Add records one by one; return (kept paths, every evicted path in order)."""
+    kept, evicted_all = [], []
+    for epoch, value in enumerate(values):
+        path = paths[epoch] if paths else f"e{epoch}"
+        kept, evicted, _ = retain(kept, Record(epoch, value, path), keep_top_k, mode)
+        evicted_all += [r.path for r in evicted]
+    return [r.path for r in ranked(kept, mode)], evicted_all
+
+
+# (values, keep_top_k, mode, kept best first, evicted in order)
+TOP_K_TABLE = [
+    ([0.5, 0.4, 0.3], 1, "min", ["e2"], ["e0", "e1"]),
+    ([0.5, 0.4, 0.3], 2, "min", ["e2", "e1"], ["e0"]),
+    ([0.5, 0.4, 0.3], 3, "min", ["e2", "e1", "e0"], []),
+    ([0.5, 0.4, 0.3], 5, "min", ["e2", "e1", "e0"], []),
+    ([0.3, 0.4, 0.5], 2, "max", ["e2", "e1"], ["e0"]),
+    ([0.3, 0.9, 0.1, 0.8], 2, "min", ["e2", "e0"], ["e1", "e3"]),
+    ([0.3, 0.9, 0.1, 0.8], 2, "max", ["e1", "e3"], ["e2", "e0"]),
+    # ties: the earlier epoch ranks first and stays
+    ([0.5, 0.5, 0.5], 1, "min", ["e0"], ["e1", "e2"]),
+    ([0.5, 0.4, 0.4], 2, "min", ["e1", "e2"], ["e0"]),
+]
+
+
+@pytest.mark.parametrize("values,k,mode,kept,evicted", TOP_K_TABLE)
+def test_top_k_table(values, k, mode, kept, evicted):
+    assert _feed(values, k, mode) == (kept, evicted)
+
+
+def test_keep_top_k_none_keeps_everything():
+    kept, evicted = _feed([0.5, 0.9, 0.1, 0.7], None, "min")
+    assert kept == ["e2", "e0", "e3", "e1"] and evicted == []
+
+
+def test_same_path_replaces_without_delete():
+    a, b = Record(0, 0.5, "best.weights.h5"), Record(1, 0.4, "best.weights.h5")
+    kept, evicted, replaced = retain([a], b, 1, "min")
+    assert kept == [b] and evicted == [] and replaced == [a]
+
+
+def test_same_path_replaces_even_when_worse():
+    # save_best_only=False with one fixed name: the file now holds epoch 1.
+    a, b = Record(0, 0.4, "last.weights.h5"), Record(1, 0.9, "last.weights.h5")
+    kept, evicted, replaced = retain([a], b, None, "min")
+    assert kept == [b] and evicted == [] and replaced == [a]
+
+
+def test_a_new_record_outside_the_top_k_is_itself_evicted():
+    kept = [Record(0, 0.1, "a"), Record(1, 0.2, "b")]
+    new = Record(2, 0.3, "c")
+    out, evicted, replaced = retain(kept, new, 2, "min")
+    assert [r.path for r in out] == ["a", "b"] and evicted == [new] and replaced == []
+
+
+def test_retain_does_not_mutate_its_input():
+    kept = [Record(0, 0.5, "a")]
+    retain(kept, Record(1, 0.1, "b"), 1, "min")
+    assert kept == [Record(0, 0.5, "a")]
+
+
+@pytest.mark.parametrize(
+    "kept_values,value,k,mode,expected",
+    [
+        ([], 0.9, 1, "min", True),
+        ([0.5], 0.4, 2, "min", True),  # room left
+        ([0.5, 0.3], 0.4, 2, "min", True),  # beats the worst kept
+        ([0.5, 0.3], 0.5, 2, "min", False),  # a tie with the worst does not enter
+        ([0.5, 0.3], 0.6, 2, "min", False),
+        ([0.5, 0.3], 0.2, 2, "max", False),
+        ([0.5, 0.3], 0.4, 2, "max", True),
+        ([0.5, 0.3], 0.6, 2, "max", True),
+        ([], math.nan, 3, "min", False),
+        ([], math.inf, 3, "max", False),
+        ([], -math.inf, 3, "min", False),
+    ],
+)
+def test_admits(kept_values, value, k, mode, expected):
+    kept = [Record(i, v, f"e{i}") for i, v in enumerate(kept_values)]
+    assert admits(kept, value, k, mode) is expected
+
+
+def test_best_of():
+    records = [Record(0, 0.5, "a"), Record(1, 0.2, "b"), Record(2, 0.2, "c")]
+    assert best_of(records, "min").path == "b"
+    assert best_of(records, "max").path == "a"
+    assert best_of([], "min") is None
+
+
+def test_record_json_round_trip():
+    r = Record(3, 0.25, "e3.weights.h5", {"val_loss": 0.25, "val_acc": 0.9}, step=7)
+    assert Record.from_json(r.to_json()) == r
+
+
+def test_record_from_json_missing_key():
+    with pytest.raises(ValueError, match="Required record attribute 'path' is absent"):
+        Record.from_json({"epoch": 1, "value": 0.5})
