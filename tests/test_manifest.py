@@ -1,0 +1,232 @@
+"""keras_best.json: atomic writes, clear errors, and the write-ahead journal.
+
+The crash points of a transaction are built by hand (the files and the
+manifest exactly as a crash would leave them), then read with `load_best`
+and recovered with `roll_forward`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_best import files, load_best, manifest
+from keras_best.loading import read_best
+from keras_best.manifest import MANIFEST_NAME, ManifestError
+from tests.conftest import make_model, perturb
+
+
+def _body(best_path: str, epoch: int, value: float) -> dict:
+    record = {"epoch": epoch, "value": value, "path": best_path, "step": None, "metrics": {"val_loss": value}}
+    return {"monitor": "val_loss", "mode": "min", "save_format": "weights", "best": record, "kept": [record]}
+
+
+# ---------------------------------------------------------------- read / write
+def test_write_then_read(tmp_path):
+    manifest.write(str(tmp_path), {"monitor": "val_loss", "best": None})
+    data = manifest.read(str(tmp_path))
+    assert data["monitor"] == "val_loss" and data["format"] == "keras_best"
+    assert data["version"] == manifest.SCHEMA_VERSION
+    assert os.listdir(tmp_path) == [MANIFEST_NAME]  # no temp file left behind
+
+
+def test_write_replaces_atomically(tmp_path):
+    manifest.write(str(tmp_path), {"n": 1})
+    inode = os.stat(tmp_path / MANIFEST_NAME).st_ino
+    manifest.write(str(tmp_path), {"n": 2})
+    assert manifest.read(str(tmp_path))["n"] == 2
+    # A new file was renamed over the old one (never rewritten in place).
+    assert os.stat(tmp_path / MANIFEST_NAME).st_ino != inode
+
+
+def test_failed_write_keeps_the_old_manifest(tmp_path, monkeypatch):
+    manifest.write(str(tmp_path), {"n": 1})
+    before = (tmp_path / MANIFEST_NAME).read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        manifest.write(str(tmp_path), {"n": 2})
+    monkeypatch.undo()
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == before
+    assert os.listdir(tmp_path) == [MANIFEST_NAME]
+
+
+def test_unserializable_value_keeps_the_old_manifest(tmp_path):
+    manifest.write(str(tmp_path), {"n": 1})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        manifest.write(str(tmp_path), {"n": object()})
+    assert manifest.read(str(tmp_path))["n"] == 1
+
+
+def test_non_finite_floats_are_written_as_strict_json(tmp_path):
+    manifest.write(str(tmp_path), {"history": [float("nan"), float("inf"), -float("inf"), 0.5]})
+    text = (tmp_path / MANIFEST_NAME).read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert manifest.read(str(tmp_path))["history"] == ["nan", "inf", "-inf", 0.5]
+
+
+def test_missing_manifest(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"No keras-best run in .*{MANIFEST_NAME} not found"):
+        manifest.read(str(tmp_path))
+
+
+def test_corrupt_manifest(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text('{"format": "keras_best", "vers')
+    with pytest.raises(ManifestError, match=rf"{MANIFEST_NAME} is not valid JSON"):
+        manifest.read(str(tmp_path))
+    assert issubclass(ManifestError, ValueError)
+
+
+def test_not_utf8_manifest(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ManifestError, match="is not valid JSON"):
+        manifest.read(str(tmp_path))
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"monitor": "val_loss"}', '{"format": "other"}'])
+def test_json_that_is_not_a_manifest(tmp_path, content):
+    (tmp_path / MANIFEST_NAME).write_text(content)
+    with pytest.raises(ManifestError, match="is not a keras-best manifest"):
+        manifest.read(str(tmp_path))
+
+
+def test_newer_schema(tmp_path):
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "keras_best", "version": 99}))
+    with pytest.raises(ManifestError, match=r"schema version 99; this keras-best reads up to 1. Upgrade"):
+        manifest.read(str(tmp_path))
+
+
+# ------------------------------------------------------------- effective_path
+def test_effective_path(tmp_path):
+    d = str(tmp_path)
+    data = {"pending": {"renames": [[".kb-tmp-0123456789ab-b.weights.h5", "b.weights.h5"]], "deletes": []}}
+    assert manifest.effective_path(d, data, "b.weights.h5") == os.path.join(d, "b.weights.h5")  # tmp gone
+    (tmp_path / ".kb-tmp-0123456789ab-b.weights.h5").write_bytes(b"x")
+    assert manifest.effective_path(d, data, "b.weights.h5") == os.path.join(
+        d, ".kb-tmp-0123456789ab-b.weights.h5"
+    )
+    assert manifest.effective_path(d, data, "a.weights.h5") == os.path.join(d, "a.weights.h5")
+    assert manifest.effective_path(d, {}, "b.weights.h5") == os.path.join(d, "b.weights.h5")
+
+
+# ------------------------------------------------------- crash points, by hand
+CRASH_POINTS = [
+    "new_file_written",  # new weights under their temp name; manifest still old
+    "journal_written",  # manifest has the new state + journal; nothing applied
+    "renamed",  # the temp file was renamed into place; old best not yet deleted
+    "applied",  # renames and deletes done; manifest still carries the journal
+]
+
+
+@pytest.fixture
+def weights():
+    """Two distinct weight sets in a tiny model: epoch 0's and epoch 1's."""
+    model = make_model()
+    perturb(model, 1)
+    old = model.get_weights()
+    perturb(model, 2)
+    new = model.get_weights()
+    return model, old, new
+
+
+def _crash_state(directory, point: str, weights):
+    """The run directory as a crash at `point` of epoch 1's commit leaves it."""
+    model, old, new = weights
+    d = str(directory)
+    model.set_weights(old)
+    model.save_weights(os.path.join(d, "e1.weights.h5"))
+    manifest.write(d, _body("e1.weights.h5", 0, 0.5))
+    tmp = files.tmp_path("e2.weights.h5")
+    model.set_weights(new)
+    model.save_weights(os.path.join(d, tmp))
+    pending = {"renames": [[tmp, "e2.weights.h5"]], "deletes": ["e1.weights.h5"]}
+    if point == "new_file_written":
+        return tmp
+    manifest.write(d, {**_body("e2.weights.h5", 1, 0.25), "pending": pending})
+    if point == "journal_written":
+        return tmp
+    os.replace(os.path.join(d, tmp), os.path.join(d, "e2.weights.h5"))
+    if point == "renamed":
+        return tmp
+    os.remove(os.path.join(d, "e1.weights.h5"))
+    return tmp
+
+
+def _expected(point, weights):
+    _, old, new = weights
+    return (0, 0.5, old) if point == "new_file_written" else (1, 0.25, new)
+
+
+def _same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_load_best_at_each_crash_point(tmp_path, point, weights):
+    _crash_state(tmp_path, point, weights)
+    snapshot = sorted(os.listdir(tmp_path))
+    epoch, value, expected = _expected(point, weights)
+    fresh = make_model(seed=5)
+    rec = load_best(fresh, str(tmp_path))
+    assert (rec.epoch, rec.value) == (epoch, value)
+    assert _same(fresh.get_weights(), expected)
+    # Reading never changes the directory (a run may still be writing it).
+    assert sorted(os.listdir(tmp_path)) == snapshot
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_roll_forward_at_each_crash_point(tmp_path, point, weights):
+    _crash_state(tmp_path, point, weights)
+    epoch, value, expected = _expected(point, weights)
+    data = manifest.roll_forward(str(tmp_path), manifest.read(str(tmp_path)))
+    assert "pending" not in data
+    on_disk = manifest.read(str(tmp_path))
+    assert "pending" not in on_disk and on_disk["best"]["epoch"] == epoch
+    # Exactly the recorded file is left: no temp file, no stale best.
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk["best"]["path"]])
+    fresh = make_model(seed=5)
+    fresh.load_weights(os.path.join(tmp_path, on_disk["best"]["path"]))  # stock Keras loader
+    assert _same(fresh.get_weights(), expected)
+    assert read_best(str(tmp_path)).value == value
+    # Rolling forward again changes nothing.
+    manifest.roll_forward(str(tmp_path), manifest.read(str(tmp_path)))
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk["best"]["path"]])
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_new_tracker_recovers_the_directory(tmp_path, point, weights):
+    from keras_best import BestWeightsTracker
+
+    _crash_state(tmp_path, point, weights)
+    epoch, _, expected = _expected(point, weights)
+    model = make_model(seed=5)
+    with pytest.warns(UserWarning, match="already holds a keras-best run"):
+        tracker = BestWeightsTracker(model, str(tmp_path / "e{epoch}.weights.h5"), verbose=0)
+    tracker.finish()
+    assert not [n for n in os.listdir(tmp_path) if files.is_tmp_name(n)]
+    assert "pending" not in manifest.read(str(tmp_path))
+    fresh = make_model(seed=6)
+    rec = load_best(fresh, str(tmp_path))
+    assert rec.epoch == epoch and _same(fresh.get_weights(), expected)
+
+
+def test_tmp_names_keep_the_suffix_and_are_recognised():
+    tmp = files.tmp_path("runs/best.weights.h5")
+    assert tmp.startswith("runs/.kb-tmp-") and tmp.endswith("-best.weights.h5")
+    assert files.is_tmp_name(os.path.basename(tmp))
+    assert not files.is_tmp_name("best.weights.h5")
+    assert not files.is_tmp_name(".kb-tmp-notahexname-x.h5")
+    assert files.tmp_path("a.weights.h5") != files.tmp_path("a.weights.h5")
+
+
+def test_keras_refuses_tmp_name_without_suffix(tmp_path):
+    # Why temp names keep `.weights.h5`: Keras checks the ending.
+    with pytest.raises(ValueError, match=r"must end in `\.weights\.h5`"):
+        keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]).save_weights(str(tmp_path / "x.tmp"))
