@@ -44,7 +44,7 @@ def resolve_format(filepath: str, save_format: str | None = None) -> str:
             raise ValueError(
                 f"The filename must end in `.weights.h5`. Received: filepath={name}"
             )
-        if fmt == KERAS and not name.endswith((".keras", ".h5")):
+        if fmt == KERAS and (not name.endswith((".keras", ".h5")) or name.endswith(".weights.h5")):
             raise ValueError(f"The filename must end in `.keras`. Received: filepath={name}")
         return fmt
     if name.endswith(".weights.h5"):

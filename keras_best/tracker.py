@@ -462,8 +462,6 @@ class BestWeightsTracker:
         self._saver.write(self.model, path)
 
     def _format_name(self, epoch: int, step: int | None, values: Mapping[str, float]) -> str:
-        if not self._fields:
-            return self._template
         fields = dict(values)
         fields["epoch"] = epoch + 1
         if step is not None:

@@ -1,0 +1,169 @@
+"""What gets saved, read back with stock Keras / TensorFlow loaders."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_best import BestWeightsTracker, load_best, savers
+from tests.conftest import make_model, perturb, weights_equal
+
+
+# -------------------------------------------------------------- resolve_format
+@pytest.mark.parametrize(
+    "filepath,save_format,expected",
+    [
+        ("best.weights.h5", None, "weights"),
+        ("runs/{epoch:02d}.weights.h5", None, "weights"),
+        ("best.keras", None, "keras"),
+        ("export/best", "savedmodel", "savedmodel"),
+        ("export/best", "tf", "savedmodel"),
+        ("best.weights.h5", "weights", "weights"),
+        ("best.weights.h5", "h5", "weights"),
+        ("best.keras", "keras", "keras"),
+    ],
+)
+def test_resolve_format(filepath, save_format, expected):
+    assert savers.resolve_format(filepath, save_format) == expected
+
+
+@pytest.mark.parametrize(
+    "filepath,save_format,match",
+    [
+        ("best.h5", None, r"End it in `\.weights\.h5` \(weights\), `\.keras`.*Received: filepath=best\.h5"),
+        ("best", None, r"End it in `\.weights\.h5`.*Received: filepath=best$"),
+        ("best.weights", None, r"Received: filepath=best\.weights$"),
+        ("best.h5", "weights", r"The filename must end in `\.weights\.h5`. Received: filepath=best\.h5"),
+        (
+            "best.weights.h5",
+            "savedmodel",
+            r'save_format="savedmodel" writes a directory.*Received: filepath=',
+        ),
+        ("best.keras", "savedmodel", r"without `\.weights\.h5`/`\.keras`"),
+        ("best.weights.h5", "keras", r"The filename must end in `\.keras`"),
+        ("best.weights.h5", "onnx", r"`save_format` must be one of .*Received: save_format='onnx'"),
+    ],
+)
+def test_resolve_format_errors(filepath, save_format, match):
+    with pytest.raises(ValueError, match=match):
+        savers.resolve_format(filepath, save_format)
+
+
+def test_weights_file():
+    assert savers.weights_file("d/best.weights.h5", "weights") == "d/best.weights.h5"
+    assert savers.weights_file("d/export/", "savedmodel") == "d/export/" + savers.EXPORT_WEIGHTS_NAME
+
+
+# ----------------------------------------------------- savers, stock loaders
+def test_weights_saver_round_trip(tmp_path):
+    model = make_model()
+    path = str(tmp_path / "w.weights.h5")
+    savers.saver_for("weights").write(model, path)
+    fresh = make_model(seed=9)
+    fresh.load_weights(path)
+    assert weights_equal(fresh, model)
+
+
+def test_keras_saver_round_trip(tmp_path):
+    model = make_model()
+    path = str(tmp_path / "m.keras")
+    savers.saver_for("keras").write(model, path)
+    loaded = keras.models.load_model(path)
+    assert weights_equal(loaded, model)
+
+
+# ---------------------------------------------------- tracker round trips
+def _drive(tracker, model, values, seed0=100):
+    """Give the model new weights each epoch; return the weights per epoch."""
+    per_epoch = []
+    for epoch, v in enumerate(values):
+        perturb(model, seed0 + epoch)
+        per_epoch.append(model.get_weights())
+        tracker.update(epoch, {"val_loss": v})
+    tracker.finish()
+    return per_epoch
+
+
+def _equal(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_weights_file_holds_the_best_epoch(tmp_path):
+    model = make_model()
+    path = str(tmp_path / "best.weights.h5")
+    tracker = BestWeightsTracker(model, path, verbose=0)
+    per_epoch = _drive(tracker, model, [0.5, 0.3, 0.4, 0.35])
+    assert tracker.best_epoch == 1 and tracker.best_path == path
+    fresh = make_model(seed=9)
+    fresh.load_weights(path)  # stock Keras
+    assert _equal(fresh.get_weights(), per_epoch[1])
+    assert not _equal(model.get_weights(), per_epoch[1])  # the model moved on
+
+
+def test_keras_file_holds_the_best_epoch(tmp_path):
+    model = make_model()
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    path = str(tmp_path / "best.keras")
+    tracker = BestWeightsTracker(model, path, verbose=0)
+    per_epoch = _drive(tracker, model, [0.5, 0.6, 0.2, 0.3])
+    loaded = keras.models.load_model(path)  # stock Keras
+    assert _equal(loaded.get_weights(), per_epoch[2])
+    assert loaded.loss == "mse"  # a full model: compile config included
+    fresh = make_model(seed=9)
+    rec = load_best(fresh, str(tmp_path))
+    assert rec.epoch == 2 and _equal(fresh.get_weights(), per_epoch[2])
+
+
+def _serve(path, x):
+    loaded = tf.saved_model.load(path)
+    fn = loaded.signatures["serving_default"]
+    (out,) = fn(**{next(iter(fn.structured_input_signature[1])): tf.constant(x)}).values()
+    return out.numpy()
+
+
+def test_savedmodel_holds_the_best_epoch(tmp_path):
+    model = make_model()
+    path = str(tmp_path / "export")
+    tracker = BestWeightsTracker(model, path, save_format="savedmodel", verbose=0)
+    per_epoch = _drive(tracker, model, [0.5, 0.3, 0.4])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    model.set_weights(per_epoch[1])
+    np.testing.assert_allclose(_serve(path, x), model.predict(x, verbose=0), rtol=1e-6)
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    np.testing.assert_allclose(layer(x), model.predict(x, verbose=0), rtol=1e-6)
+    fresh = make_model(seed=9)
+    rec = load_best(fresh, str(tmp_path))
+    assert rec.epoch == 1 and _equal(fresh.get_weights(), per_epoch[1])
+
+
+def test_export_at_finish_exports_once_from_the_best(tmp_path):
+    model = make_model()
+    path = str(tmp_path / "export")
+    tracker = BestWeightsTracker(model, path, save_format="savedmodel", export_at_finish=True, verbose=0)
+    for epoch, v in enumerate([0.5, 0.3, 0.4]):
+        perturb(model, 100 + epoch)
+        if epoch == 1:
+            best = model.get_weights()
+        tracker.update(epoch, {"val_loss": v})
+        assert not os.path.exists(path)  # no export while training
+    last = model.get_weights()
+    tracker.finish()
+    assert _equal(model.get_weights(), last)  # finish() leaves the model as it was
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    model.set_weights(best)
+    np.testing.assert_allclose(_serve(path, x), model.predict(x, verbose=0), rtol=1e-6)
+    data = json.loads((tmp_path / "keras_best.json").read_text())
+    assert data["export"] == "export" and data["best"]["epoch"] == 1
+    fresh = make_model(seed=9)
+    assert load_best(fresh, str(tmp_path)).epoch == 1 and _equal(fresh.get_weights(), best)
+
+
+def test_export_at_finish_needs_savedmodel(tmp_path):
+    with pytest.raises(ValueError, match=r'`export_at_finish=True` needs save_format="savedmodel"'):
+        BestWeightsTracker(make_model(), str(tmp_path / "b.weights.h5"), export_at_finish=True)
