@@ -143,6 +143,7 @@ class BestWeightsTracker:
         )
         # Validate the numbers now, not at the first update.
         self._engine = Monitor(self.mode or "min", **self._monitor_options)
+        self._previous_best_str = _fmt(None, self._engine.baseline)  # as ModelCheckpoint prints it
         self.keep_top_k = keep_top_k
         self.save_best_only = save_best_only
         self.save_last = save_last or resume
@@ -379,8 +380,8 @@ class BestWeightsTracker:
         return self.mode or "min"
 
     def _first_update_checks(self, metrics: Mapping[str, Any], values: Mapping[str, float]) -> None:
-        if self._checked_keys:
-            return
+        # The keys are checked at every update (a key missing later must not
+        # silently read as NaN); the mode and architecture once.
         needs_value = self.save_best_only or self.keep_top_k is not None or (
             self._monitor_options["patience"] is not None or self.restore_best_weights
         )
@@ -396,9 +397,12 @@ class BestWeightsTracker:
                 f"`filepath` uses {missing}, which are not among the metrics given to "
                 f"update(): {sorted(values)}. Received: filepath={self.filepath}"
             )
+        if self._checked_keys:
+            return
         if self.mode is None:
             self.mode_hint(direction_of(metrics.get(self.monitor)))
-            self.mode_hint("down" if infer_mode(self.monitor) == "min" else "up")
+        if self.mode is None:
+            infer_mode(self.monitor)  # raises: asks for mode="min" or "max"
         self._architecture = self._architecture or architecture_of(self.model)
         self._checked_keys = True
 
