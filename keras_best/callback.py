@@ -130,11 +130,18 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._last_batch = batch
         if self._batches_since_save >= self.save_freq:
             self._batches_since_save = 0
+            self._resolve_mode()
             self._act(self.tracker.update(self._epoch, dict(logs or {}), step=batch))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.save_freq == "epoch":
+            self._resolve_mode()
             self._act(self.tracker.update(epoch, dict(logs or {})))
+
+    def _resolve_mode(self) -> None:
+        # Compiled metrics are built by the first step, after on_train_begin.
+        if self.tracker.mode is None:
+            self.tracker.mode_hint(_direction_from_model(self.model, self.tracker.monitor))
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.tracker.resume and getattr(self.model, "_initial_epoch", None) is not None:

@@ -508,11 +508,11 @@ class BestWeightsTracker:
         if not self.verbose:
             return
         prefix = f"Epoch {d.epoch + 1}: "
-        if d.improved and d.saved_path:
+        if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
+            msg = f"saving model to {d.saved_path}"
+        elif d.improved and d.saved_path:
             msg = (f"{self.monitor} improved from {self._previous_best_str} to {d.value:.5f}, "
                    f"saving model to {d.saved_path}")
-        elif d.saved_path and not self.save_best_only:
-            msg = f"saving model to {d.saved_path}"
         elif d.saved_path:
             msg = (f"{self.monitor}={d.value:.5f} is among the best {self.keep_top_k}, "
                    f"saving model to {d.saved_path}")
