@@ -1,9 +1,47 @@
-"""Who writes under `tf.distribute`: the chief, and nobody else."""
+"""The rules under `tf.distribute`: one writer, the same decisions everywhere.
+
+1. **Only the chief writes the run directory.** The chief is the `chief` task
+   of `TF_CONFIG`, or task 0 of `worker` when the cluster has no chief (the
+   rule `MultiWorkerMirroredStrategy` follows). It is read from the
+   environment, so a tracker built outside `strategy.scope()` knows it too.
+   Other workers still run every save, into a private temp directory that is
+   removed at once: reading a variable with `synchronization="on_read"` (a
+   metric, a `keras.Variable(..., synchronization="on_read")`) is a
+   collective op, and a chief saving alone would wait for the others forever
+   or pair its all-reduce with theirs and read wrong values.
+2. **Every worker takes the same decision.** Under a multi-worker strategy
+   each `update()` gathers the values read on all workers. Metrics created
+   under `strategy.scope()` are already synchronised, so the values agree and
+   are used as they are. A value that differs by worker (a Python float or a
+   metric created outside the scope) is replaced by its mean over the
+   workers, with a warning, so no worker stops while the others wait. Workers
+   that call `update()` with different epochs, steps or metric names, or that
+   do not agree on which of them is the chief, get a `ValueError` on every
+   worker at once, instead of a hang.
+
+With `MirroredStrategy` (one process, several devices) there is one Python
+process and one set of values: nothing to gather.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import warnings
+import weakref
+import zlib
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from keras_best import files
+
+SCRATCH_PREFIX = "keras_best-worker-"
+
+_GATHER_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_WARNED: set[str] = set()
 
 
 def is_chief() -> bool:
@@ -31,3 +69,157 @@ def is_chief() -> bool:
     if task_type == "worker" and "chief" not in cluster:
         return task_id == 0
     return False
+
+
+def strategy_of(model: Any) -> Any:
+    """The `tf.distribute.Strategy` in use: the current scope's, or else the
+    one the model's variables were created under. `None` for the default
+    (no) strategy.
+    """
+    import tensorflow as tf
+
+    if tf.distribute.has_strategy():
+        return tf.distribute.get_strategy()
+    for variable in getattr(model, "weights", [])[:1]:
+        value = getattr(variable, "value", variable)
+        strategy = getattr(value, "distribute_strategy", None)
+        if strategy is not None and not _is_default(strategy):
+            return strategy
+    return None
+
+
+def worker_count(strategy: Any) -> int:
+    """How many Python processes take part in `strategy` (1 unless multi-worker)."""
+    import tensorflow as tf
+
+    if strategy is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return 1
+    local = max(1, len(strategy.extended.worker_devices))
+    return max(1, strategy.num_replicas_in_sync // local)
+
+
+def write_durably(path: str, write: Callable[[str], None], chief: bool) -> None:
+    """On the chief, `files.write_durably(path, write)`. On another worker,
+    run `write` into a private temp directory and remove it: the worker takes
+    part in any collective op of the save and leaves nothing behind.
+    """
+    if chief:
+        files.write_durably(path, write)
+        return
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    try:
+        write(os.path.join(scratch, files.basename(path)))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def load_weights(model: Any, path: str, chief: bool) -> None:
+    """`model.load_weights(path)` on the chief, with the other workers taking
+    part in its collective ops (assigning an on-read variable reads it back).
+
+    Other workers cannot read the chief's files in general, so under a
+    multi-worker strategy every worker saves its current weights to a scratch
+    file (the same reads everywhere), then the chief loads `path` and the
+    others load their scratch file back (the same assignments, in the same
+    order): the chief ends with the weights of `path`, the others unchanged.
+    """
+    if worker_count(strategy_of(model)) < 2:
+        model.load_weights(path)
+        return
+    scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    try:
+        own = os.path.join(scratch, "current.weights.h5")
+        model.save_weights(own)
+        model.load_weights(path if chief else own)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def agree(
+    values: Mapping[str, float], model: Any, *, epoch: int, step: int | None, chief: bool
+) -> dict[str, float]:
+    """The metric values every worker will decide on (see the module docstring).
+
+    Without a multi-worker strategy this returns `values` unchanged and costs
+    nothing; with one, it runs two small all-gathers, so every worker must call
+    it, in the same order as its other collective ops (the tracker's
+    `update()` does).
+    """
+    values = dict(values)
+    strategy = strategy_of(model)
+    workers = worker_count(strategy)
+    if workers < 2:
+        return values
+    keys = sorted(values)
+    header = np.array(
+        [epoch, -1 if step is None else step, len(keys), zlib.crc32("\0".join(keys).encode()), float(chief)],
+        np.float64,
+    )
+    rows = _gather(strategy, header)  # one row per replica, workers in task order
+    per_worker = rows.shape[0] // workers
+    by_worker = rows[::per_worker]
+    chiefs = int(round(rows[:, 4].sum() / per_worker))
+    if chiefs != 1:
+        raise ValueError(
+            f"{chiefs} of the {workers} workers consider themselves the chief, so "
+            f"{'several would write' if chiefs else 'none would write'} the run directory. "
+            "keras-best finds the chief in TF_CONFIG (the `chief` task, or task 0 of "
+            "`worker`): set TF_CONFIG on every worker, as MultiWorkerMirroredStrategy expects."
+        )
+    if not (by_worker[:, :4] == by_worker[0, :4]).all():
+        raise ValueError(
+            "The workers called update() with different arguments, so their decisions "
+            f"would diverge: (epoch, step) per worker = {_pairs(by_worker)}, and the metric "
+            f"names {'differ' if len({tuple(r[2:4]) for r in by_worker}) > 1 else 'agree'} "
+            f"(this worker passes {keys}). Every worker must call update() with the same "
+            "epoch, step and metric names; when resuming, the run directory must be on "
+            "storage every worker can read (a shared file system or gs://...)."
+        )
+    if not keys:
+        return values
+    local = np.array([values[k] for k in keys], np.float64)
+    gathered = _gather(strategy, local)[::per_worker]
+    same = np.array([np.array_equal(col, np.full_like(col, col[0]), equal_nan=True) for col in gathered.T])
+    if same.all():
+        return values
+    for i, key in enumerate(keys):
+        if same[i]:
+            continue
+        mean = float(np.mean(gathered[:, i]))
+        if key not in _WARNED:
+            _WARNED.add(key)
+            warnings.warn(
+                f"Metric {key!r} differs by worker ({', '.join(f'{v:.6g}' for v in gathered[:, i])}); "
+                f"every worker uses their mean, {mean:.6g}, so that all take the same decision. "
+                "To have Keras synchronise it instead, create the metric under "
+                "`strategy.scope()` and update it inside `strategy.run`.",
+                stacklevel=3,
+            )
+        values[key] = mean
+    return values
+
+
+def _gather(strategy: Any, vector: np.ndarray) -> np.ndarray:
+    """All-gather a float64 vector from every replica: shape (replicas, n)."""
+    import tensorflow as tf
+
+    fn = _GATHER_FUNCTIONS.get(strategy)
+    if fn is None:
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float64)])
+        def fn(x):
+            per_replica = strategy.run(lambda v: v[None], args=(x,))
+            return strategy.gather(per_replica, axis=0)
+
+        _GATHER_FUNCTIONS[strategy] = fn
+    return fn(tf.constant(vector, tf.float64)).numpy()
+
+
+def _pairs(rows: np.ndarray) -> list[tuple[int, int | None]]:
+    return [(int(r[0]), None if r[1] < 0 else int(r[1])) for r in rows]
+
+
+def _is_default(strategy: Any) -> bool:
+    import tensorflow as tf
+
+    return type(strategy).__name__ == "_DefaultDistributionStrategy" or strategy is tf.distribute.get_strategy()

@@ -6,14 +6,16 @@ Everything that touches the run directory goes through here, so the rules
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import tempfile
 import uuid
-from typing import Callable
+from typing import Callable, Iterator
 
 TMP_PREFIX = ".kb-tmp-"
+COMPLETE_MARKER = ".kb-complete"
 _TMP_RE = re.compile(r"^\.kb-tmp-[0-9a-f]{12}-")
 
 
@@ -28,6 +30,12 @@ def _gfile():
     return tf.io.gfile
 
 
+def tf_errors():
+    import tensorflow as tf
+
+    return tf.errors
+
+
 def join(directory: str, name: str) -> str:
     if is_remote(directory):
         return directory.rstrip("/") + "/" + name
@@ -39,7 +47,10 @@ def basename(path: str) -> str:
 
 
 def exists(path: str) -> bool:
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+    if is_remote(path):
+        with _remote_errors(path):
+            return _gfile().exists(path)
+    return os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
@@ -48,9 +59,30 @@ def isdir(path: str) -> bool:
 
 def makedirs(path: str) -> None:
     if is_remote(path):
-        _gfile().makedirs(path)
+        with _remote_errors(path):
+            _gfile().makedirs(path)
     else:
         os.makedirs(path, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _remote_errors(path: str) -> Iterator[None]:
+    """TensorFlow's errors for a remote path, as Python ones that say what to do:
+    `ValueError` for a scheme TensorFlow cannot reach, `OSError` for the rest."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except tf.errors.UnimplementedError as e:
+        scheme = str(path).split("://", 1)[0]
+        raise ValueError(
+            f"TensorFlow has no file system for '{scheme}://' paths ({e.message}). "
+            "gs:// and ram:// are built in; s3:// and hdfs:// need "
+            "`pip install tensorflow-io`, imported before use (`import tensorflow_io`). "
+            f"Received: {path}"
+        ) from None
+    except tf.errors.OpError as e:
+        raise OSError(f"{e.message} ({path})") from e
 
 
 def listdir(path: str) -> list[str]:
@@ -136,8 +168,54 @@ def _copy_to_remote(local: str, remote: str) -> None:
             gfile.makedirs(target)
             for n in names:
                 gfile.copy(os.path.join(root, n), target + "/" + n, overwrite=True)
+        # Written last: the directory is complete (see `_replace_remote_dir`).
+        with gfile.GFile(remote.rstrip("/") + "/" + COMPLETE_MARKER, "wb") as f:
+            f.write(b"1")  # not empty: ram:// does not keep empty files
     else:
         gfile.copy(local, remote, overwrite=True)
+
+
+def _replace_remote_dir(src: str, dst: str) -> None:
+    """Move the remote directory `src` over `dst`, safe to repeat after a crash.
+
+    `tf.io.gfile.rename` cannot be trusted with directories (on `ram://` it
+    drops their content; object stores have no directory rename), so the
+    files are copied. `src` holds `COMPLETE_MARKER` until the copy is
+    complete: a crash while copying leaves it, and the journal's roll-forward
+    copies again; a crash after leaves `src` without it, and only `src` is
+    removed.
+    """
+    gfile = _gfile()
+    if gfile.exists(src + "/" + COMPLETE_MARKER):
+        try:  # not `if exists(dst)`: ram:// answers True for any prefix of a name
+            gfile.rmtree(dst)
+        except tf_errors().NotFoundError:
+            pass
+        for root, _, names in gfile.walk(src):
+            target = dst + root[len(src):]
+            gfile.makedirs(target)
+            for n in names:
+                if not (root == src and n == COMPLETE_MARKER):
+                    gfile.copy(root + "/" + n, target + "/" + n, overwrite=True)
+        gfile.remove(src + "/" + COMPLETE_MARKER)
+    gfile.rmtree(src)
+
+
+@contextlib.contextmanager
+def local_copy(path: str) -> Iterator[str]:
+    """Yield a local path with the content of `path` (for readers such as h5py
+    that cannot open `gs://`, `ram://`...): `path` itself when it is local, else
+    a temp copy removed afterwards."""
+    if not is_remote(path):
+        yield path
+        return
+    local_dir = tempfile.mkdtemp(prefix="keras_best-")
+    try:
+        local = os.path.join(local_dir, basename(path))
+        _gfile().copy(path, local, overwrite=True)
+        yield local
+    finally:
+        shutil.rmtree(local_dir, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -171,9 +249,7 @@ def replace(src: str, dst: str) -> None:
     if is_remote(src):
         gfile = _gfile()
         if gfile.isdir(src):
-            if gfile.exists(dst):
-                gfile.rmtree(dst)
-            gfile.rename(src, dst)
+            _replace_remote_dir(src.rstrip("/"), dst.rstrip("/"))
         else:
             gfile.rename(src, dst, overwrite=True)
         return

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import h5py
 import numpy as np
 
+from keras_best import files
+
 LAST_NAME = "keras_best_last.h5"
 
 
@@ -50,7 +52,7 @@ def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Seque
 
 def load(path: str, model: Any, optimizer: Any) -> tuple[int, int | None]:
     """Assign the saved variables to `model` and `optimizer`; return (epoch, step)."""
-    with h5py.File(path, "r") as f:
+    with files.local_copy(path) as local, h5py.File(local, "r") as f:
         _assign(f["model"], list(model.weights), "model", path)
         _assign(f["optimizer"], optimizer_variables(optimizer, model), "optimizer", path)
         step = int(f.attrs["step"])
