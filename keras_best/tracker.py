@@ -251,7 +251,7 @@ class BestWeightsTracker:
             raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
         if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
             raise ValueError(f"`epoch` must be an int >= 0. Received: epoch={epoch!r}")
-        values = read_all(metrics)
+        values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._chief)
         self._first_update_checks(metrics, values)
         value = values.get(self.monitor, math.nan)
         self._acquire_lock()
@@ -422,8 +422,7 @@ class BestWeightsTracker:
         if save:
             rel = self._format_name(epoch, step, values)
             tmp_rel = files.tmp_path(rel)
-            if self._chief:
-                files.write_durably(files.join(self.directory, tmp_rel), self._write_model)
+            distribute.write_durably(files.join(self.directory, tmp_rel), self._write_model, self._chief)
             txn.renames.append((tmp_rel, rel))
             record = Record(epoch, value, rel, dict(values), step)
             self._kept, evicted_records, _ = retention.retain(self._kept, record, self.keep_top_k, self.mode)
@@ -434,12 +433,12 @@ class BestWeightsTracker:
             self._best_weights = self.model.get_weights()
         if self.save_last:
             tmp_rel = files.tmp_path(state.LAST_NAME)
-            if self._chief:
-                arrays = state.snapshot(self.model, self.optimizer)
-                files.write_durably(
-                    files.join(self.directory, tmp_rel),
-                    lambda p: state.write(p, *arrays, epoch=epoch, step=step),
-                )
+            arrays = state.snapshot(self.model, self.optimizer)  # on every worker: may be collective
+            distribute.write_durably(
+                files.join(self.directory, tmp_rel),
+                lambda p: state.write(p, *arrays, epoch=epoch, step=step),
+                self._chief,
+            )
             txn.renames.append((tmp_rel, state.LAST_NAME))
             self._last = {"path": state.LAST_NAME, "epoch": epoch, "step": step}
         if decision.should_stop:
@@ -576,16 +575,17 @@ class BestWeightsTracker:
 
     def _export_best(self) -> None:
         record = retention.best_of(self._kept, self._mode_or_min())
-        if record is None or not self._chief:
+        if record is None:
             return
         current = self.model.get_weights()
         try:
-            self.model.load_weights(files.join(self.directory, record.path))
+            # Other workers join the load's collective ops and export to scratch (distribute.py).
+            distribute.load_weights(self.model, files.join(self.directory, record.path), self._chief)
             rel = record.path[: -len(".weights.h5")]
             tmp_rel = files.tmp_path(rel)
             exporter = savers.SavedModelSaver()
-            files.write_durably(
-                files.join(self.directory, tmp_rel), lambda p: exporter.write(self.model, p)
+            distribute.write_durably(
+                files.join(self.directory, tmp_rel), lambda p: exporter.write(self.model, p), self._chief
             )
             self._export = rel
             txn = Transaction(state=self._manifest_body(), renames=[(tmp_rel, rel)])
