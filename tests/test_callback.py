@@ -362,3 +362,31 @@ def test_path_like_and_keras_h5(tmp_path):
         _drive_callback(cb, model, [0.5])
         loaded = keras.models.load_model(str(tmp_path / "model.h5"), compile=False)
     assert _same(loaded.get_weights(), model.get_weights())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(keep_top_k=0), r"`keep_top_k` must be an int >= 1, or None"),
+        (dict(patience=-2), r"`patience` must be an int >= 0 or None. Received: patience=-2"),
+        (dict(keep_top_k=2), r"keep_top_k=2 keeps several files, so `filepath` needs a placeholder"),
+        (dict(save_format="savedmodel"), r'save_format="savedmodel" writes a directory'),
+    ],
+)
+def test_tracker_options_are_checked_at_construction(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BestCheckpoint(str(tmp_path / "b.weights.h5"), save_weights_only=True, **kwargs)
+    assert os.listdir(tmp_path) == []
+
+
+def test_monitored_key_missing_from_fit_logs(tmp_path, fit_data):
+    x, y, _, _ = fit_data
+    model = _compiled()
+    cb = BestCheckpoint(str(tmp_path / "b.keras"), monitor="val_loss", save_best_only=True)
+    with pytest.raises(
+        ValueError,
+        match=r"The monitored metric 'val_loss' is not among the metrics given to "
+        r"update\(\): \['loss'\]",
+    ):
+        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+    assert _files(tmp_path) == []

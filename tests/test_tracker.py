@@ -538,3 +538,20 @@ def test_bad_metric_value_at_the_first_update_saves_nothing(tmp_path, model):
     with pytest.raises(ValueError, match="Received a string"):
         tracker.update(0, {"val_loss": "low"})
     assert not _run_files(tmp_path) and not (tmp_path / "keras_best.json").exists()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [dict(keep_top_k=0), dict(patience=-1), dict(mode="best"), dict(save_format="savedmodel")]
+)
+def test_bad_arguments_leave_an_existing_run_alone(tmp_path, kwargs):
+    model = make_model()
+    first = BestWeightsTracker(model, _path(tmp_path), verbose=0)
+    first.update(0, {"val_loss": 0.5})
+    first.finish()
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if not n.startswith(".")}
+    with pytest.raises(ValueError):
+        BestWeightsTracker(make_model(seed=4), _path(tmp_path), verbose=0, **kwargs)
+    after = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if not n.startswith(".")}
+    assert after == before
+    fresh = make_model(seed=9)
+    assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), model.get_weights())
