@@ -8,7 +8,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from keras_best.objective import Score, beats
 
 MODES = ("min", "max", "auto")
 
@@ -43,6 +45,8 @@ class Decision:
         should_stop: early stopping says stop.
         stop_reason: a `StopReason` (empty when `should_stop` is false).
         wait: epochs since the last improvement.
+        ties: the tie-break values read this epoch (list `monitor`).
+        feasible: whether this epoch met the `require` constraints.
     """
 
     epoch: int
@@ -55,6 +59,8 @@ class Decision:
     should_stop: bool = False
     stop_reason: StopReason = StopReason.NONE
     wait: int = 0
+    ties: tuple[float, ...] = ()
+    feasible: bool = True
 
 
 def infer_mode(monitor: str, direction: str | None = None) -> str:
@@ -92,8 +98,11 @@ class Monitor:
     """Decides whether a monitored value improved and whether to stop early.
 
     Args:
-        mode: "min" or "max" (resolve "auto" with `infer_mode` first).
-        min_delta: an improvement must beat the best by more than this.
+        mode: "min" or "max" (resolve "auto" with `infer_mode` first), or a
+            sequence of those: the primary direction, then one per tie-break
+            value of the `Score`s given to `step` (see `keras_best.objective`).
+        min_delta: an improvement must beat the best by more than this
+            (primary value only; an exactly equal primary is a tie).
         baseline: initial best; nothing counts as improvement until beaten.
         patience: stop after this many epochs in a row without improvement,
             as `keras.callbacks.EarlyStopping` does (`None`: never stop).
@@ -113,7 +122,7 @@ class Monitor:
 
     def __init__(
         self,
-        mode: str,
+        mode: str | Sequence[str],
         *,
         min_delta: float = 0.0,
         baseline: float | None = None,
@@ -121,7 +130,8 @@ class Monitor:
         start_from_epoch: int = 0,
         stop_on_non_finite: bool = False,
     ) -> None:
-        if mode not in ("min", "max"):
+        modes = (mode,) if isinstance(mode, str) else tuple(mode)
+        if not modes or any(m not in ("min", "max") for m in modes):
             raise ValueError(f'Monitor needs mode "min" or "max". Received: mode={mode!r}')
         if not _is_number(min_delta) or min_delta < 0 or not math.isfinite(min_delta):
             raise ValueError(
@@ -138,63 +148,75 @@ class Monitor:
                 "`start_from_epoch` must be an int >= 0. "
                 f"Received: start_from_epoch={start_from_epoch!r}"
             )
-        self.mode = mode
+        self.mode = modes[0]
+        self.modes = modes
         self.min_delta = float(min_delta)
         self.baseline = None if baseline is None else float(baseline)
         self.patience = patience
         self.start_from_epoch = start_from_epoch
         self.stop_on_non_finite = stop_on_non_finite
-        self.best: float | None = None
         self.best_epoch: int | None = None
         self.wait = 0
+        self._best: Score | None = None
         # Patience compares with the best since `start_from_epoch` only, as
         # keras.callbacks.EarlyStopping does (warm-up epochs are ignored).
-        self.patience_best: float | None = None
+        self._patience_best: Score | None = None
+        self._baseline = None if self.baseline is None else Score(self.baseline)
 
-    def is_improvement(self, value: float) -> bool:
+    @property
+    def best(self) -> float | None:
+        """The best primary value (`None` until one is eligible and beats `baseline`)."""
+        return None if self._best is None else self._best.primary
+
+    @property
+    def best_score(self) -> Score | None:
+        return self._best
+
+    @property
+    def patience_best(self) -> float | None:
+        return None if self._patience_best is None else self._patience_best.primary
+
+    def is_improvement(self, value: float | Score) -> bool:
         """Pure check: would `value` beat the current best (or baseline)?"""
-        return self._beats(value, self.best if self.best is not None else self.baseline)
+        return self._beats(_score(value), self._best if self._best is not None else self._baseline)
 
-    def _beats(self, value: float, reference: float | None) -> bool:
-        if not math.isfinite(value):
-            return False
-        if reference is None:
-            return True
-        if self.mode == "min":
-            return value < reference - self.min_delta
-        return value > reference + self.min_delta
+    def _beats(self, score: Score, reference: Score | None) -> bool:
+        return beats(score, reference, self.modes, self.min_delta)
 
-    def step(self, epoch: int, value: float) -> Decision:
-        """Record `value` for `epoch`; return the decision."""
-        improved = self.is_improvement(value)
+    def step(self, epoch: int, value: float | Score) -> Decision:
+        """Record `value` (a number, or a `Score` with tie-breaks) for `epoch`."""
+        score = _score(value)
+        improved = self.is_improvement(score)
         if improved:
-            self.best, self.best_epoch = value, epoch
+            self._best, self.best_epoch = score, epoch
         patience_exhausted = False
         if epoch >= self.start_from_epoch:
             # keras.callbacks.EarlyStopping's rule: the counter restarts on a
             # value that beats the best since `start_from_epoch` and the
             # baseline; a value that beats only the former never stops.
             self.wait += 1
-            if self._beats(value, self.patience_best):
-                self.patience_best = value
-                if self._beats(value, self.baseline):
+            if self._beats(score, self._patience_best):
+                self._patience_best = score
+                if self._beats(score, self._baseline):
                     self.wait = 0
             else:
                 patience_exhausted = self.patience is not None and self.wait >= self.patience
         reason = StopReason.NONE
-        if self.stop_on_non_finite and not math.isfinite(value):
+        if self.stop_on_non_finite and not math.isfinite(score.primary):
             reason = StopReason.NON_FINITE_METRIC
         elif patience_exhausted:
             reason = StopReason.PATIENCE_EXHAUSTED
         return Decision(
             epoch=epoch,
-            value=value,
+            value=score.primary,
             improved=improved,
             best=self.best,
             best_epoch=self.best_epoch,
             should_stop=reason is not StopReason.NONE,
             stop_reason=reason,
             wait=self.wait,
+            ties=score.ties,
+            feasible=score.feasible,
         )
 
     def state_dict(self) -> dict[str, Any]:
@@ -203,18 +225,34 @@ class Monitor:
             "best_epoch": self.best_epoch,
             "wait": self.wait,
             "patience_best": self.patience_best,
+            "best_ties": [] if self._best is None else list(self._best.ties),
+            "patience_ties": [] if self._patience_best is None else list(self._patience_best.ties),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for key in ("best", "best_epoch", "wait"):
             if key not in state:
                 raise ValueError(f"Required state attribute {key!r} is absent from {dict(state)!r}")
-        self.best = None if state["best"] is None else float(state["best"])
+        # Only eligible scores are ever stored, so they are feasible.
+        self._best = _stored_score(state["best"], state.get("best_ties"))
         self.best_epoch = state["best_epoch"]
         self.wait = int(state["wait"])
         # Absent in manifests written before it existed: then it was `best`.
-        patience_best = state.get("patience_best", state["best"])
-        self.patience_best = None if patience_best is None else float(patience_best)
+        if "patience_best" in state:
+            self._patience_best = _stored_score(state["patience_best"], state.get("patience_ties"))
+        else:
+            self._patience_best = self._best
+
+
+def _score(value: float | Score) -> Score:
+    return value if isinstance(value, Score) else Score(float(value))
+
+
+def _stored_score(primary: Any, ties: Any) -> Score | None:
+    if primary is None:
+        return None
+    # NaN tie-breaks are written as "nan" in the manifest: float() reads both.
+    return Score(float(primary), tuple(float(t) for t in ties or ()))
 
 
 def _is_number(x: Any) -> bool:

@@ -1,17 +1,25 @@
-"""Which saved files to keep: pure functions over `Record`s, no I/O."""
+"""Which saved files to keep: pure functions over `Record`s, no I/O.
+
+Records are ranked by their `Score` with `keras_best.objective.rank_key`,
+the same order `Monitor` uses to decide an improvement. Every `mode` argument
+below is "min"/"max" or a sequence of those (primary, then tie-breaks).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Iterable, Mapping, Sequence
+
+from keras_best.objective import Score, rank_key
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
     """One saved file: the epoch it holds, its monitored value, its metrics.
 
-    `path` is relative to the run directory.
+    `path` is relative to the run directory. `ties` are the tie-break values
+    of a list `monitor`; `feasible` is false for an epoch that broke a
+    `require` constraint (kept only with `save_best_only=False`).
     """
 
     epoch: int
@@ -19,15 +27,26 @@ class Record:
     path: str
     metrics: Mapping[str, float] = dataclasses.field(default_factory=dict)
     step: int | None = None
+    ties: tuple[float, ...] = ()
+    feasible: bool = True
+
+    @property
+    def score(self) -> Score:
+        return Score(self.value, self.ties, self.feasible)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "epoch": self.epoch,
             "value": self.value,
             "path": self.path,
             "step": self.step,
             "metrics": dict(self.metrics),
         }
+        if self.ties:
+            data["ties"] = list(self.ties)
+        if not self.feasible:
+            data["feasible"] = False
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Record:
@@ -40,28 +59,47 @@ class Record:
             path=str(data["path"]),
             metrics={k: float(v) for k, v in dict(data.get("metrics") or {}).items()},
             step=data.get("step"),
+            ties=tuple(float(t) for t in data.get("ties") or ()),
+            feasible=bool(data.get("feasible", True)),
         )
 
 
-def sort_key(mode: str):
-    """Key that sorts records best first; ties go to the earlier epoch."""
-    sign = 1.0 if mode == "min" else -1.0
-    return lambda r: (sign * r.value, r.epoch, r.step or 0)
+def _modes(mode: str | Sequence[str]) -> tuple[str, ...]:
+    return (mode,) if isinstance(mode, str) else tuple(mode)
 
 
-def ranked(records: Iterable[Record], mode: str) -> list[Record]:
-    """`records` best first (ties: earlier first)."""
+def sort_key(mode: str | Sequence[str]):
+    """Key that sorts records best first; equal scores go to the earlier epoch."""
+    modes = _modes(mode)
+    return lambda r: (*rank_key(r.score, modes), r.epoch, r.step or 0)
+
+
+def ranked(records: Iterable[Record], mode: str | Sequence[str]) -> list[Record]:
+    """`records` best first (equal scores: earlier first)."""
     return sorted(records, key=sort_key(mode))
 
 
-def admits(kept: Sequence[Record], value: float, keep_top_k: int, mode: str) -> bool:
-    """Would a new finite `value` enter the best `keep_top_k` of `kept`?"""
-    if not math.isfinite(value):
+def admits(
+    kept: Sequence[Record],
+    value: float,
+    keep_top_k: int,
+    mode: str | Sequence[str],
+    ties: Sequence[float] = (),
+    feasible: bool = True,
+) -> bool:
+    """Would a new record with this score enter the best `keep_top_k` of `kept`?
+
+    Only a feasible score with a finite value can; it must rank strictly
+    above the k-th kept record (an equal score does not enter).
+    """
+    score = Score(value, tuple(ties), feasible)
+    if not score.eligible:
         return False
     if len(kept) < keep_top_k:
         return True
-    worst = ranked(kept, mode)[keep_top_k - 1]
-    return value < worst.value if mode == "min" else value > worst.value
+    modes = _modes(mode)
+    worst = ranked(kept, modes)[keep_top_k - 1]
+    return rank_key(score, modes) < rank_key(worst.score, modes)
 
 
 def retain(
@@ -89,6 +127,7 @@ def retain(
     return kept_out, evicted, replaced
 
 
-def best_of(records: Iterable[Record], mode: str) -> Record | None:
-    order = ranked(records, mode)
+def best_of(records: Iterable[Record], mode: str | Sequence[str]) -> Record | None:
+    """The best feasible record (`None` if there is none)."""
+    order = [r for r in ranked(records, mode) if r.feasible]
     return order[0] if order else None
