@@ -106,3 +106,22 @@ def test_record_json_round_trip():
 def test_record_from_json_missing_key():
     with pytest.raises(ValueError, match="Required record attribute 'path' is absent"):
         Record.from_json({"epoch": 1, "value": 0.5})
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_non_finite_records_rank_last(mode):
+    nan, inf = math.nan, math.inf
+    records = [
+        Record(0, nan, "a"),
+        Record(1, 0.5, "b"),
+        Record(2, inf, "c"),
+        Record(3, 0.25, "d"),
+        Record(4, -inf, "e"),
+    ]
+    finite = ["d", "b"] if mode == "min" else ["b", "d"]
+    for shift in range(len(records)):
+        order = [r.path for r in ranked(records[shift:] + records[:shift], mode)]
+        assert order == finite + ["a", "c", "e"]
+    assert best_of(records, mode).path == finite[0]
+    kept, evicted, _ = retain(records[:2], Record(5, 0.75, "f"), 2, mode)
+    assert sorted(r.path for r in kept) == ["b", "f"] and [r.path for r in evicted] == ["a"]
