@@ -115,17 +115,20 @@ def test_templated_names_and_top_k_on_disk(tmp_path):
     tracker = BestWeightsTracker(
         loop.model, str(tmp_path / "{epoch:03d}-{val_loss:.4f}.weights.h5"), keep_top_k=3, verbose=0
     )
-    weights, values = {}, {}
+    weights, values, evicted, saved = {}, {}, [], []
     for epoch in range(EPOCHS):
         loop.epoch()
         values[epoch] = float(loop.val_loss.result())
         weights[epoch] = loop.model.get_weights()
         d = tracker.update(epoch, loop.logs())
-        # Files on disk equal the kept set after every update.
-        assert _run_files(tmp_path) == sorted(r.path for r in tracker.kept)
-        for evicted in d.evicted:
-            assert not os.path.exists(evicted)
-    tracker.finish()
+        evicted += d.evicted
+        saved += [d.saved_path] if d.saved_path else []
+    tracker.finish()  # writes may run in the background until here
+    assert _run_files(tmp_path) == sorted(r.path for r in tracker.kept)
+    assert evicted and sorted(evicted) == sorted(
+        set(saved) - {os.path.join(tmp_path, r.path) for r in tracker.kept}
+    )
+    assert not any(os.path.exists(p) for p in evicted)
     top3 = sorted(values, key=values.get)[:3]
     assert [r.epoch for r in tracker.kept] == top3  # best first
     for r in tracker.kept:
@@ -356,6 +359,7 @@ def test_nan_never_saved_and_does_not_block(tmp_path, model):
     decisions = [
         tracker.update(e, {"val_loss": v}) for e, v in enumerate([float("nan"), 0.5, float("inf"), 0.4])
     ]
+    tracker.finish()
     assert [d.saved_path is not None for d in decisions] == [False, True, False, True]
     assert tracker.best == 0.4 and _run_files(tmp_path) == ["e4.weights.h5"]
 
@@ -468,6 +472,7 @@ def two_good_epochs(tmp_path, model):
     tracker.update(0, {"val_loss": 0.5, "val_acc": 0.5})
     perturb(model, 2)
     tracker.update(1, {"val_loss": 0.25, "val_acc": 0.75})
+    tracker.finish()  # on disk now; a later update() goes on with the run
     best = (tmp_path / "2-0.25.weights.h5").read_bytes()
     record = (tmp_path / "keras_best.json").read_bytes()
     return tracker, best, record, model.get_weights()
