@@ -20,8 +20,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     options: `keep_top_k`, `patience` (sets `model.stop_training`),
     `restore_best_weights`, `save_last`/`resume` (continue an interrupted
     `fit()` at the right epoch with the best value kept), `min_delta`,
-    `start_from_epoch`. Saves are atomic and recorded in `keras_best.json`, so
-    `load_best(model, directory)` works for `fit()` runs too.
+    `start_from_epoch`, and `require` (constraints; `monitor` may also be a
+    list of log keys or a callable, see `BestWeightsTracker`). Saves are
+    atomic and recorded in `keras_best.json`, so `load_best(model, directory)`
+    works for `fit()` runs too.
 
     One deliberate difference: an unknown `mode` raises `ValueError` (Keras
     warns and falls back to "auto").
@@ -39,11 +41,11 @@ class BestCheckpoint(keras.callbacks.Callback):
     def __init__(
         self,
         filepath: str | os.PathLike,
-        monitor: str = "val_loss",
+        monitor: Any = "val_loss",
         verbose: int = 0,
         save_best_only: bool = False,
         save_weights_only: bool = False,
-        mode: str = "auto",
+        mode: Any = "auto",
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
         *,
@@ -57,6 +59,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         save_format: str | None = None,
         export_at_finish: bool = False,
         stop_on_non_finite: bool = False,
+        require: Any = None,
     ) -> None:
         super().__init__()
         filepath = os.fspath(filepath)
@@ -86,6 +89,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             export_at_finish=export_at_finish,
             stop_on_non_finite=stop_on_non_finite,
             verbose=verbose,
+            require=require,
         )
         self._batches_since_save = 0
         self._last_batch = None
@@ -101,12 +105,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         return self.tracker.filepath
 
     @property
-    def monitor(self) -> str:
+    def monitor(self) -> Any:
         return self.tracker.monitor
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.tracker.mode is None:
-            self.tracker.mode_hint(_direction_from_model(self.model, self.tracker.monitor))
+        for name in self.tracker.objective.unresolved:
+            self.tracker.mode_hint(_direction_from_model(self.model, name), name)
         if self.tracker.model is not self.model:
             self.tracker.bind(self.model)
             # What keras.callbacks.BackupAndRestore does (there is no public way):
@@ -140,8 +144,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def _resolve_mode(self) -> None:
         # Compiled metrics are built by the first step, after on_train_begin.
-        if self.tracker.mode is None:
-            self.tracker.mode_hint(_direction_from_model(self.model, self.tracker.monitor))
+        for name in self.tracker.objective.unresolved:
+            self.tracker.mode_hint(_direction_from_model(self.model, name), name)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.tracker.resume and getattr(self.model, "_initial_epoch", None) is not None:

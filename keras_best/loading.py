@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any, Mapping
 
 from keras_best import manifest, savers
+from keras_best.objective import Objective, Score, rank_key
+from keras_best.retention import Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,9 +18,11 @@ class BestRecord:
 
     Attributes:
         epoch: 0-based epoch of the loaded weights (as given to `update()`).
-        value: the monitored value at that epoch.
+        value: the monitored value at that epoch (with `by=`: the value
+            ranked by, i.e. that metric's or score function's value).
         path: the file (or SavedModel directory) the weights came from.
-        monitor: the monitored metric's name.
+        monitor: the monitored metric's name (with `by=`: the ranking's name;
+            for a list, its first name).
         metrics: every metric recorded for that epoch.
         step: the step given to `update()`, if any.
     """
@@ -50,7 +55,67 @@ def read_best(directory: str | os.PathLike) -> BestRecord:
     )
 
 
-def load_best(model: Any, directory: str | os.PathLike) -> BestRecord:
+def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> list[BestRecord]:
+    """The run's kept files ranked by another metric, best first.
+
+    Every metric given to `update()` (or in the `fit()` logs) is recorded with
+    each kept file, so a run can be re-ranked afterwards. `by` takes what
+    `monitor` takes: a metric name, a list of names (later ones break exact
+    ties), or a callable over the metrics dict; `by_mode` is "min"/"max" (one
+    per name for a list), inferred from the names when left out. Files that
+    broke the run's `require` constraints rank last; equal values go to the
+    earlier epoch. Only kept files can be ranked: keep several
+    (`keep_top_k=N` or `None`) to choose among them. Nothing is loaded.
+
+    ```python
+    for rec in rank_kept("runs/exp1", by="val_acc"):
+        print(rec.epoch, rec.value, rec.path)
+    ```
+    """
+    directory = os.fspath(directory)
+    data = manifest.read(directory)
+    kept = [Record.from_json(r) for r in data.get("kept") or []]
+    if not kept:
+        raise FileNotFoundError(
+            f"The run in {directory!r} ({manifest.MANIFEST_NAME}) keeps no saved file yet, "
+            "so there is nothing to rank."
+        )
+    try:
+        objective = Objective(by, "auto" if by_mode is None else by_mode)
+    except ValueError as e:
+        raise ValueError(f"Cannot rank by={by!r}, by_mode={by_mode!r}: {e}") from e
+    if objective.unresolved:
+        raise ValueError(
+            f"Cannot infer whether {objective.unresolved[0]!r} should be minimised or "
+            f'maximised. Pass `by_mode="min"` or `by_mode="max"`. Received: by={by!r}'
+        )
+    recorded = sorted({k for r in kept for k in r.metrics})
+    absent = [n for n in objective.names if not any(n in r.metrics for r in kept)]
+    if absent:
+        raise ValueError(
+            f"Cannot rank by {absent[0]!r}: no kept file of the run in {directory!r} recorded "
+            f"it. Recorded metrics: {recorded}."
+        )
+    modes = objective.engine_modes
+    scores = [(objective.score(r.metrics), r) for r in kept]
+    scores = [(Score(s.primary, s.ties, r.feasible), r) for s, r in scores]
+    scores.sort(key=lambda sr: (*rank_key(sr[0], modes), sr[1].epoch, sr[1].step or 0))
+    return [
+        BestRecord(
+            epoch=r.epoch,
+            value=s.primary,
+            path=manifest.effective_path(directory, data, r.path),
+            monitor=objective.name,
+            metrics=dict(r.metrics),
+            step=r.step,
+        )
+        for s, r in scores
+    ]
+
+
+def load_best(
+    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None
+) -> BestRecord:
     """Load the best weights recorded in `directory` into `model`.
 
     The weights loaded are exactly those of the epoch returned, even when the
@@ -59,24 +124,38 @@ def load_best(model: Any, directory: str | os.PathLike) -> BestRecord:
     ```python
     rec = load_best(model, "runs/exp1")
     print(rec.epoch, rec.value, rec.path)
+    rec = load_best(model, "runs/exp1", by="val_acc")  # re-rank the kept files
     ```
+
+    With `by=` (and optionally `by_mode=`) the kept files are ranked by
+    another metric, list of metrics or score function (see `rank_kept`) and
+    the first is loaded.
 
     Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
     holds no run, and `ValueError` when `model` has another architecture.
     """
     directory = os.fspath(directory)
     data = manifest.read(directory)
-    record = read_best(directory)
+
+    def choose() -> BestRecord:
+        if by is None:
+            return read_best(directory)
+        best = rank_kept(directory, by, by_mode)[0]
+        if not math.isfinite(best.value):
+            raise ValueError(
+                f"No kept file of the run in {directory!r} has a finite {best.monitor} to rank by."
+            )
+        return best
+
+    record = choose()
     _check_architecture(model, data, directory)
     fmt = data.get("save_format", savers.WEIGHTS)
-    path = record.path
     try:
-        model.load_weights(savers.weights_file(path, fmt))
+        model.load_weights(savers.weights_file(record.path, fmt))
     except (FileNotFoundError, OSError):
         # A writer renamed the temp file into place meanwhile: read again.
-        record = read_best(directory)
-        path = record.path
-        model.load_weights(savers.weights_file(path, fmt))
+        record = choose()
+        model.load_weights(savers.weights_file(record.path, fmt))
     return record
 
 
@@ -91,4 +170,4 @@ def _check_architecture(model: Any, data: Mapping[str, Any], directory: str) -> 
         )
 
 
-__all__ = ["BestRecord", "load_best", "read_best"]
+__all__ = ["BestRecord", "load_best", "rank_kept", "read_best"]

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 import string
 import sys
 import time
@@ -16,7 +15,8 @@ from typing import Any, Callable, Iterable, Mapping
 from keras_best import distribute, files, manifest, retention, savers, state
 from keras_best.lock import DirectoryLock
 from keras_best.metrics import direction_of, read_all
-from keras_best.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
+from keras_best.monitor import Decision, Monitor, StopReason
+from keras_best.objective import Objective, Score
 from keras_best.retention import Record
 from keras_best.writer import Transaction, Writer
 
@@ -38,9 +38,12 @@ class BestWeightsTracker:
             Keras) and any metric key with a format spec, e.g.
             `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory is
             the run directory.
-        monitor: the key of the metrics passed to `update()` to rank by.
+        monitor: the key of the metrics passed to `update()` to rank by; or a
+            list of keys compared in order (later keys break exact ties of
+            earlier ones, each in its own direction); or a callable taking the
+            metrics dict and returning a number (see `keras_best.objective`).
         mode: "min", "max" or "auto" (inferred from the name or the Keras
-            metric; an error when it cannot be).
+            metric; an error when it cannot be), or one per `monitor` key.
         min_delta: an improvement must beat the best by more than this.
         baseline: initial best; nothing is saved until it is beaten (the same
             as `initial_value_threshold` of `keras.callbacks.ModelCheckpoint`).
@@ -65,6 +68,10 @@ class BestWeightsTracker:
             training and export the best model once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value is NaN/inf.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
+        require: constraints an epoch must meet to be best or enter the top
+            k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
+            `==`) or a callable `metrics -> bool`. Epochs that break them
+            count as not improving for `patience`.
 
     Example:
 
@@ -100,11 +107,10 @@ class BestWeightsTracker:
         export_at_finish: bool = False,
         stop_on_non_finite: bool = False,
         verbose: int = 1,
+        require: Any = None,
     ) -> None:
         filepath = _path_to_string(filepath)
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"`monitor` must be a metric name. Received: monitor={monitor!r}")
-        check_mode(mode)
+        self.objective = Objective(monitor, mode, require)
         if keep_top_k is not None and (
             not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1
         ):
@@ -128,12 +134,6 @@ class BestWeightsTracker:
             )
         self.filepath = filepath
         self.monitor = monitor
-        self.mode = None if mode == "auto" else mode
-        if self.mode is None:
-            try:
-                self.mode = infer_mode(monitor)
-            except ValueError:
-                self.mode = None  # a Keras metric object may tell us at update()
         self._monitor_options = dict(
             min_delta=min_delta,
             baseline=baseline,
@@ -142,7 +142,7 @@ class BestWeightsTracker:
             stop_on_non_finite=stop_on_non_finite,
         )
         # Validate the numbers now, not at the first update.
-        self._engine = Monitor(self.mode or "min", **self._monitor_options)
+        self._engine = Monitor(self.objective.engine_modes, **self._monitor_options)
         self._previous_best_str = _fmt(None, self._engine.baseline)  # as ModelCheckpoint prints it
         self.keep_top_k = keep_top_k
         self.save_best_only = save_best_only
@@ -195,11 +195,17 @@ class BestWeightsTracker:
                     stacklevel=3,
                 )
 
-    def mode_hint(self, direction: str | None) -> None:
-        """Resolve `mode="auto"` from a Keras metric's direction ("up"/"down")."""
-        if self.mode is None and direction in ("up", "down"):
-            self.mode = infer_mode(self.monitor, direction)
-            self._engine = Monitor(self.mode, **self._monitor_options)
+    def mode_hint(self, direction: str | None, name: str | None = None) -> None:
+        """Resolve `mode="auto"` of `name` (default: the primary metric) from a
+        Keras metric's direction ("up"/"down")."""
+        if self.objective.hint(name or self.objective.name, direction):
+            self._engine = Monitor(self.objective.engine_modes, **self._monitor_options)
+
+    @property
+    def mode(self) -> str | list[str | None] | None:
+        """The resolved mode ("min"/"max"; one per name for a list `monitor`;
+        `None` while "auto" is not resolved yet)."""
+        return self.objective.mode_spec
 
     def directory_has_run(self) -> bool:
         return files.exists(manifest.manifest_path(self.directory))
@@ -253,7 +259,7 @@ class BestWeightsTracker:
             raise ValueError(f"`epoch` must be an int >= 0. Received: epoch={epoch!r}")
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._chief)
         self._first_update_checks(metrics, values)
-        value = values.get(self.monitor, math.nan)
+        value = self.objective.score(values)
         self._acquire_lock()
         previous, best_weights = self.state_dict(), self._best_weights
         try:
@@ -330,7 +336,7 @@ class BestWeightsTracker:
     def state_dict(self) -> dict[str, Any]:
         """The tracker's own state as plain JSON-able data."""
         return {
-            "monitor": self.monitor,
+            "monitor": self.objective.monitor_spec,
             "mode": self.mode,
             "engine": self._engine.state_dict(),
             "kept": [r.to_json() for r in self._kept],
@@ -344,8 +350,8 @@ class BestWeightsTracker:
         for key in ("monitor", "mode", "engine", "kept", "history"):
             if key not in data:
                 raise ValueError(f"Required state attribute {key!r} is absent.")
-        self.mode = data["mode"] or self.mode
-        self._engine = Monitor(self.mode or "min", **self._monitor_options)
+        self.objective.load_modes(data["mode"])
+        self._engine = Monitor(self.objective.engine_modes, **self._monitor_options)
         self._engine.load_state_dict(data["engine"])
         self._kept = [Record.from_json(r) for r in data["kept"]]
         self._last = copy.deepcopy(data.get("last"))
@@ -371,13 +377,13 @@ class BestWeightsTracker:
         else:
             where = f"writing into {self.directory!r} failed: {error}"
         best = retention.best_of(self._kept, self._mode_or_min())
-        kept = (f"The previous best (epoch {best.epoch + 1}, {self.monitor}={best.value:.5f}, "
+        kept = (f"The previous best (epoch {best.epoch + 1}, {self.objective.name}={best.value:.5f}, "
                 f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")
         return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
                 "the directory, then call update() again or resume with resume=True.")
 
-    def _mode_or_min(self) -> str:
-        return self.mode or "min"
+    def _mode_or_min(self) -> tuple[str, ...]:
+        return self.objective.engine_modes
 
     def _first_update_checks(self, metrics: Mapping[str, Any], values: Mapping[str, float]) -> None:
         # The keys are checked at every update (a key missing later must not
@@ -385,12 +391,7 @@ class BestWeightsTracker:
         needs_value = self.save_best_only or self.keep_top_k is not None or (
             self._monitor_options["patience"] is not None or self.restore_best_weights
         )
-        if self.monitor not in values and needs_value:
-            raise ValueError(
-                f"The monitored metric {self.monitor!r} is not among the metrics given to "
-                f"update(): {sorted(values)}. HINT: pass it, e.g. "
-                f"tracker.update(epoch, {{{self.monitor!r}: val_metric}}), or set `monitor=`."
-            )
+        self.objective.check_keys(values, needs_monitor=needs_value)
         missing = [f for f in self._fields if f not in _RESERVED_KEYS and f not in values]
         if missing:
             raise ValueError(
@@ -399,15 +400,14 @@ class BestWeightsTracker:
             )
         if self._checked_keys:
             return
-        if self.mode is None:
-            self.mode_hint(direction_of(metrics.get(self.monitor)))
-        if self.mode is None:
-            infer_mode(self.monitor)  # raises: asks for mode="min" or "max"
+        for name in self.objective.unresolved:
+            self.mode_hint(direction_of(metrics.get(name)), name)
+        self.objective.finalize()  # a name still unresolved raises: asks for mode="min" or "max"
         self._architecture = self._architecture or architecture_of(self.model)
         self._checked_keys = True
 
-    def _decide_and_save(self, epoch: int, step: int | None, values: dict[str, float], value: float) -> Decision:
-        decision = self._engine.step(epoch, value)
+    def _decide_and_save(self, epoch: int, step: int | None, values: dict[str, float], score: Score) -> Decision:
+        decision, value = self._engine.step(epoch, score), score.primary
         if self.save_best_only is False:
             save = True
         elif self.keep_top_k is None or self.keep_top_k == 1:
@@ -415,7 +415,8 @@ class BestWeightsTracker:
         else:
             save = decision.improved or (
                 _beats_baseline(value, self._engine)
-                and retention.admits(self._kept, value, self.keep_top_k, self.mode)
+                and retention.admits(self._kept, value, self.keep_top_k, self._mode_or_min(),
+                                     score.ties, score.feasible)
             )
         txn = Transaction(state={})
         saved_path, evicted = None, []
@@ -424,8 +425,9 @@ class BestWeightsTracker:
             tmp_rel = files.tmp_path(rel)
             distribute.write_durably(files.join(self.directory, tmp_rel), self._write_model, self._chief)
             txn.renames.append((tmp_rel, rel))
-            record = Record(epoch, value, rel, dict(values), step)
-            self._kept, evicted_records, _ = retention.retain(self._kept, record, self.keep_top_k, self.mode)
+            record = Record(epoch, value, rel, dict(values), step, score.ties, score.feasible)
+            self._kept, evicted_records, _ = retention.retain(
+                self._kept, record, self.keep_top_k, self._mode_or_min())
             evicted = [r.path for r in evicted_records]
             txn.deletes.extend(evicted)
             saved_path = files.join(self.directory, rel)
@@ -452,6 +454,8 @@ class BestWeightsTracker:
                 "saved": None if saved_path is None else files.basename(saved_path),
                 "wait": decision.wait,
                 "metrics": dict(values),
+                **({"ties": list(score.ties)} if score.ties else {}),
+                **({} if score.feasible else {"feasible": False}),
             }
         )
         txn.state = self._manifest_body()
@@ -480,8 +484,9 @@ class BestWeightsTracker:
     def _manifest_body(self) -> dict[str, Any]:
         best = retention.best_of(self._kept, self._mode_or_min())
         return {
-            "monitor": self.monitor,
+            "monitor": self.objective.monitor_spec,
             "mode": self.mode,
+            "require": self.objective.require_spec,
             "save_format": self._saver.format,
             "filepath": self._template,
             "architecture": self._architecture,
@@ -506,24 +511,29 @@ class BestWeightsTracker:
     def _report(self, d: Decision) -> None:
         if not self.verbose:
             return
+        name, ties = self.objective.name, ""
+        if d.ties:  # a list monitor: show the tie-break values too
+            ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
         prefix = f"Epoch {d.epoch + 1}: "
         if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
             msg = f"saving model to {d.saved_path}"
         elif d.improved and d.saved_path:
-            msg = (f"{self.monitor} improved from {self._previous_best_str} to {d.value:.5f}, "
+            msg = (f"{name} improved from {self._previous_best_str} to {d.value:.5f}{ties}, "
                    f"saving model to {d.saved_path}")
         elif d.saved_path:
-            msg = (f"{self.monitor}={d.value:.5f} is among the best {self.keep_top_k}, "
+            msg = (f"{name}={d.value:.5f}{ties} is among the best {self.keep_top_k}, "
                    f"saving model to {d.saved_path}")
         elif d.improved:
-            msg = f"{self.monitor} improved from {self._previous_best_str} to {d.value:.5f}"
+            msg = f"{name} improved from {self._previous_best_str} to {d.value:.5f}{ties}"
         else:
-            msg = f"{self.monitor} did not improve from {_fmt(d.best, self._monitor_options['baseline'])}"
+            msg = f"{name} did not improve from {_fmt(d.best, self._monitor_options['baseline'])}"
+        if not d.feasible:
+            msg += f" (this epoch breaks require: {self.objective.describe_require()})"
         lines = [prefix + msg]
         if self.verbose > 1:
             lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
         if d.should_stop:
-            lines.append(prefix + f"early stopping ({d.stop_reason.value}); best {self.monitor} "
+            lines.append(prefix + f"early stopping ({d.stop_reason.value}); best {name} "
                          f"{_fmt(d.best, None)} at epoch {None if d.best_epoch is None else d.best_epoch + 1}")
         self._previous_best_str = _fmt(d.best, self._monitor_options["baseline"])
         sys.stdout.write("".join("\n" + line for line in lines) + "\n")
@@ -533,16 +543,22 @@ class BestWeightsTracker:
 
     def _restore(self) -> None:
         data = manifest.read(self.directory)
-        if data.get("monitor") != self.monitor:
+        if data.get("monitor") != self.objective.monitor_spec:
             raise ValueError(
                 f"Cannot resume {self.directory}: it was recorded with monitor="
-                f"{data.get('monitor')!r}, not {self.monitor!r}. Use the same monitor, "
+                f"{data.get('monitor')!r}, not {self.objective.monitor_spec!r}. Use the same monitor, "
                 "or another directory for a new run."
             )
-        if self.mode is not None and data.get("mode") not in (None, self.mode):
+        if not self.objective.modes_compatible(data.get("mode")):
             raise ValueError(
                 f"Cannot resume {self.directory}: it was recorded with mode="
                 f"{data.get('mode')!r}, not {self.mode!r}."
+            )
+        if data.get("require") != self.objective.require_spec:
+            raise ValueError(
+                f"Cannot resume {self.directory}: it was recorded with require="
+                f"{data.get('require')!r}, not {self.objective.require_spec!r}. Use the same "
+                "constraints, or another directory for a new run."
             )
         recorded = data.get("architecture")
         if recorded and self.model.built and recorded != architecture_of(self.model):
