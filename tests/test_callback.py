@@ -180,6 +180,7 @@ def test_fit_early_stopping_and_restore(tmp_path, fit_data):
     assert _same(loaded.get_weights(), weights[best_epoch])
 
 
+@pytest.mark.slow  # two fit() runs of ~13 epochs
 def test_fit_matches_keras_early_stopping(tmp_path, fit_data):
     x, y, vx, vy = fit_data
     ours = _compiled()
@@ -188,9 +189,11 @@ def test_fit_matches_keras_early_stopping(tmp_path, fit_data):
         y,
         validation_data=(vx, vy),
         epochs=30,
-        batch_size=16,
+        batch_size=32,
         verbose=0,
-        callbacks=[BestCheckpoint(str(tmp_path / "b.weights.h5"), patience=2, min_delta=0.001)],
+        callbacks=[
+            BestCheckpoint(str(tmp_path / "b.weights.h5"), save_best_only=True, patience=2, min_delta=0.001)
+        ],
     )
     theirs = _compiled()
     h = theirs.fit(
@@ -198,7 +201,7 @@ def test_fit_matches_keras_early_stopping(tmp_path, fit_data):
         y,
         validation_data=(vx, vy),
         epochs=30,
-        batch_size=16,
+        batch_size=32,
         verbose=0,
         callbacks=[keras.callbacks.EarlyStopping(patience=2, min_delta=0.001)],
     )
