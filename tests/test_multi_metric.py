@@ -397,15 +397,15 @@ def test_best_exporter_parity_keeps_the_n_best_exports_across_a_restart(tmp_path
     """BestExporter(exports_to_keep=2) with a restart in the middle."""
     x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
     path = str(tmp_path / "export" / "{epoch:02d}")
-    # async_save=False: the directory is looked at between updates.
-    options = dict(monitor="val_loss", save_format="savedmodel", keep_top_k=2, resume=True, verbose=0,
-                   async_save=False)
+    options = dict(monitor="val_loss", save_format="savedmodel", keep_top_k=2, resume=True, verbose=0)
     predictions = {}
 
     def step(tracker, epoch, loss):
         perturb(tracker.model, 100 + epoch)
         predictions[epoch] = _predict(tracker.model, x)
-        return tracker.update(epoch, {"val_loss": loss, "val_acc": 1 - loss})
+        decision = tracker.update(epoch, {"val_loss": loss, "val_acc": 1 - loss})
+        tracker.finish()  # waits for background writes; a later update() goes on
+        return decision
 
     def exports():
         return sorted(n for n in os.listdir(tmp_path / "export") if n[:2].isdigit())
