@@ -469,25 +469,33 @@ class _Lock:
         self._lock.release()
 
 
-def _trial_mode(study: optuna.Study, monitor: str, mode: str) -> str:
-    check_mode(mode)
+def _trial_mode(study: optuna.Study, monitor: Any, mode: Any) -> Any:
+    """The tracker's `mode` in `study`: its direction, or an error when they disagree.
+
+    With several monitored metrics (a list), only the primary one is checked
+    and `mode` is passed on as given.
+    """
+    several = not isinstance(monitor, str)
+    primary = monitor if not several else (list(monitor) or ["val_loss"])[0]
+    given = mode if isinstance(mode, str) else (list(mode) or ["auto"])[0]
+    check_mode(given)
     direction = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
-    if mode == "auto":
+    if given == "auto":
         try:
-            mode = infer_mode(monitor)
+            given = infer_mode(primary)
         except ValueError:
-            return direction
+            return mode if several else direction
         hint = f"pass mode={direction!r} if the study is right"
     else:
         hint = f"pass mode={direction!r}"
-    if mode != direction:
+    if given != direction:
         raise ValueError(
             f"The study {study.study_name!r} {study.direction.name.lower()}s its objective, but "
-            f"the trial's tracker would keep the {'lowest' if mode == 'min' else 'highest'} "
-            f"{monitor!r}: the saved model would not be the one the study ranks. Create the study "
-            f"with direction={'minimize' if mode == 'min' else 'maximize'!r}, or {hint}."
+            f"the trial's tracker would keep the {'lowest' if given == 'min' else 'highest'} "
+            f"{primary!r}: the saved model would not be the one the study ranks. Create the study "
+            f"with direction={'minimize' if given == 'min' else 'maximize'!r}, or {hint}."
         )
-    return mode
+    return mode if several or not isinstance(mode, str) else given
 
 
 def _check_returned_value(

@@ -16,7 +16,7 @@ from keras_best import load_best
 from keras_best.optuna import USER_ATTR_PATH, StudyBest
 from tests.conftest import make_model
 from tests.workers import optuna_worker
-from tests.workers.optuna_worker import SCHEDULE, build, data, make_objective, val_loss
+from tests.workers.optuna_worker import SCHEDULE, ScheduleSampler, build, data, make_objective, val_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "optuna_worker.py")
@@ -26,12 +26,12 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def pruned_study(**kwargs) -> optuna.Study:
-    study = optuna.create_study(
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2), **kwargs
+    """Trial n gets learning rate SCHEDULE[n]; the hopeless ones get pruned."""
+    return optuna.create_study(
+        sampler=ScheduleSampler(),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        **kwargs,
     )
-    for lr in SCHEDULE:
-        study.enqueue_trial({"lr": lr})
-    return study
 
 
 def trial_dirs(directory: str) -> set[int]:
@@ -82,6 +82,15 @@ def test_single_process_keeps_top_k_and_prunes(tmp_path):
     assert all(study.trials[n].state == optuna.trial.TrialState.PRUNED for n in bad)
     check_load_best(study, best)
     assert best.cleanup(study) == []  # idempotent
+
+
+def test_threads_share_one_study(tmp_path):
+    """`study.optimize(n_jobs=2)`: trials in two threads of one process."""
+    study = optuna.create_study(sampler=ScheduleSampler())
+    best = StudyBest(tmp_path / "study", keep_top_k=2)
+    best.optimize(study, make_objective(best), n_trials=6, n_jobs=2)
+    assert trial_dirs(best.directory) == top(study, 2)
+    check_load_best(study, best)
 
 
 @pytest.mark.slow
@@ -280,17 +289,14 @@ def run_workers(url: str, study_name: str, directory: str, n_workers: int, trial
         assert "VIOLATION" not in out, out
 
 
-def shared_study(url: str, name: str, n_trials: int) -> optuna.Study:
-    study = optuna.create_study(study_name=name, storage=optuna_worker.storage_for(url))
-    for lr in SCHEDULE[:n_trials]:
-        study.enqueue_trial({"lr": lr})
-    return study
+def shared_study(url: str, name: str) -> optuna.Study:
+    return optuna.create_study(study_name=name, storage=optuna_worker.storage_for(url))
 
 
 @pytest.mark.slow
 def test_three_processes_share_one_sqlite_study(tmp_path):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    study = shared_study(url, "shared", 12)
+    shared_study(url, "shared")
     directory = str(tmp_path / "models")
     run_workers(url, "shared", directory, n_workers=3, trials_each=4, k=2)
     study = optuna.load_study(study_name="shared", storage=url)
@@ -322,7 +328,7 @@ def postgres_or_skip() -> str:
 def test_two_processes_share_one_postgres_study(tmp_path):
     url = postgres_or_skip()
     name = f"keras-best-test-{uuid.uuid4().hex[:8]}"
-    shared_study(url, name, 10)
+    shared_study(url, name)
     directory = str(tmp_path / "models")
     try:
         run_workers(url, name, directory, n_workers=2, trials_each=5, k=1)

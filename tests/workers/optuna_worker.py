@@ -24,11 +24,28 @@ import tensorflow as tf  # noqa: E402
 from keras_best.optuna import StudyBest  # noqa: E402
 
 EPOCHS = 6
-# Learning rates enqueued in this order: good ones first (so the pruner has
+# The learning rate of trial n is SCHEDULE[n]: good ones first (so the pruner has
 # completed trials to compare with), then hopeless ones (pruned) among more good ones.
 GOOD = [0.05, 0.2, 0.1, 0.15, 0.08, 0.12, 0.3, 0.25, 0.06]
 BAD = [1e-6, 2e-6, 3e-6, 4e-6]
 SCHEDULE = GOOD[:3] + [lr for pair in zip(BAD, GOOD[3:]) for lr in pair] + GOOD[3 + len(BAD):]
+
+
+class ScheduleSampler(optuna.samplers.BaseSampler):
+    """Trial n gets `SCHEDULE[n]`, whichever process runs it.
+
+    (Not `study.enqueue_trial`: with SQLite, two processes can both pop the same
+    waiting trial, since SQLite ignores SELECT ... FOR UPDATE.)
+    """
+
+    def infer_relative_search_space(self, study, trial):
+        return {}
+
+    def sample_relative(self, study, trial, search_space):
+        return {}
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return SCHEDULE[trial.number % len(SCHEDULE)]
 
 
 def data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -101,6 +118,7 @@ def main(url: str, study_name: str, directory: str, n_trials: str, keep_top_k: s
     study = optuna.load_study(
         study_name=study_name,
         storage=storage_for(url),
+        sampler=ScheduleSampler(),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
     )
     best = StudyBest(directory, keep_top_k=int(keep_top_k))
