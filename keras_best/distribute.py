@@ -124,7 +124,8 @@ def load_weights(model: Any, path: str, chief: bool) -> None:
     order): the chief ends with the weights of `path`, the others unchanged.
     """
     if worker_count(strategy_of(model)) < 2:
-        model.load_weights(path)
+        if chief:  # no collective ops to join: other workers have nothing to do
+            model.load_weights(path)
         return
     scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
     try:
