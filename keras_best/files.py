@@ -81,13 +81,18 @@ def _remote_errors(path: str) -> Iterator[None]:
             "`pip install tensorflow-io`, imported before use (`import tensorflow_io`). "
             f"Received: {path}"
         ) from None
+    except tf.errors.NotFoundError as e:
+        raise FileNotFoundError(f"{e.message or 'not found'} ({path})") from e
+    except tf.errors.PermissionDeniedError as e:
+        raise PermissionError(f"{e.message} ({path})") from e
     except tf.errors.OpError as e:
         raise OSError(f"{e.message} ({path})") from e
 
 
 def listdir(path: str) -> list[str]:
     if is_remote(path):
-        return [n.rstrip("/") for n in _gfile().listdir(path)]
+        with _remote_errors(path):
+            return [n.rstrip("/") for n in _gfile().listdir(path)]
     return os.listdir(path)
 
 
@@ -154,7 +159,8 @@ def write_durably(path: str, write: Callable[[str], None]) -> None:
     try:
         local = os.path.join(local_dir, basename(path))
         write(local)
-        _copy_to_remote(local, path)
+        with _remote_errors(path):
+            _copy_to_remote(local, path)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
 
@@ -187,10 +193,7 @@ def _replace_remote_dir(src: str, dst: str) -> None:
     """
     gfile = _gfile()
     if gfile.exists(src + "/" + COMPLETE_MARKER):
-        try:  # not `if exists(dst)`: ram:// answers True for any prefix of a name
-            gfile.rmtree(dst)
-        except tf_errors().NotFoundError:
-            pass
+        _rmtree_remote(dst)
         for root, _, names in gfile.walk(src):
             target = dst + root[len(src):]
             gfile.makedirs(target)
@@ -198,7 +201,37 @@ def _replace_remote_dir(src: str, dst: str) -> None:
                 if not (root == src and n == COMPLETE_MARKER):
                     gfile.copy(root + "/" + n, target + "/" + n, overwrite=True)
         gfile.remove(src + "/" + COMPLETE_MARKER)
-    gfile.rmtree(src)
+    _rmtree_remote(src)
+
+
+def _rmtree_remote(path: str) -> None:
+    """`tf.io.gfile.rmtree`, where nothing there is not an error.
+
+    On `ram://`, `exists`/`listdir` also match names that merely start with
+    `path` (`export-1` sees `export-10`'s content) and `rmtree` fails there
+    with NotFound: then finish by hand. Every name deleted here is `path` +
+    "/" + a child, so no other entry is touched.
+    """
+    gfile, not_found = _gfile(), tf_errors().NotFoundError
+    try:
+        gfile.rmtree(path)
+        return
+    except not_found:
+        pass
+    try:
+        tree = list(gfile.walk(path, topdown=False))
+    except not_found:
+        tree = []
+    for root, dirs, names in tree:
+        for name in names + dirs:
+            try:
+                gfile.remove(root + "/" + name)
+            except not_found:
+                pass
+    try:
+        gfile.remove(path)
+    except not_found:
+        pass
 
 
 @contextlib.contextmanager
@@ -212,7 +245,8 @@ def local_copy(path: str) -> Iterator[str]:
     local_dir = tempfile.mkdtemp(prefix="keras_best-")
     try:
         local = os.path.join(local_dir, basename(path))
-        _gfile().copy(path, local, overwrite=True)
+        with _remote_errors(path):
+            _gfile().copy(path, local, overwrite=True)
         yield local
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
@@ -238,7 +272,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 def read_bytes(path: str) -> bytes:
     if is_remote(path):
-        with _gfile().GFile(path, "rb") as f:
+        with _remote_errors(path), _gfile().GFile(path, "rb") as f:
             return f.read()
     with open(path, "rb") as f:
         return f.read()
@@ -248,10 +282,11 @@ def replace(src: str, dst: str) -> None:
     """Atomically move `src` over `dst` (a file, or a directory over a directory)."""
     if is_remote(src):
         gfile = _gfile()
-        if gfile.isdir(src):
-            _replace_remote_dir(src.rstrip("/"), dst.rstrip("/"))
-        else:
-            gfile.rename(src, dst, overwrite=True)
+        with _remote_errors(src):
+            if gfile.isdir(src):
+                _replace_remote_dir(src.rstrip("/"), dst.rstrip("/"))
+            else:
+                gfile.rename(src, dst, overwrite=True)
         return
     if os.path.isdir(src) and os.path.isdir(dst):
         # os.replace cannot replace a non-empty directory: swap via a side name.
@@ -268,14 +303,15 @@ def remove(path: str, missing_ok: bool = False) -> None:
     """Delete a file or a directory tree."""
     if is_remote(path):
         gfile = _gfile()
-        if not gfile.exists(path):
-            if missing_ok:
-                return
-            raise FileNotFoundError(path)
-        if gfile.isdir(path):
-            gfile.rmtree(path)
-        else:
-            gfile.remove(path)
+        with _remote_errors(path):
+            if not gfile.exists(path):
+                if missing_ok:
+                    return
+                raise FileNotFoundError(path)
+            if gfile.isdir(path):
+                _rmtree_remote(path)
+            else:
+                gfile.remove(path)
         return
     try:
         if os.path.isdir(path) and not os.path.islink(path):

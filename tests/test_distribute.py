@@ -325,6 +325,10 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
         assert "called update() with different arguments" in x["mismatch"]
         assert "(epoch, step) per worker = [(0, None), (1, None)]" in x["mismatch"]
 
+    # 5. Two workers that both consider themselves the chief: both get the error.
+    for x in w:
+        assert x["two_chiefs"].startswith("2 of the 2 workers consider themselves the chief")
+
     # Non-chief scratch saves were all removed.
     for s in scratch:
         assert _leftovers(s) == []

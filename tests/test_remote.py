@@ -24,8 +24,7 @@ VALUES = [3.0, 2.0, 2.5, 1.0, 4.0]  # best at epoch 3
 def ram_dir():
     directory = f"ram://keras_best_tests/{uuid.uuid4().hex}"
     yield directory
-    if gfile.exists(directory):
-        gfile.rmtree(directory)
+    files.remove(directory, missing_ok=True)
 
 
 def _tree(directory: str) -> set[str]:
@@ -222,3 +221,35 @@ def test_unknown_scheme_says_how_to_fix(model):
         BestWeightsTracker(model, "nosuchfs://bucket/run/best.weights.h5")
     with pytest.raises(ValueError, match=r"no file system for 'nosuchfs://'.*Received: nosuchfs://bucket/run"):
         load_best(model, "nosuchfs://bucket/run")
+
+
+def test_names_that_share_a_prefix_on_ram(ram_dir):
+    """On ram://, exists/listdir/rmtree of `export-1` also match `export-10`:
+    removing or replacing one must leave the other whole."""
+    ten = {"saved_model.pb": b"ten", "variables/v.index": b"ten-index"}
+
+    def read(directory, names):  # not _read_dir: listing export-1 shows export-10's "0"
+        return {n: gfile.GFile(f"{ram_dir}/{directory}/{n}", "rb").read() for n in names}
+
+    _write_dir(f"{ram_dir}/export-10", ten)
+    _write_dir(f"{ram_dir}/export-1", {"saved_model.pb": b"one", "stale.txt": b"one"})
+    _write_dir(f"{ram_dir}/src", NEW)
+    files.replace(f"{ram_dir}/src", f"{ram_dir}/export-1")
+    assert read("export-1", ["saved_model.pb", "variables/v.index"]) == {
+        "saved_model.pb": b"new", "variables/v.index": b"new-index"}
+    assert not gfile.exists(f"{ram_dir}/export-1/stale.txt")
+    assert read("export-10", ten) == ten
+    files.remove(f"{ram_dir}/export-1")
+    assert not gfile.exists(f"{ram_dir}/export-1/saved_model.pb")
+    assert read("export-10", ten) == ten
+    files.remove(f"{ram_dir}/export-1", missing_ok=True)  # only a prefix of export-10 now
+    assert _read_dir(f"{ram_dir}/export-10") == ten
+    assert sorted(gfile.listdir(ram_dir)) == ["export-10"]
+
+
+def test_remote_errors_are_python_errors(ram_dir):
+    gfile.makedirs(ram_dir)
+    with pytest.raises(FileNotFoundError, match=r"ram://.*/nope\.json"):
+        files.read_bytes(f"{ram_dir}/nope.json")
+    with pytest.raises(FileNotFoundError, match=r"ram://.*/nope\.h5"):
+        files.replace(f"{ram_dir}/nope.h5", f"{ram_dir}/other.h5")

@@ -12,7 +12,8 @@ what it saw. Phases:
 2. a monitored plain float that differs by worker (worker 0 improves,
    worker 1 worsens): decided on the mean, `.keras` saved every epoch;
 3. SavedModel export at `finish()` (`export_at_finish=True`);
-4. update() with a different epoch on each worker: a ValueError on both.
+4. update() with a different epoch on each worker: a ValueError on both;
+5. both workers made chief by TF_CONFIG: a ValueError on both.
 
 The model holds a `synchronization="on_read"` variable, so reading its
 weights is a collective op: a save on the chief alone would hang.
@@ -156,6 +157,20 @@ def main(index: int, ports: list[str], run_dir: str, out_dir: str) -> None:
         out["mismatch"] = None
     except ValueError as e:
         out["mismatch"] = str(e)
+    tracker.finish()
+
+    # 5. TF_CONFIG makes both workers the chief: every worker raises.
+    own = os.environ["TF_CONFIG"]
+    os.environ["TF_CONFIG"] = json.dumps({**json.loads(own), "task": {"type": "worker", "index": 0}})
+    try:
+        tracker = BestWeightsTracker(model, os.path.join(run_dir, f"chief{index}", "c.weights.h5"), verbose=0)
+    finally:
+        os.environ["TF_CONFIG"] = own
+    try:
+        tracker.update(0, {"val_loss": 1.0})
+        out["two_chiefs"] = None
+    except ValueError as e:
+        out["two_chiefs"] = str(e)
     tracker.finish()
 
     out["warnings"] = caught
