@@ -8,7 +8,11 @@
    removed at once: reading a variable with `synchronization="on_read"` (a
    metric, a `keras.Variable(..., synchronization="on_read")`) is a
    collective op, and a chief saving alone would wait for the others forever
-   or pair its all-reduce with theirs and read wrong values.
+   or pair its all-reduce with theirs and read wrong values (seen with TF
+   2.21). Assigning such a variable reads it back, so loading weights is
+   collective too (`load_weights`). Hence the order of variable reads and
+   writes must be the same on every worker, and they must stay on the
+   training thread: a background writer may only write host copies.
 2. **Every worker takes the same decision.** Under a multi-worker strategy
    each `update()` gathers the values read on all workers. Metrics created
    under `strategy.scope()` are already synchronised, so the values agree and
