@@ -63,7 +63,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 from filelock import FileLock, Timeout
 
-from keras_best import files, loading, retention
+from keras_best import files, loading
 from keras_best.callback import BestCheckpoint
 from keras_best.loading import BestRecord
 from keras_best.monitor import Decision, check_mode, infer_mode
@@ -84,7 +84,8 @@ class TrialRecord(BestRecord):
     """What `StudyBest.load_best` loaded: a `BestRecord` plus its trial.
 
     Attributes:
-        trial_number: the trial's `number` in the study.
+        trial_number: the trial's `number` in the study: `study.best_trial`, or
+            when several trials have exactly the best value, the earliest one.
         params: the trial's hyper-parameters.
     """
 
@@ -220,6 +221,7 @@ class StudyBest:
         directories it removed.
         """
         self._check_study(study)
+        self._close_finished_links()
         with self._lock():
             self._claim(study)
             # The snapshot: only states that can never change again are acted on.
@@ -263,7 +265,6 @@ class StudyBest:
             )
         options["keep_top_k"] = 1
         options["mode"] = _trial_mode(trial.study, options.get("monitor", "val_loss"), options.get("mode", "auto"))
-        self._close_finished_links()
         self.cleanup(trial.study)
         link = _TrialLink(trial, self.trial_directory(trial), self)
         with self._links_lock:
@@ -300,19 +301,17 @@ class StudyBest:
         return "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
 
     def _keep(self, study: optuna.Study, trials: Iterable[optuna.trial.FrozenTrial]) -> set[int]:
-        """Numbers of the `keep_top_k` best completed trials: `study.best_trial` first."""
+        """Numbers of the `keep_top_k` best completed trials; equal values: earlier first.
+
+        Deliberately not "whichever trial the storage calls best": with equal
+        values an RDB storage may name either, and two processes could then keep
+        different ones and delete both. `_best` falls back to a kept trial with
+        the same value.
+        """
+        sign = -1.0 if self._mode(study) == "max" else 1.0
         complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not complete:
-            return set()
-        records = [retention.Record(t.number, float(t.value), f"trial-{t.number:05d}") for t in complete]
-        order = retention.ranked(records, self._mode(study))
-        try:
-            best = study.best_trial.number  # ties: whichever one the storage names best
-        except ValueError:
-            best = order[0].epoch
-        if best in {r.epoch for r in records}:
-            order = [r for r in order if r.epoch == best] + [r for r in order if r.epoch != best]
-        return {r.epoch for r in order[: self.keep_top_k]}
+        order = sorted(complete, key=lambda t: (sign * float(t.value), t.number))
+        return {t.number for t in order[: self.keep_top_k]}
 
     def _best(self, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, BestRecord]:
         try:
@@ -416,6 +415,16 @@ class _TrialTracker(BestWeightsTracker):
         self._link = link
         super().__init__(model, filepath, **options)
 
+    @property
+    def best(self) -> float | None:
+        """The trial's best value, once its file is on disk (waits for background writes).
+
+        Return it from the objective: the trial then completes only after the
+        weights that produced its value are saved.
+        """
+        self._writer.flush()
+        return super().best
+
     def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
         decision = super().update(epoch, metrics, step)
         self._link.after_update(epoch, step, decision)
@@ -473,16 +482,17 @@ def _trial_mode(study: optuna.Study, monitor: Any, mode: Any) -> Any:
     """The tracker's `mode` in `study`: its direction, or an error when they disagree.
 
     With several monitored metrics (a list), only the primary one is checked
-    and `mode` is passed on as given.
+    and `mode` is passed on as given; a score function gets the study's
+    direction unless `mode` says otherwise.
     """
-    several = not isinstance(monitor, str)
-    primary = monitor if not several else (list(monitor) or ["val_loss"])[0]
+    several = not isinstance(monitor, str) and not callable(monitor)
+    primary = (list(monitor) or ["val_loss"])[0] if several else monitor
     given = mode if isinstance(mode, str) else (list(mode) or ["auto"])[0]
     check_mode(given)
     direction = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
     if given == "auto":
         try:
-            given = infer_mode(primary)
+            given = infer_mode(primary) if isinstance(primary, str) else direction
         except ValueError:
             return mode if several else direction
         hint = f"pass mode={direction!r} if the study is right"
