@@ -76,7 +76,7 @@ USER_ATTR_EPOCH = "keras_best_epoch"
 USER_ATTR_VALUE = "keras_best_value"
 _TRIAL_DIR = re.compile(r"^trial-(\d+)$")
 _TRASH_PREFIX = ".kb-trash-"
-_FINISHED = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+_DISCARDED = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +150,8 @@ class StudyBest:
         `patience`, ...); `mode` defaults to the study's direction. Return
         `tracker.best` from the objective.
         """
-        link = self._start(trial, tracker_options)
+        link = self._start(trial, {**tracker_options, "filename": filename})
+        tracker_options.update(keep_top_k=1, mode=link.mode)
         tracker = _TrialTracker(
             model, os.path.join(link.directory, filename), link=link, **tracker_options
         )
@@ -165,7 +166,8 @@ class StudyBest:
         the objective.
         """
         options.setdefault("save_best_only", True)
-        link = self._start(trial, options)
+        link = self._start(trial, {**options, "filename": filename})
+        options.update(keep_top_k=1, mode=link.mode)
         callback = _TrialCheckpoint(os.path.join(link.directory, filename), link=link, **options)
         link.tracker = callback.tracker
         return callback
@@ -238,7 +240,7 @@ class StudyBest:
                 if trial is None or not os.path.isdir(path):
                     continue
                 done = trial.state == optuna.trial.TrialState.COMPLETE and trial.number not in keep
-                if trial.state in _FINISHED or done:
+                if trial.state in _DISCARDED or done:
                     if self._remove(path):
                         removed.append(path)
             return removed
@@ -251,6 +253,12 @@ class StudyBest:
                 f"objective (or `study.ask()` returns). Received: {type(trial).__name__}"
             )
         self._check_study(trial.study)
+        filename = options.get("filename", "")
+        if os.path.basename(filename) != filename:
+            raise ValueError(
+                "`filename` names the file inside the trial's directory, without folders "
+                f"(e.g. 'best.weights.h5'). Received: filename={filename!r}"
+            )
         for key in ("filepath", "resume"):
             if key in options:
                 raise ValueError(
@@ -263,10 +271,10 @@ class StudyBest:
                 "A trial keeps only its single best file; `StudyBest(directory, keep_top_k=...)` "
                 f"says how many trials keep theirs. Received: keep_top_k={options['keep_top_k']!r}"
             )
-        options["keep_top_k"] = 1
-        options["mode"] = _trial_mode(trial.study, options.get("monitor", "val_loss"), options.get("mode", "auto"))
+        mode = _trial_mode(trial.study, options.get("monitor", "val_loss"), options.get("mode", "auto"))
         self.cleanup(trial.study)
         link = _TrialLink(trial, self.trial_directory(trial), self)
+        link.mode = mode
         with self._links_lock:
             self._open.append(link)
         return link
@@ -377,6 +385,7 @@ class _TrialLink:
         self.directory = directory
         self.owner = owner
         self.tracker: BestWeightsTracker | None = None
+        self.mode: Any = "auto"
         self._updates = 0
         self.closed = False
 

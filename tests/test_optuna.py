@@ -224,6 +224,7 @@ def test_multi_objective_is_refused(tmp_path):
         ({"monitor": "val_accuracy"}, ValueError, "minimizes its objective.*highest 'val_accuracy'"),
         ({"mode": "max"}, ValueError, r"pass mode='min'"),
         ({"mode": "best"}, ValueError, "`mode` must be one of"),
+        ({"filename": "sub/best.weights.h5"}, ValueError, "without folders"),
     ],
 )
 def test_bad_tracker_options(tmp_path, options, error, match):
