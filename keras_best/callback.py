@@ -25,6 +25,12 @@ class BestCheckpoint(keras.callbacks.Callback):
     atomic and recorded in `keras_best.json`, so `load_best(model, directory)`
     works for `fit()` runs too.
 
+    `.weights.h5` files are written in a background thread (`async_save=True`,
+    the default): an epoch end waits only for a host copy of the weights, and
+    `on_train_end` waits for the writes. A write error is raised from the
+    next epoch end or from `fit()`'s end, with the previous best intact.
+    `async_save=False` writes before each epoch end returns.
+
     One deliberate difference: an unknown `mode` raises `ValueError` (Keras
     warns and falls back to "auto").
 
@@ -60,6 +66,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         export_at_finish: bool = False,
         stop_on_non_finite: bool = False,
         require: Any = None,
+        async_save: bool = True,
     ) -> None:
         super().__init__()
         filepath = os.fspath(filepath)
@@ -90,6 +97,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             stop_on_non_finite=stop_on_non_finite,
             verbose=verbose,
             require=require,
+            async_save=async_save,
         )
         self._batches_since_save = 0
         self._last_batch = None

@@ -3,6 +3,24 @@
 A saver is told what to write and where; it decides nothing. Each `write`
 produces a complete file (or directory) at a local path, which the writer
 then fsyncs and renames into place.
+
+Saving is split in two so that training never waits for the disk:
+`saver.snapshot(model)` runs in the training thread and returns an object
+whose `write(path)` writes the file. When the snapshot is `detached` (it holds
+host copies of the variables and no reference to live Keras state) the writer
+may call `write` in its background thread; otherwise the tracker calls it at
+once, in the training thread.
+
+Which formats are written in the background:
+- `.weights.h5`: yes. The snapshot costs one host copy of each variable, as
+  cheap as `[v.numpy() for v in model.weights]`; the file is written with plain
+  h5py in the layout `model.save_weights` uses (see `h5_layout`). A model
+  whose layout cannot be captured falls back to `model.save_weights` in the
+  training thread, with a warning; so does, silently, a model class that
+  overrides `save_weights` (its own method is called).
+- `.keras` and SavedModel export: no, they are written by `model.save` /
+  `model.export` in the training thread (they serialize the model's config and
+  trace its functions, which need the live model).
 """
 
 from __future__ import annotations
@@ -58,20 +76,69 @@ def resolve_format(filepath: str, save_format: str | None = None) -> str:
     )
 
 
+class Snapshot:
+    """What a saver captured of a model; `write(path)` writes it to a local path.
+
+    `detached` snapshots hold host copies only (no live Keras state), so their
+    `write` may run in a background thread, after training has moved on.
+    """
+
+    detached: bool = False
+
+    def write(self, path: str) -> None:
+        raise NotImplementedError
+
+
+class LiveSnapshot(Snapshot):
+    """Not detached: `write` saves the live model, so it must run at once."""
+
+    def __init__(self, saver: Saver, model: Any) -> None:
+        self.saver, self.model = saver, model
+
+    def write(self, path: str) -> None:
+        self.saver.write(self.model, path)
+
+
 class Saver:
     """Writes `model` in one format to a local path."""
 
     format: str = ""
 
+    def snapshot(self, model: Any) -> Snapshot:
+        """Capture `model` in the calling (training) thread; see `Snapshot`."""
+        return LiveSnapshot(self, model)
+
     def write(self, model: Any, path: str) -> None:
         raise NotImplementedError
 
 
-class WeightsSaver(Saver):
+class _SaveWeights(Saver):
     format = WEIGHTS
 
     def write(self, model: Any, path: str) -> None:
         model.save_weights(path)
+
+
+class WeightsSaver(Saver):
+    """`.weights.h5` files, written from host copies (see `h5_layout`)."""
+
+    format = WEIGHTS
+
+    def __init__(self) -> None:
+        from keras_best.h5_layout import WeightsWriter
+
+        self._weights = WeightsWriter()
+
+    def snapshot(self, model: Any) -> Snapshot:
+        import keras
+
+        if type(model).save_weights is not keras.Model.save_weights:
+            return LiveSnapshot(_SaveWeights(), model)  # the model's own save_weights
+        snap = self._weights.snapshot(model)
+        return LiveSnapshot(_SaveWeights(), model) if snap is None else snap
+
+    def write(self, model: Any, path: str) -> None:
+        self.snapshot(model).write(path)
 
 
 class KerasSaver(Saver):

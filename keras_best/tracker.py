@@ -13,6 +13,7 @@ import warnings
 from typing import Any, Callable, Iterable, Mapping
 
 from keras_best import distribute, files, manifest, retention, savers, state
+from keras_best.h5_layout import host_copies
 from keras_best.lock import DirectoryLock
 from keras_best.metrics import direction_of, read_all
 from keras_best.monitor import Decision, Monitor, StopReason
@@ -72,6 +73,13 @@ class BestWeightsTracker:
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
             count as not improving for `patience`.
+        async_save: write `.weights.h5` files and the record in a background
+            thread (default): `update()` only waits for a host copy of the
+            weights, and a write error is raised from the next `update()` or
+            `finish()` (the previous best stays intact and recorded).
+            `finish()` waits for the writes, and so does interpreter exit.
+            `False` writes everything before `update()` returns. `.keras` and
+            SavedModel files are always written in the training thread.
 
     Example:
 
@@ -108,6 +116,7 @@ class BestWeightsTracker:
         stop_on_non_finite: bool = False,
         verbose: int = 1,
         require: Any = None,
+        async_save: bool = True,
     ) -> None:
         filepath = _path_to_string(filepath)
         self.objective = Objective(monitor, mode, require)
@@ -161,11 +170,13 @@ class BestWeightsTracker:
         self._export: str | None = None
         self._architecture: str | None = None
         self._best_weights: list[Any] | None = None
+        self._rollback: Any = None
         self._checked_keys = False
         self.initial_epoch = 0
         self.model = None
         self._chief = distribute.is_chief()
-        self._writer = Writer(self.directory, enabled=self._chief)
+        self.async_save = bool(async_save)
+        self._writer = Writer(self.directory, enabled=self._chief, background=self.async_save)
         self._lock = None
         if self._chief:
             _prepare_directory(self.directory)
@@ -261,7 +272,11 @@ class BestWeightsTracker:
         self._first_update_checks(metrics, values)
         value = self.objective.score(values)
         self._acquire_lock()
+        error = self._take_write_error()
+        if error is not None:
+            raise error from error.__cause__
         previous, best_weights = self.state_dict(), self._best_weights
+        self._rollback = (previous, best_weights, epoch)  # given back if a background write fails
         try:
             return self._decide_and_save(epoch, step, values, value)
         except BaseException as e:
@@ -277,17 +292,44 @@ class BestWeightsTracker:
         """Wait for writes; restore the best weights or export if asked.
 
         Releases the run directory's lock; a later `update()` takes it again.
+        A background write that failed raises `SaveError` here, after the
+        best weights that are on disk were restored (if asked).
         """
+        error = None
         try:
             self._writer.flush()
-            if self.export_at_finish:
+            error = self._take_write_error()
+            if self.export_at_finish and error is None:
                 self._export_best()
             if self.restore_best_weights and self._best_weights is not None:
                 self.model.set_weights(self._best_weights)
             self._writer.close()
+            error = error or self._take_write_error()
         finally:
             if self._lock is not None:
                 self._lock.release()
+        if error is not None:
+            raise error from error.__cause__
+
+    def _take_write_error(self) -> SaveError | None:
+        """A background write's error as a `SaveError`, once; the tracker's
+        state rolls back to what the run directory holds (the update before)."""
+        failed = self._writer.take_error()
+        if failed is None:
+            return None
+        cause, txn = failed
+        epoch = None
+        if txn.rollback is not None:
+            previous, best_weights, epoch = txn.rollback
+            self.load_state_dict(previous)
+            self._best_weights = best_weights
+            self._previous_best_str = _fmt(self._engine.best, self._monitor_options["baseline"])
+        if isinstance(cause, SaveError):
+            return cause
+        error = SaveError(self._save_error_message(epoch, cause) if epoch is not None else
+                          f"Writing into {self.directory!r} failed: {cause!r}.")
+        error.__cause__ = cause
+        return error
 
     def run(
         self,
@@ -418,12 +460,14 @@ class BestWeightsTracker:
                 and retention.admits(self._kept, value, self.keep_top_k, self._mode_or_min(),
                                      score.ties, score.feasible)
             )
-        txn = Transaction(state={})
-        saved_path, evicted = None, []
+        txn = Transaction(state={}, rollback=self._rollback)
+        saved_path, evicted, reuse = None, [], None
         if save:
             rel = self._format_name(epoch, step, values)
             tmp_rel = files.tmp_path(rel)
-            distribute.write_durably(files.join(self.directory, tmp_rel), self._write_model, self._chief)
+            snapshot = self._saver.snapshot(self.model)  # on every worker: may be collective
+            reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
+            self._add_write(txn, tmp_rel, snapshot.write, snapshot.detached)
             txn.renames.append((tmp_rel, rel))
             record = Record(epoch, value, rel, dict(values), step, score.ties, score.feasible)
             self._kept, evicted_records, _ = retention.retain(
@@ -432,15 +476,14 @@ class BestWeightsTracker:
             txn.deletes.extend(evicted)
             saved_path = files.join(self.directory, rel)
         if decision.improved and self.restore_best_weights:
-            self._best_weights = self.model.get_weights()
+            self._best_weights = host_copies(self.model.weights, reuse)
         if self.save_last:
             tmp_rel = files.tmp_path(state.LAST_NAME)
-            arrays = state.snapshot(self.model, self.optimizer)  # on every worker: may be collective
-            distribute.write_durably(
-                files.join(self.directory, tmp_rel),
-                lambda p: state.write(p, *arrays, epoch=epoch, step=step),
-                self._chief,
+            arrays = (  # as state.snapshot, sharing the host copies taken above
+                host_copies(self.model.weights, reuse),
+                host_copies(state.optimizer_variables(self.optimizer, self.model), reuse),
             )
+            self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step), True)
             txn.renames.append((tmp_rel, state.LAST_NAME))
             self._last = {"path": state.LAST_NAME, "epoch": epoch, "step": step}
         if decision.should_stop:
@@ -467,6 +510,14 @@ class BestWeightsTracker:
 
     def _write_model(self, path: str) -> None:
         self._saver.write(self.model, path)
+
+    def _add_write(self, txn: Transaction, tmp_rel: str, write: Callable[[str], None], detached: bool) -> None:
+        """Have `write(path)` make the temp file `tmp_rel`: by the writer (in its
+        thread with `async_save`) when it holds host copies only, else now."""
+        if detached:
+            txn.jobs.append((write, tmp_rel))  # dropped on non-chief workers (nothing to read)
+        else:
+            distribute.write_durably(files.join(self.directory, tmp_rel), write, self._chief)
 
     def _format_name(self, epoch: int, step: int | None, values: Mapping[str, float]) -> str:
         fields = dict(values)
@@ -504,7 +555,7 @@ class BestWeightsTracker:
             "last": self._last,
             "stopped": self._stopped,
             "export": self._export,
-            "history": self.history,
+            "history": list(self.history),  # a copy: a background writer may read it later
             "updated_at": time.time(),
         }
 

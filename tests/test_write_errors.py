@@ -75,7 +75,10 @@ def test_read_only_directory_raises_clearly_and_keeps_previous_best(tmp_path, ho
 
 def test_removed_run_directory_raises_clearly(tmp_path, model):
     run_dir = tmp_path / "run"
-    tracker = BestWeightsTracker(model, str(run_dir / "best.weights.h5"), verbose=0)
+    # Synchronous: the first save must be on disk before the directory goes
+    # (tests/test_async_writer.py covers the background case).
+    tracker = BestWeightsTracker(model, str(run_dir / "best.weights.h5"), verbose=0,
+                                 **({"async_save": False} if len(HOWS) > 1 else {}))
     tracker.update(0, {"val_loss": 1.0})
     shutil.rmtree(run_dir)
     with pytest.raises(SaveError, match="no longer exists"):

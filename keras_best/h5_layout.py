@@ -1,0 +1,352 @@
+"""Write a Keras `.weights.h5` file from host arrays, with plain h5py.
+
+`model.save_weights` walks the model's object tree (every attribute of every
+layer) on each call, converts each variable with `convert_to_numpy` (two host
+copies) and writes the file, all in the caller's thread. Here the three steps
+are split:
+
+1. `Layout.capture(model)`: walk the tree once, with Keras's own walker
+   (`saving_lib._save_state`) and a recording `H5IOStore`, and remember which
+   object owns which group of the file (the model, its layers, nested layers,
+   the optimizer when `model.optimizer` is set, metrics...).
+2. `Layout.snapshot()`: ask each owner for its variables again
+   (`save_own_variables`, so quantized, LoRA or custom layers hand over what
+   they would save) and take one host copy of each, in the training thread.
+   This is as cheap as `[v.numpy() for v in model.weights]`.
+3. `WeightsSnapshot.write(path)`: write the groups, attributes and datasets
+   exactly as `H5IOStore` does. It touches no Keras object, so it can run in
+   another thread while training goes on.
+
+Every Keras internal used by keras-best's weights files is in this module, and
+`tests/test_h5_layout.py` pins it against the installed Keras: the files must
+have the same groups, attributes, datasets and values as `save_weights`'s, and
+load with stock `model.load_weights`.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+
+class LayoutError(RuntimeError):
+    """The model's weights layout could not be captured (keras-best falls back
+    to `model.save_weights`)."""
+
+
+class WeightsSnapshot:
+    """Host copies of a model's saved variables, in `.weights.h5` order.
+
+    Attributes:
+        groups: `(group_path, attrs, [(key, array), ...])` in creation order;
+            `attrs` is `None` for a group Keras creates without metadata.
+        by_variable: `id(variable) -> array` for every variable that was read
+            (so other files of the same update can reuse the same copies).
+    """
+
+    detached = True  # holds host arrays only: `write` may run in any thread
+
+    def __init__(self, groups: list[tuple[str, dict[str, Any] | None, list[tuple[str, np.ndarray]]]],
+                 by_variable: dict[int, np.ndarray]) -> None:
+        self.groups = groups
+        self.by_variable = by_variable
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for _, _, entries in self.groups for _, a in entries)
+
+    def arrays(self) -> Iterator[np.ndarray]:
+        for _, _, entries in self.groups:
+            for _, a in entries:
+                yield a
+
+    def write(self, path: str) -> None:
+        """Write the `.weights.h5` file at local `path` (as `H5IOStore` does)."""
+        with h5py.File(path, mode="w") as f:
+            for group_path, attrs, entries in self.groups:
+                group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
+                for k, v in (attrs or {}).items():
+                    group.attrs[k] = v
+                for key, value in entries:
+                    if _is_bfloat16(value):
+                        ds = group.create_dataset(key, data=value)
+                        ds.attrs["dtype"] = "bfloat16"
+                    else:
+                        group[key] = value
+
+
+class Layout:
+    """Which object saves which group of a model's `.weights.h5` file.
+
+    Captured once per model and re-captured when the model gains or changes
+    its optimizer or its variables (see `fingerprint`).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.fingerprint = fingerprint(model)
+        self.owners = _capture_owners(model)
+
+    @classmethod
+    def capture(cls, model: Any) -> Layout:
+        """The model's layout; `LayoutError` when Keras's walker cannot be used."""
+        if not getattr(model, "built", False):
+            raise ValueError(
+                "You are saving a model that has not yet been built. Try building the "
+                "model first by calling it on some data or by using `build()`."
+            )
+        try:
+            return cls(model)
+        except LayoutError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure means: use save_weights
+            raise LayoutError(f"cannot capture the weights layout of {type(model).__name__}: {e!r}") from e
+
+    def is_current(self) -> bool:
+        return fingerprint(self.model) == self.fingerprint
+
+    def snapshot(self) -> WeightsSnapshot:
+        """Host copies of every saved variable, grouped as in the file."""
+        store = _RecordingStore()
+        for save, path, metadata in self.owners:
+            save(store.make(path, metadata))
+        return store.snapshot()
+
+
+def fingerprint(model: Any) -> tuple[Any, ...]:
+    """Changes when the saved object tree may have changed: another optimizer,
+    an optimizer built since, variables added to or removed from the model."""
+    optimizer = getattr(model, "optimizer", None)
+    return (
+        id(optimizer),
+        bool(getattr(optimizer, "built", False)),
+        len(getattr(optimizer, "variables", ()) or ()) if optimizer is not None else 0,
+        len(model.weights),
+    )
+
+
+class WeightsWriter:
+    """Snapshots of one model's weights, its layout captured once.
+
+    Falls back to `model.save_weights` (in the calling thread) when the layout
+    cannot be captured, with one warning.
+    """
+
+    def __init__(self) -> None:
+        self._layout: Layout | None = None
+        self._failed_for: int | None = None
+
+    def snapshot(self, model: Any) -> WeightsSnapshot | None:
+        """A detached snapshot of `model`, or `None` if it must be saved with
+        `model.save_weights` in the calling thread."""
+        if self._failed_for == id(model):
+            return None
+        layout = self._layout
+        if layout is None or layout.model is not model or not layout.is_current():
+            try:
+                layout = self._layout = Layout.capture(model)
+            except LayoutError as e:
+                self._failed_for, self._layout = id(model), None
+                warnings.warn(
+                    f"keras-best saves this model with `model.save_weights` in the training "
+                    f"thread ({e}); background writes are off for it.",
+                    stacklevel=3,
+                )
+                return None
+        return layout.snapshot()
+
+
+def save_weights(model: Any, path: str) -> None:
+    """`model.save_weights(path)` through the captured layout (for tests and tools)."""
+    snap = WeightsWriter().snapshot(model)
+    if snap is None:
+        model.save_weights(path)
+    else:
+        snap.write(path)
+
+
+def host_copies(variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
+    """One host copy of each variable, reusing the arrays of `reuse` (a
+    snapshot's `by_variable`) when it already holds them."""
+    reuse = reuse or {}
+    return [reuse[id(v)] if id(v) in reuse else _host_copy(v) for v in variables]
+
+
+# ----------------------------------------------------------------- internals
+def _saving_lib():
+    from keras.src.saving import saving_lib
+
+    return saving_lib
+
+
+def _capture_owners(model: Any) -> list[tuple[Any, str, dict[str, Any] | None]]:
+    """Run Keras's own walker with a store that records each `make()` call
+    together with the `save_own_variables` of the object that receives it."""
+    saving_lib = _saving_lib()
+    store = _capturing_store_class()()
+    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    if not store.owners:
+        raise LayoutError("Keras's walker visited nothing")
+    return store.owners
+
+
+_CAPTURING_STORE = None
+
+
+def _capturing_store_class() -> type:
+    """An `H5IOStore` subclass (Keras's walker checks the type) that records
+    `(owner, path, metadata)` per `make()` instead of writing."""
+    global _CAPTURING_STORE
+    if _CAPTURING_STORE is not None:
+        return _CAPTURING_STORE
+    saving_lib = _saving_lib()
+
+    class _CapturingStore(saving_lib.H5IOStore):
+        def __init__(self) -> None:  # no file
+            self.mode = "w"
+            self.owners: list[tuple[Any, str, dict[str, Any] | None]] = []
+            self._recorder = _RecordingStore()
+
+        def __bool__(self) -> bool:
+            return True
+
+        def make(self, path: str, metadata: dict[str, Any] | None = None) -> Any:
+            # `_save_state(saveable, ...)` calls
+            # `saveable.save_own_variables(weights_store.make(path, metadata))`.
+            caller = sys._getframe(1)
+            owner = caller.f_locals.get("saveable")
+            if caller.f_code.co_name != "_save_state" or owner is None:
+                raise LayoutError(
+                    "keras.src.saving.saving_lib._save_state changed: make() is called from "
+                    f"{caller.f_code.co_name!r}"
+                )
+            save = _save_function(owner)
+            if save is None:
+                raise LayoutError(f"{type(owner).__name__} has no save_own_variables")
+            self.owners.append((save, path, dict(metadata) if metadata else None))
+            return self._recorder.make(path, metadata)
+
+        def close(self) -> None:
+            pass
+
+    _CAPTURING_STORE = _CapturingStore
+    return _CapturingStore
+
+
+class _RecordingStore:
+    """What `H5IOStore` does in write mode, into host arrays instead of a file."""
+
+    def __init__(self) -> None:
+        self.mode = "w"
+        self._groups: list[tuple[str, dict[str, Any] | None, list[tuple[str, np.ndarray]]]] = []
+        self._by_variable: dict[int, np.ndarray] = {}
+        self._path = ""
+        self._entries: list[tuple[str, np.ndarray]] | None = None
+
+    def make(self, path: str, metadata: dict[str, Any] | None = None) -> _RecordingStore:
+        self._path = path
+        self._entries = None
+        if metadata:  # H5IOStore creates a group with metadata at once...
+            self._create_group(dict(metadata))
+        return self  # ...and one without at the first variable (never when empty)
+
+    def _create_group(self, attrs: dict[str, Any] | None) -> None:
+        self._entries = []
+        self._groups.append((self._path, attrs, self._entries))
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._entries is None:
+            self._create_group(None)
+        if _is_variable(value):  # alive as long as the model: its id is stable
+            array = self._by_variable.get(id(value))
+            if array is None:
+                array = self._by_variable[id(value)] = _host_copy(value)
+        else:
+            array = _host_copy(value)
+        self._entries.append((key, array))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        for k, v in self._entries or ():
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __contains__(self, key: str) -> bool:
+        return any(k == key for k, _ in self._entries or ())
+
+    def __len__(self) -> int:
+        return len(self._entries or ())
+
+    def keys(self) -> list[str]:
+        return [k for k, _ in self._entries or ()]
+
+    def __bool__(self) -> bool:
+        return True
+
+    def snapshot(self) -> WeightsSnapshot:
+        return WeightsSnapshot(self._groups, self._by_variable)
+
+
+def _save_function(owner: Any) -> Any:
+    """`owner.save_own_variables`, but for a stock optimizer one that hands over
+    its variables (the stock one converts them itself, so its copies could not
+    be shared with the training state of the same update)."""
+    save = getattr(owner, "save_own_variables", None)
+    if save is None:
+        return None
+    base = _base_optimizer_save()
+    if base is not None and getattr(type(owner), "save_own_variables", None) is base:
+        def save_optimizer(store: Any, owner: Any = owner) -> None:
+            for i, variable in enumerate(owner.variables):
+                store[str(i)] = variable
+
+        return save_optimizer
+    return save
+
+
+_BASE_OPTIMIZER_SAVE: list[Any] = []
+
+
+def _base_optimizer_save() -> Any:
+    if not _BASE_OPTIMIZER_SAVE:
+        try:
+            from keras.src.optimizers.base_optimizer import BaseOptimizer
+
+            _BASE_OPTIMIZER_SAVE.append(BaseOptimizer.save_own_variables)
+        except (ImportError, AttributeError):
+            _BASE_OPTIMIZER_SAVE.append(None)
+    return _BASE_OPTIMIZER_SAVE[0]
+
+
+def _host_copy(value: Any) -> np.ndarray:
+    """One host copy of a variable or tensor (`convert_to_numpy` makes two)."""
+    if isinstance(value, np.ndarray):
+        return value  # save_own_variables made it (e.g. `variable.numpy()`)
+    numpy = getattr(value, "numpy", None)
+    if numpy is not None:
+        out = numpy()
+        if isinstance(out, np.ndarray):
+            return out
+        return np.asarray(out)
+    from keras import ops
+
+    return np.asarray(ops.convert_to_numpy(value))
+
+
+_VARIABLE_TYPES: list[type] = []
+
+
+def _is_variable(value: Any) -> bool:
+    if not _VARIABLE_TYPES:
+        import keras
+
+        _VARIABLE_TYPES.append(keras.Variable)
+    return isinstance(value, _VARIABLE_TYPES[0])
+
+
+def _is_bfloat16(array: np.ndarray) -> bool:
+    return array.dtype.name == "bfloat16"
