@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import os
 import sys
 import threading
+import traceback
 import weakref
 from typing import Any, Callable
 
 from keras_best import files, manifest
 
 IDLE_EXIT_S = 5.0  # a background thread with nothing to do exits after this
+WRITER_NICENESS = 10  # the writer thread's nice value, above the training threads'
 
 
 @dataclasses.dataclass
@@ -154,6 +157,7 @@ class Writer:
         self.flush()
 
     def _run(self) -> None:
+        _lower_priority()
         while True:
             with self._cond:
                 while self._pending is None:
@@ -166,15 +170,30 @@ class Writer:
             try:
                 commit(self.directory, txn)
             except BaseException as e:  # noqa: BLE001 - kept, raised by the caller later
+                traceback.clear_frames(e.__traceback__)  # their locals hold the snapshot
                 with self._cond:
-                    self._error = (e, txn)
+                    self._error = (e, dataclasses.replace(txn, jobs=[]))
                     if self._pending is not None:
                         _discard(self.directory, self._pending)
                         self._pending = None
             finally:
+                txn = None  # free its snapshot now, not when the next one arrives
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()
+
+
+def _lower_priority() -> None:
+    """Run this (writer) thread at a lower CPU priority than training, so a
+    write uses idle cycles instead of taking them from the training threads
+    (Linux, where a thread has its own nice value; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICENESS))
+    except (AttributeError, OSError):
+        pass
 
 
 def merge(older: Transaction, newer: Transaction) -> Transaction | None:

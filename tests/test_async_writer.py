@@ -122,6 +122,16 @@ def test_a_replaced_snapshot_is_freed_at_once(tmp_path, writer):
     assert (tmp_path / "best.bin").read_bytes() == b"2"
 
 
+def test_a_written_snapshot_is_freed_at_once(tmp_path, writer):
+    job = Job(b"a")
+    alive = weakref.ref(job)
+    writer.submit(save_txn(tmp_path, "a.bin", job, ["a.bin"]))
+    del job
+    writer.flush()
+    gc.collect()
+    assert alive() is None, "the writer must not hold the last snapshot while idle"
+
+
 def test_record_only_updates_merge_and_keep_the_waiting_file(tmp_path, writer):
     gate = threading.Event()
     blocker, waiting = Job(b"0", gate), Job(b"1")

@@ -70,6 +70,14 @@ def functional():
     return keras.Model(inp, out)
 
 
+def deep():
+    """Many small variables: read in one batch (h5_layout._BatchReader)."""
+    layers = []
+    for _ in range(6):
+        layers += [keras.layers.Dense(4), keras.layers.BatchNormalization()]
+    return keras.Sequential([keras.Input((6,))] + layers + [keras.layers.Dense(1)])
+
+
 def subclassed():
     model = Subclassed()
     model(X[:2])
@@ -107,6 +115,7 @@ BUILDERS = {
     "sequential-compiled": compiled(sequential),
     "functional-compiled": compiled(functional),
     "subclassed-compiled": compiled(subclassed),
+    "deep-compiled": compiled(deep),
     "mixed-precision": mixed_precision,
     "bfloat16": bfloat16,
 }
@@ -151,7 +160,8 @@ def all_state(model):
 
 
 def fresh_like(name, model):
-    fresh = BUILDERS[name.replace("-compiled", "")]() if name.endswith("-compiled") else BUILDERS[name]()
+    plain = {"sequential": sequential, "functional": functional, "subclassed": subclassed, "deep": deep}
+    fresh = plain[name.replace("-compiled", "")]() if name.endswith("-compiled") else BUILDERS[name]()
     if getattr(model, "optimizer", None) is not None:
         if name == "mixed-precision":
             return fresh  # compiled and built by its builder
@@ -210,6 +220,20 @@ def test_a_snapshot_holds_the_values_of_its_moment(tmp_path):
     snapshot.write(path)
     model.load_weights(path)
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before))
+
+
+def test_a_batched_snapshot_is_not_changed_by_training(tmp_path):
+    model = original("deep-compiled")
+    assert len(model.weights) + len(model.optimizer.variables) >= h5_layout._BatchReader.MIN_VARIABLES
+    randomize(model, 5)
+    before = all_state(model)
+    snapshot = h5_layout.WeightsWriter().snapshot(model)
+    model.fit(X, Y, epochs=1, batch_size=8, verbose=0)  # in-place updates of every variable
+    assert not all(np.array_equal(a, b) for a, b in zip(before, all_state(model)))
+    path = str(tmp_path / "m.weights.h5")
+    snapshot.write(path)
+    model.load_weights(path)
+    assert all(np.array_equal(a, b) for a, b in zip(all_state(model), before))
 
 
 def test_snapshot_shares_its_copies_with_host_copies():

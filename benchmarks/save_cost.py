@@ -1,0 +1,250 @@
+"""What a save costs the training loop, side by side in one run.
+
+For Dense models of about 1, 34, 134 and 537 MB of float32 weights (and a
+MobileNetV2, many small variables), each measured REPEATS times, interleaved,
+median reported:
+
+- snapshot      `[v.numpy() for v in model.weights]`: the host copy, the floor
+                for a consistent snapshot.
+- h5py          the same arrays written with plain h5py (`f[name] = array`)
+                over the previous file (as a checkpoint overwrites the last
+                best), and `h5py+fsync` with the file made durable: the floor
+                for the file.
+- kb file       keras-best's own file writer (`h5_layout`, Keras's layout with
+                plain h5py) on a snapshot, over the previous file, no fsync:
+                compare with `h5py`.
+- MC blocked    `keras.callbacks.ModelCheckpoint(save_best_only=True,
+                save_weights_only=True).on_epoch_end` on an improvement: the
+                training loop waits this long (it writes in place, no fsync).
+- kb blocked    `BestWeightsTracker.update()` on an improvement (background
+                writes): the training loop waits this long.
+- kb write      the background write: from `update()`'s return until the
+                file, renamed and recorded in keras_best.json, is fsynced
+                (`finish()` returns). Compare with `h5py+fsync`.
+- kb sync       `update()` with `async_save=False` (writes, fsyncs, records).
+
+Ratios: blocked/snapshot (target <= 1.5); h5py / kb file (the file writer
+relative to raw h5py on a flat file: Keras's layout has a group per layer);
+h5py+fsync / kb write (the durable write relative to raw h5py, target >= 0.8;
+kb write also makes the record durable: two atomic writes of
+keras_best.json and a rename, a few ms); and MC blocked / kb blocked.
+
+A last table times a non-improving `update()` against reading the metric
+alone (target: <= 1 ms more).
+
+Usage: python benchmarks/save_cost.py [--sizes 1,34,134,537] [--repeats 7] [--no-mobilenet]
+The disk and the CPU are shared: run it twice and compare before trusting a
+single figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import h5py  # noqa: E402
+import keras  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from keras_best import BestWeightsTracker  # noqa: E402
+from keras_best.h5_layout import WeightsWriter  # noqa: E402
+
+SIZES = {1: (512, 1), 34: (2048, 2), 134: (4096, 2), 537: (4096, 8)}  # MB -> (width, layers)
+
+
+def dense_model(mb: int) -> keras.Model:
+    width, layers = SIZES[mb]
+    return keras.Sequential(
+        [keras.Input((width,))] + [keras.layers.Dense(width, use_bias=False) for _ in range(layers)]
+    )
+
+
+def mobilenet() -> keras.Model:
+    return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+
+
+def ms(seconds: float) -> float:
+    return seconds * 1e3
+
+
+def fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Case:
+    """One model, every method, measured in interleaved rounds."""
+
+    def __init__(self, name: str, model: keras.Model, root: str) -> None:
+        self.name, self.model = name, model
+        self.dir = tempfile.mkdtemp(dir=root)
+        self.times: dict[str, list[float]] = {}
+        self.epoch = 0
+        self.mc = keras.callbacks.ModelCheckpoint(
+            os.path.join(self.dir, "mc", "best.weights.h5"), monitor="val_loss", mode="min",
+            save_best_only=True, save_weights_only=True, verbose=0,
+        )
+        os.makedirs(os.path.join(self.dir, "mc"))
+        self.mc.set_model(model)
+        self.kb = BestWeightsTracker(model, os.path.join(self.dir, "kb", "best.weights.h5"), verbose=0)
+        self.kb_sync = BestWeightsTracker(model, os.path.join(self.dir, "sync", "best.weights.h5"), verbose=0,
+                                          async_save=False)
+        self.writer = WeightsWriter()
+        self.nbytes = sum(v.numpy().nbytes for v in model.weights)
+        for method in self.methods():  # warm-up: tracing, layout capture, first allocations
+            method()
+        self.times.clear()
+
+    def value(self) -> float:
+        self.epoch += 1
+        return 1.0 / self.epoch  # every call improves
+
+    def record(self, key: str, seconds: float) -> None:
+        self.times.setdefault(key, []).append(seconds)
+
+    def methods(self):
+        return [self.snapshot, self.raw, self.file, self.model_checkpoint, self.keras_best, self.keras_best_sync]
+
+    def snapshot(self) -> None:
+        self.arrays = None  # as the tracker's previous snapshot is gone by now
+        t = time.perf_counter()
+        arrays = [v.numpy() for v in self.model.weights]
+        self.record("snapshot", time.perf_counter() - t)
+        self.arrays = arrays
+        os.sync()
+
+    def raw(self) -> None:
+        path = os.path.join(self.dir, "raw.h5")  # the previous round's file is overwritten
+        t = time.perf_counter()
+        with h5py.File(path, "w") as f:
+            for i, a in enumerate(self.arrays):
+                f[str(i)] = a
+        t1 = time.perf_counter()
+        fsync(path)
+        t2 = time.perf_counter()
+        self.record("h5py", t1 - t)
+        self.record("h5py+fsync", t2 - t)
+        os.sync()
+
+    def file(self) -> None:
+        path = os.path.join(self.dir, "kb-file.weights.h5")
+        snapshot = self.writer.snapshot(self.model)
+        t = time.perf_counter()
+        snapshot.write(path)
+        self.record("kb file", time.perf_counter() - t)
+        del snapshot
+        os.sync()
+
+    def model_checkpoint(self) -> None:
+        t = time.perf_counter()
+        self.mc.on_epoch_end(self.epoch, {"val_loss": self.value()})
+        self.record("MC blocked", time.perf_counter() - t)
+        os.sync()
+
+    def keras_best(self) -> None:
+        t = time.perf_counter()
+        decision = self.kb.update(self.epoch, {"val_loss": self.value()})
+        t1 = time.perf_counter()
+        self.kb.finish()  # waits for the background write (fsynced, renamed, recorded)
+        t2 = time.perf_counter()
+        assert decision.saved_path, decision
+        self.record("kb blocked", t1 - t)
+        self.record("kb write", t2 - t1)
+        os.sync()
+
+    def keras_best_sync(self) -> None:
+        t = time.perf_counter()
+        self.kb_sync.update(self.epoch, {"val_loss": self.value()})
+        self.record("kb sync", time.perf_counter() - t)
+        os.sync()
+
+    def median(self, key: str) -> float:
+        return statistics.median(self.times[key])
+
+    def close(self) -> None:
+        self.kb.finish()
+        self.kb_sync.finish()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def non_improving_cost(root: str, repeats: int) -> tuple[float, float]:
+    """Median time of a non-improving update() and of reading its metric alone (ms)."""
+    model = dense_model(34)
+    metric = keras.metrics.Mean(name="val_loss")
+    metric.update_state(1.0)
+    tracker = BestWeightsTracker(model, os.path.join(root, "nonimp", "best.weights.h5"), verbose=0)
+    tracker.update(0, {"val_loss": 0.1})  # the best, saved once
+    tracker.finish()
+    read, update = [], []
+    for epoch in range(1, 1 + 20 * repeats):
+        t = time.perf_counter()
+        float(metric.result())
+        t1 = time.perf_counter()
+        tracker.update(epoch, {"val_loss": metric})  # 1.0: worse than 0.1
+        t2 = time.perf_counter()
+        read.append(t1 - t)
+        update.append(t2 - t1)
+    tracker.finish()
+    return ms(statistics.median(update)), ms(statistics.median(read))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="1,34,134,537", help="comma-separated model sizes in MB (1,34,134,537)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--no-mobilenet", action="store_true")
+    parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    root = tempfile.mkdtemp(prefix="kb-bench-", dir=args.dir)
+    print(f"keras-best save cost | {platform.machine()} {os.cpu_count()} CPUs | Keras {keras.__version__} "
+          f"| backend {keras.backend.backend()} | h5py {h5py.__version__} | {args.repeats} rounds, medians")
+    print(f"writing into {root}")
+    builders = [(f"dense {mb} MB", lambda mb=mb: dense_model(mb)) for mb in sizes]
+    if not args.no_mobilenet:
+        builders.append(("MobileNetV2", mobilenet))
+    header = (f"{'model':<14}{'MB':>7}{'vars':>6}{'snapshot':>10}{'h5py':>8}{'kb file':>8}{'h5py+fs':>9}"
+              f"{'MC blk':>8}{'kb blk':>8}{'kb write':>9}{'kb sync':>9} |{'blk/snap':>9}{'h5py/file':>10}"
+              f"{'raw/write':>10}{'MC/kb':>7}")
+    rows = []
+    try:
+        for name, build in builders:
+            model = build()
+            case = Case(name, model, root)
+            rounds = args.repeats * (4 if case.nbytes < 10e6 else 1)  # small: noisy, cheap
+            for _ in range(rounds):
+                for method in case.methods():
+                    method()
+            m = case.median
+            rows.append(
+                f"{name:<14}{case.nbytes / 1e6:>7.1f}{len(model.weights):>6}{ms(m('snapshot')):>10.1f}"
+                f"{ms(m('h5py')):>8.1f}{ms(m('kb file')):>8.1f}{ms(m('h5py+fsync')):>9.1f}"
+                f"{ms(m('MC blocked')):>8.1f}{ms(m('kb blocked')):>8.1f}{ms(m('kb write')):>9.1f}"
+                f"{ms(m('kb sync')):>9.1f} |{m('kb blocked') / m('snapshot'):>9.2f}"
+                f"{m('h5py') / m('kb file'):>10.2f}{m('h5py+fsync') / m('kb write'):>10.2f}"
+                f"{m('MC blocked') / m('kb blocked'):>7.1f}"
+            )
+            print("\n".join(["", "times in ms", header] + rows) if len(rows) == 1 else rows[-1], flush=True)
+            case.close()
+            del model, case
+            keras.backend.clear_session()
+        update_ms, read_ms = non_improving_cost(root, args.repeats)
+        print(f"\nnon-improving update(): {update_ms:.3f} ms median, of which reading the metric "
+              f"{read_ms:.3f} ms: {update_ms - read_ms:.3f} ms beyond it (target <= 1 ms)")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
