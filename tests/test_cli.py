@@ -1,0 +1,327 @@
+"""The `keras-best` command: demo, inspect, plot, and its errors.
+
+Runs are made by real trackers on tiny real models; the command reads them
+back from disk. Errors must be one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from keras_best import BestWeightsTracker, load_best
+from keras_best.cli import main
+from keras_best.summary import format_size, summarize
+from tests.conftest import make_model, perturb
+
+# val_loss per epoch: best at epoch index 3, then 3 epochs without improvement.
+VALUES = [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.71, 0.69]
+
+
+def make_run(directory, values=VALUES, patience=3, keep_top_k=3, save_last=True, **options):
+    """A real run: a tiny model whose weights change each epoch, scripted val_loss."""
+    model = make_model()
+    tracker = BestWeightsTracker(
+        model, os.path.join(directory, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
+        keep_top_k=keep_top_k, patience=patience, save_last=save_last, verbose=0, **options)
+    for epoch, v in enumerate(values):
+        perturb(model, epoch)
+        decision = tracker.update(epoch, {"val_loss": v, "val_acc": 1 - v / 2, "loss": v * 0.9})
+        if decision.should_stop:
+            break
+    tracker.finish()
+    return str(directory)
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ------------------------------------------------------------------ inspect
+def test_inspect_table_shows_the_run(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    code, out, err = run_cli(capsys, "inspect", run)
+    assert code == 0 and err == ""
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.split("\n\n")[0].splitlines())
+    assert fields["Monitor"] == "val_loss"
+    assert fields["Mode"] == "min (lower is better)"
+    # 1-based epochs, as Keras prints them and as {epoch} names the files.
+    assert fields["Best"] == "0.7000 at epoch 4  (004-0.7000.weights.h5)"
+    assert fields["Epochs run"] == "7 (epochs 1-7)"
+    assert fields["Early stopped"] == "yes, at epoch 7: patience exhausted: 3 epochs without improvement"
+    assert fields["Resumable"].startswith("yes: state of epoch 7 in keras_best_last.h5; the run stopped early")
+    assert fields["Keep top k"] == "3"
+    table = out.split("Kept files (best first, 3):\n")[1].splitlines()
+    assert table[0].split() == ["rank", "epoch", "val_loss", "loss", "val_acc", "size", "file"]
+    rows = [line.split() for line in table[1:]]
+    assert [r[1] for r in rows] == ["4", "7", "6"]
+    assert [r[-1] for r in rows] == ["004-0.7000.weights.h5", "007-0.7100.weights.h5", "006-0.7200.weights.h5"]
+    for r, line in zip(rows, table[1:]):
+        size = os.path.getsize(os.path.join(run, r[-1]))
+        assert " ".join(r[-3:-1]) == format_size(size)
+        assert line.index(r[-1]) == table[0].index("file")  # aligned columns
+
+
+def test_inspect_json_matches_load_best_and_disk(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    code, out, _ = run_cli(capsys, "inspect", run, "--json")
+    assert code == 0
+    data = json.loads(out)
+    rec = load_best(make_model(), run)
+    assert (data["best"]["epoch"], data["best"]["value"]) == (rec.epoch, rec.value) == (3, 0.7)
+    assert data["monitor"] == "val_loss" and data["mode"] == "min"
+    assert data["epochs_run"] == 7 and data["last_epoch"] == 6
+    assert data["stopped"] == {"epoch": 6, "step": None, "reason": "patience_exhausted"}
+    assert data["resumable"]["resumable"] is True and data["resumable"]["next_epoch"] is None
+    on_disk = sorted(n for n in os.listdir(run) if n.endswith(".weights.h5"))
+    assert sorted(k["path"] for k in data["kept"]) == on_disk
+    for k in data["kept"]:
+        assert k["size_bytes"] == os.path.getsize(os.path.join(run, k["path"]))
+    assert [k["metrics"]["val_acc"] for k in data["kept"]] == [0.65, 0.645, 0.64]
+    assert "history" not in data
+
+
+def test_inspect_running_run_is_resumable_at_the_next_epoch(tmp_path, capsys):
+    run = make_run(tmp_path / "run", values=[1.0, 0.9, 0.95], patience=None)
+    data = json.loads(run_cli(capsys, "inspect", run, "--json")[1])
+    assert data["stopped"] is None
+    assert data["resumable"]["next_epoch"] == 3
+    out = run_cli(capsys, "inspect", run)[1]
+    assert "Early stopped  no (early stopping off: patience=None)" in out
+    assert "resume=True continues at epoch 4" in out
+    # ... and a resumed tracker does continue there.
+    tracker = BestWeightsTracker(make_model(), os.path.join(run, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
+                                 keep_top_k=3, resume=True, verbose=0)
+    assert tracker.initial_epoch == data["resumable"]["next_epoch"]
+    tracker.finish()
+
+
+def test_inspect_without_training_state_is_not_resumable(tmp_path, capsys):
+    run = make_run(tmp_path / "run", values=[1.0, 0.9], patience=4, save_last=False)
+    out = run_cli(capsys, "inspect", run)[1]
+    assert "Resumable      no: no training state saved" in out
+    assert "Early stopped  no (waited 0 of patience=4)" in out
+
+
+def test_inspect_json_history_keeps_non_finite_values_strict(tmp_path, capsys):
+    run = make_run(tmp_path / "run", values=[1.0, math.nan, 0.5], patience=None)
+    code, out, _ = run_cli(capsys, "inspect", run, "--json", "--history")
+    assert code == 0
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert [h["value"] for h in data["history"]] == [1.0, "nan", 0.5]
+    assert [h["improved"] for h in data["history"]] == [True, False, True]
+
+
+def test_inspect_accepts_the_manifest_path(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    code, out, _ = run_cli(capsys, "inspect", os.path.join(run, "keras_best.json"))
+    assert code == 0 and f"Run directory  {run}" in out
+
+
+# --------------------------------------------------------------------- plot
+def test_plot_writes_a_labelled_png(tmp_path, capsys):
+    from keras_best.plot import plot_run
+
+    run = make_run(tmp_path / "run")
+    out_png = tmp_path / "figs" / "curve.png"
+    code, out, err = run_cli(capsys, "plot", run, "-o", str(out_png))
+    assert code == 0 and err == "" and out.strip() == f"wrote {out_png}"
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    import matplotlib.image
+
+    height, width = matplotlib.image.imread(str(out_png)).shape[:2]
+    assert (width, height) == (1080, 840)
+
+    fig = plot_run(run)
+    top, bottom = fig.axes[:2]
+    assert top.get_ylabel() == "val_loss (lower is better)"
+    assert bottom.get_xlabel() == "epoch"
+    assert bottom.get_ylabel() == "loss" and fig.axes[2].get_ylabel() == "val_acc"
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert "kept on disk (3 files, keep_top_k=3)" in labels
+    assert "best: 0.7000 at epoch 4" in labels
+    assert "early stop at epoch 7 (patience exhausted)" in labels
+    # The monitored curve is the recorded val_loss, one point per epoch.
+    xs, ys = top.get_lines()[0].get_data()
+    assert list(xs) == [1, 2, 3, 4, 5, 6, 7] and list(ys) == VALUES[:7]
+    # The kept rings sit on the kept epochs.
+    rings = [c for c in top.collections if c.get_label().startswith("kept on disk")][0]
+    assert sorted(x for x, _ in rings.get_offsets()) == [4, 6, 7]
+
+
+def test_plot_default_output_name(tmp_path, capsys, monkeypatch):
+    run = make_run(tmp_path / "myrun", values=[1.0, 0.5])
+    monkeypatch.chdir(tmp_path)
+    code, out, _ = run_cli(capsys, "plot", run)
+    assert code == 0 and out.strip() == "wrote myrun-curve.png"
+    assert (tmp_path / "myrun-curve.png").stat().st_size > 10_000
+
+
+def test_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
+    run = make_run(tmp_path / "run", values=[1.0])
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    code, out, err = run_cli(capsys, "plot", run, "-o", str(tmp_path / "c.png"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("keras-best plot: error: Plotting needs matplotlib")
+    assert 'python -m pip install "keras-best[plot]"' in err
+    assert not (tmp_path / "c.png").exists()
+
+
+# ------------------------------------------------------------------- errors
+def _corrupt(directory, text):
+    os.makedirs(directory)
+    with open(os.path.join(directory, "keras_best.json"), "w") as f:
+        f.write(text)
+    return str(directory)
+
+
+@pytest.mark.parametrize("command", ["inspect", "plot"])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: str(p / "missing"), r"Run directory '.*missing' does not exist\."),
+        (lambda p: _corrupt(p / "bad", "{oops"), r"keras_best\.json is not valid JSON"),
+        (lambda p: _corrupt(p / "bad", '{"format": "keras_best", "version": 1, "kept": "x"}'),
+         r"keras_best\.json does not have the fields keras-best writes"),
+        (lambda p: _corrupt(p / "bad", '{"format": "keras_best", "version": 99}'),
+         r"schema version 99; this keras-best reads up to 1\. Upgrade keras-best\."),
+        (lambda p: _corrupt(p / "bad", '{"best": null}'), r"is not a keras-best manifest"),
+        (lambda p: (p / "empty").mkdir() or str(p / "empty"),
+         r"No keras-best run in '.*empty': keras_best\.json not found\. Pass the folder"),
+    ],
+    ids=["missing-dir", "not-json", "wrong-fields", "newer-schema", "not-ours", "no-manifest"],
+)
+def test_errors_are_one_line_and_exit_1(tmp_path, capsys, command, make, message):
+    path = make(tmp_path)
+    code, out, err = run_cli(capsys, command, path, *(["-o", str(tmp_path / "c.png")] if command == "plot" else []))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"keras-best {command}: error: ")
+    assert re.search(message, err), err
+
+
+def test_error_names_the_runs_inside_a_parent_directory(tmp_path, capsys):
+    make_run(tmp_path / "study" / "trial-00001", values=[1.0])
+    make_run(tmp_path / "study" / "trial-00002", values=[1.0])
+    code, _, err = run_cli(capsys, "inspect", str(tmp_path / "study"))
+    assert code == 1
+    assert "It holds runs in: trial-00001, trial-00002; pass one of them" in err
+
+
+def test_error_for_a_file_instead_of_a_directory(tmp_path, capsys):
+    run = make_run(tmp_path / "run", values=[1.0])
+    code, _, err = run_cli(capsys, "inspect", os.path.join(run, "001-1.0000.weights.h5"))
+    assert code == 1 and "is a file; pass the run directory" in err
+
+
+def test_bad_arguments_exit_2_with_usage(capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["inspect"])
+    assert "the following arguments are required: RUN_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):
+        main(["nonsense"])
+    assert "invalid choice: 'nonsense'" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys):
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("demo", "inspect", "plot"))
+
+
+# --------------------------------------------------------------------- demo
+@pytest.mark.slow
+def test_demo_short_run_keeps_three_and_reloads_the_best(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(capsys, "demo", "--output", str(out_dir), "--epochs", "4")
+    assert code == 0, err
+    assert "[1/2 custom GradientTape loop + BestWeightsTracker]" in out
+    assert "[2/2 model.fit() + BestCheckpoint (drop-in for ModelCheckpoint)]" in out
+    assert out.count("epoch 4/4 [####################]") == 2
+    for name in ("custom_loop", "fit"):
+        run = out_dir / name
+        s = summarize(run)
+        assert s["epochs_run"] == 4 and len(s["kept"]) == 3
+        assert sorted(k["path"] for k in s["kept"]) == sorted(
+            n for n in os.listdir(run) if n.endswith(".weights.h5"))
+        assert f"Best: val_loss {s['best']['value']:.4f} at epoch {s['best']['epoch'] + 1}." in out
+        assert (out_dir / f"{name}.png").stat().st_size > 10_000
+    # The accuracy it prints is the reloaded best model's, on the test split.
+    from keras_best import demo
+
+    data = demo.load_data()
+    model = demo.build_model(seed=1)
+    load_best(model, out_dir / "fit")
+    acc = demo.test_accuracy(model, data)
+    assert f"test accuracy {acc:.4f} (360 unseen digits)" in out
+    assert acc > 0.8
+
+    # Running it again into the same directory starts afresh (it made that directory).
+    code, out, err = run_cli(capsys, "demo", "--output", str(out_dir), "--epochs", "2")
+    assert code == 0, err
+    assert summarize(out_dir / "fit")["epochs_run"] == 2
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "precious.txt").write_text("keep me")
+    code, out, err = run_cli(capsys, "demo", "--output", str(tmp_path), "--epochs", "1")
+    assert code == 1 and out == ""
+    assert "is not empty and was not made by keras-best demo" in err
+    assert os.listdir(tmp_path) == ["precious.txt"]
+
+
+def test_demo_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if not installed
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    code, out, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "keras-best demo needs scikit-learn" in err
+    assert 'python -m pip install "keras-best[demo]"' in err
+    assert not (tmp_path / "d").exists()  # nothing written before the check
+
+
+def test_demo_rejects_bad_epochs(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"), "--epochs", "0")
+    assert code == 1 and "--epochs must be an int >= 1. Received: 0" in err
+
+
+@pytest.mark.slow
+def test_full_demo_as_python_m_keras_best(tmp_path):
+    """The README's demo, end to end in a fresh process: early stops, plots, under 2 minutes."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "keras_best", "demo", "--output", str(tmp_path / "d")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    print(f"full demo: {seconds:.1f} s")
+    assert proc.stdout.count("-> early stop") == 2
+    assert proc.stdout.count("Kept the 3 best files") == 2
+    for name in ("custom_loop", "fit"):
+        s = summarize(tmp_path / "d" / name)
+        assert s["stopped"]["reason"] == "patience_exhausted"
+        assert s["epochs_run"] == s["best"]["epoch"] + 1 + 5  # patience=5
+    accuracies = [float(line.split("test accuracy ")[1].split()[0])
+                  for line in proc.stdout.splitlines() if "test accuracy" in line]
+    assert len(accuracies) == 2 and min(accuracies) > 0.93
+    assert (tmp_path / "d" / "custom_loop.png").exists() and (tmp_path / "d" / "fit.png").exists()
+
+
+def test_console_script_is_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["scripts"]["keras-best"] == "keras_best.cli:main"
+    assert {"scikit-learn>=1.3", "matplotlib>=3.7"} <= set(project["optional-dependencies"]["demo"])
