@@ -191,7 +191,7 @@ def prepare_output(output: str) -> str:
     Refuses a non-empty directory the demo did not make, so it never deletes
     anything else.
     """
-    output = os.path.abspath(output)
+    output = os.path.normpath(output)
     if os.path.exists(output) and not os.path.isdir(output):
         raise FileExistsError(f"--output {output!r} is a file; pass a directory for the demo's runs.")
     if os.path.isdir(output) and os.listdir(output):

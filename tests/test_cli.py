@@ -325,3 +325,24 @@ def test_console_script_is_declared():
         project = tomllib.load(f)["project"]
     assert project["scripts"]["keras-best"] == "keras_best.cli:main"
     assert {"scikit-learn>=1.3", "matplotlib>=3.7"} <= set(project["optional-dependencies"]["demo"])
+
+
+# ------------------------------------------------------------------- README
+def test_readme_commands_and_cited_tests_exist():
+    root = os.path.join(os.path.dirname(__file__), "..")
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    assert 'python -m pip install -e ".[demo]" && keras-best demo' in readme
+    assert 'python -m pip install -e ".[test]" && python -m pytest -n 2' in readme
+    # Every test the claims table names exists (a renamed test must update the README).
+    table = readme.split("## What it adds to")[1].split("\n## ")[0]
+    cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`|`(test_\w+)`", table)
+    assert len(cited) >= 20
+    current_file = None
+    for file, name, bare in cited:
+        current_file = file or current_file
+        with open(os.path.join(root, "tests", current_file)) as f:
+            source = f.read()
+        test = name or bare
+        if test:
+            assert re.search(rf"^def {test}\(", source, re.M), f"README cites {current_file}::{test}, which does not exist"
