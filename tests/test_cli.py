@@ -291,6 +291,16 @@ def test_demo_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkey
     assert not (tmp_path / "d").exists()  # nothing written before the check
 
 
+def test_demo_without_matplotlib_still_trains_and_says_how_to_get_plots(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
+    code, out, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"), "--epochs", "1")
+    assert code == 0, err
+    assert 'No learning-curve plots: Plotting needs matplotlib' in out
+    assert 'python -m pip install "keras-best[plot]"' in out
+    assert summarize(tmp_path / "d" / "fit")["epochs_run"] == 1
+    assert not list((tmp_path / "d").glob("*.png"))
+
+
 def test_demo_rejects_bad_epochs(tmp_path, capsys):
     code, _, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"), "--epochs", "0")
     assert code == 1 and "--epochs must be an int >= 1. Received: 0" in err
