@@ -20,7 +20,7 @@ median reported:
                 writes): the training loop waits this long.
 - kb write      the background write: from `update()`'s return until the
                 file, renamed and recorded in keras_best.json, is fsynced
-                (`finish()` returns). Compare with `h5py+fsync`.
+                (what `finish()` waits for). Compare with `h5py+fsync`.
 - kb sync       `update()` with `async_save=False` (writes, fsyncs, records).
 
 Ratios: blocked/snapshot (target <= 1.5); h5py / kb file (the file writer
@@ -33,6 +33,7 @@ A last table times a non-improving `update()` against reading the metric
 alone (target: <= 1 ms more).
 
 Usage: python benchmarks/save_cost.py [--sizes 1,34,134,537] [--repeats 7] [--no-mobilenet]
+                                      [--drop-caches]
 The disk and the CPU are shared: run it twice and compare before trusting a
 single figure.
 """
@@ -69,6 +70,18 @@ def dense_model(mb: int) -> keras.Model:
 
 def mobilenet() -> keras.Model:
     return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+
+
+DROP_CACHES = False
+
+
+def settle() -> None:
+    """Between two measurements: write dirty pages back; with --drop-caches
+    also drop the page cache (root only), so each one starts from the same state."""
+    os.sync()
+    if DROP_CACHES:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
 
 
 def ms(seconds: float) -> float:
@@ -122,7 +135,7 @@ class Case:
         arrays = [v.numpy() for v in self.model.weights]
         self.record("snapshot", time.perf_counter() - t)
         self.arrays = arrays
-        os.sync()
+        settle()
 
     def raw(self) -> None:
         path = os.path.join(self.dir, "raw.h5")  # the previous round's file is overwritten
@@ -135,7 +148,7 @@ class Case:
         t2 = time.perf_counter()
         self.record("h5py", t1 - t)
         self.record("h5py+fsync", t2 - t)
-        os.sync()
+        settle()
 
     def file(self) -> None:
         path = os.path.join(self.dir, "kb-file.weights.h5")
@@ -144,30 +157,32 @@ class Case:
         snapshot.write(path)
         self.record("kb file", time.perf_counter() - t)
         del snapshot
-        os.sync()
+        settle()
 
     def model_checkpoint(self) -> None:
         t = time.perf_counter()
         self.mc.on_epoch_end(self.epoch, {"val_loss": self.value()})
         self.record("MC blocked", time.perf_counter() - t)
-        os.sync()
+        settle()
 
     def keras_best(self) -> None:
         t = time.perf_counter()
         decision = self.kb.update(self.epoch, {"val_loss": self.value()})
         t1 = time.perf_counter()
-        self.kb.finish()  # waits for the background write (fsynced, renamed, recorded)
+        # What finish() waits for (the write fsynced, renamed and recorded), without
+        # releasing the run directory's lock: a training loop keeps it between epochs.
+        self.kb._writer.flush()
         t2 = time.perf_counter()
         assert decision.saved_path, decision
         self.record("kb blocked", t1 - t)
         self.record("kb write", t2 - t1)
-        os.sync()
+        settle()
 
     def keras_best_sync(self) -> None:
         t = time.perf_counter()
         self.kb_sync.update(self.epoch, {"val_loss": self.value()})
         self.record("kb sync", time.perf_counter() - t)
-        os.sync()
+        settle()
 
     def median(self, key: str) -> float:
         return statistics.median(self.times[key])
@@ -205,11 +220,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-mobilenet", action="store_true")
     parser.add_argument("--dir", default=None, help="where to write (default: a temp dir)")
+    parser.add_argument("--drop-caches", action="store_true",
+                        help="drop the page cache between measurements (root; affects the whole machine)")
     args = parser.parse_args()
+    global DROP_CACHES
+    DROP_CACHES = args.drop_caches
     sizes = [int(s) for s in args.sizes.split(",") if s]
     root = tempfile.mkdtemp(prefix="kb-bench-", dir=args.dir)
     print(f"keras-best save cost | {platform.machine()} {os.cpu_count()} CPUs | Keras {keras.__version__} "
-          f"| backend {keras.backend.backend()} | h5py {h5py.__version__} | {args.repeats} rounds, medians")
+          f"| backend {keras.backend.backend()} | h5py {h5py.__version__} | {args.repeats} rounds, medians"
+          f"{' | page cache dropped between measurements' if DROP_CACHES else ''}")
     print(f"writing into {root}")
     builders = [(f"dense {mb} MB", lambda mb=mb: dense_model(mb)) for mb in sizes]
     if not args.no_mobilenet:
@@ -223,8 +243,11 @@ def main() -> None:
             model = build()
             case = Case(name, model, root)
             rounds = args.repeats * (4 if case.nbytes < 10e6 else 1)  # small: noisy, cheap
-            for _ in range(rounds):
-                for method in case.methods():
+            for r in range(rounds):
+                # Rotate the order every round: a method measured right after a
+                # big save (its freed memory, its page cache) runs slower here.
+                methods = case.methods()
+                for method in methods[r % len(methods):] + methods[:r % len(methods)]:
                     method()
             m = case.median
             rows.append(
