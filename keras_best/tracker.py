@@ -311,6 +311,16 @@ class BestWeightsTracker:
         if error is not None:
             raise error from error.__cause__
 
+    def flush(self) -> None:
+        """Wait until every save so far is on disk and recorded (what `finish()`
+        waits for, keeping the run directory's lock). Raises `SaveError` if a
+        background write failed; the tracker then holds the previous best, as
+        the directory does."""
+        self._writer.flush()
+        error = self._take_write_error()
+        if error is not None:
+            raise error from error.__cause__
+
     def _take_write_error(self) -> SaveError | None:
         """A background write's error as a `SaveError`, once; the tracker's
         state rolls back to what the run directory holds (the update before)."""

@@ -366,6 +366,26 @@ def test_background_error_is_raised_by_the_next_update(tmp_path):
     assert recorded(run) == ["best.weights.h5"] and holds_epoch(str(run / "best.weights.h5"), 1)
 
 
+def test_flush_waits_and_raises_a_background_error(tmp_path):
+    model = make_model()
+    run = tmp_path / "run"
+    tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0)
+    model.set_weights(pattern(model, 0))
+    with slow_disk(tracker) as gate:
+        tracker.update(0, {"val_loss": 1.0})
+        assert not os.path.exists(run / "best.weights.h5")
+        gate.set()
+        tracker.flush()
+        assert holds_epoch(str(run / "best.weights.h5"), 0) and recorded(run) == ["best.weights.h5"]
+    shutil.rmtree(run)
+    tracker.update(1, {"val_loss": 0.5})
+    with pytest.raises(SaveError, match="no longer exists") as info:
+        tracker.flush()
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert tracker.best == 1.0
+    tracker.flush()  # raised once
+
+
 def test_background_error_is_raised_by_finish_after_restoring_the_best(tmp_path):
     model = make_model()
     run = tmp_path / "run"
