@@ -86,30 +86,37 @@ def admits(
     mode: str | Sequence[str],
     ties: Sequence[float] = (),
     feasible: bool = True,
+    pinned: tuple[int, int | None] | None = None,
 ) -> bool:
     """Would a new record with this score enter the best `keep_top_k` of `kept`?
 
     Only a feasible score with a finite value can; it must rank strictly
-    above the k-th kept record (an equal score does not enter).
+    above the k-th kept record (an equal score does not enter), the `pinned`
+    record (see `retain`) holding its place whatever its rank.
     """
-    score = Score(value, tuple(ties), feasible)
-    if not score.eligible:
+    if not Score(value, tuple(ties), feasible).eligible:
         return False
-    if len(kept) < keep_top_k:
-        return True
-    modes = _modes(mode)
-    worst = ranked(kept, modes)[keep_top_k - 1]
-    return rank_key(score, modes) < rank_key(worst.score, modes)
+    epoch = max((r.epoch for r in kept), default=-1) + 1  # latest: loses exact ties
+    new = Record(epoch, value, path=object(), ties=tuple(ties), feasible=feasible)  # type: ignore[arg-type]
+    _, evicted, _ = retain(kept, new, keep_top_k, mode, pinned)
+    return new not in evicted
 
 
 def retain(
-    kept: Sequence[Record], new: Record, keep_top_k: int | None, mode: str
+    kept: Sequence[Record],
+    new: Record,
+    keep_top_k: int | None,
+    mode: str | Sequence[str],
+    pinned: tuple[int, int | None] | None = None,
 ) -> tuple[list[Record], list[Record], list[Record]]:
     """Add `new` to `kept`; return `(kept, evicted, replaced)`.
 
     `replaced` are records whose file `new` overwrote (same path): they leave
     the kept set without a delete. `evicted` fell out of the top k: their
     files are to be deleted. With `keep_top_k=None` nothing is evicted.
+    `pinned` is the `(epoch, step)` of the run's best (the one `Monitor`
+    chose, with `min_delta`): never evicted, even when files within
+    `min_delta` of it rank above it by raw value.
 
     >>> a, b = Record(0, 0.5, "a"), Record(1, 0.4, "b")
     >>> kept, evicted, _ = retain([a], b, 1, "min")
@@ -121,10 +128,30 @@ def retain(
     if keep_top_k is None:
         return candidates, [], replaced
     order = ranked(candidates, mode)
+    order.sort(key=lambda r: not _is(r, pinned))  # stable: the pinned record first
     keep = {id(r) for r in order[:keep_top_k]}
     kept_out = [r for r in candidates if id(r) in keep]
     evicted = [r for r in candidates if id(r) not in keep]
     return kept_out, evicted, replaced
+
+
+def _is(record: Record, pinned: tuple[int, int | None] | None) -> bool:
+    return pinned is not None and (record.epoch, record.step) == tuple(pinned)
+
+
+def best_record(
+    records: Iterable[Record], mode: str | Sequence[str], pinned: tuple[int, int | None] | None
+) -> Record | None:
+    """The run's best file: the `pinned` record when it is kept, else `best_of`.
+
+    `restore_best_weights`, `best_path`, the manifest and `load_best` all name
+    this one record, so they always agree.
+    """
+    records = list(records)
+    for r in records:
+        if _is(r, pinned):
+            return r
+    return best_of(records, mode)
 
 
 def best_of(records: Iterable[Record], mode: str | Sequence[str]) -> Record | None:

@@ -165,6 +165,7 @@ class BestWeightsTracker:
 
         self.history: list[dict[str, Any]] = []
         self._kept: list[Record] = []
+        self._best_at: tuple[int, int | None] | None = None  # (epoch, step) of the engine's best
         self._last: dict[str, Any] | None = None
         self._stopped: dict[str, Any] | None = None
         self._export: str | None = None
@@ -240,7 +241,7 @@ class BestWeightsTracker:
     @property
     def best_path(self) -> str | None:
         """Path of the best file kept on disk (`None` if none is)."""
-        record = retention.best_of(self._kept, self._mode_or_min())
+        record = self._best_record()
         return None if record is None else files.join(self.directory, record.path)
 
     @property
@@ -396,6 +397,7 @@ class BestWeightsTracker:
             "history": list(self.history),
             "stopped": copy.deepcopy(self._stopped),
             "export": self._export,
+            "best_at": self._best_at,
         }
 
     def load_state_dict(self, data: Mapping[str, Any]) -> None:
@@ -410,6 +412,8 @@ class BestWeightsTracker:
         self.history = list(data["history"])
         self._stopped = copy.deepcopy(data.get("stopped"))
         self._export = data.get("export")
+        best_at = data.get("best_at")
+        self._best_at = None if best_at is None else (best_at[0], best_at[1])
 
     # ------------------------------------------------------------- internal
     def _acquire_lock(self) -> None:
@@ -428,11 +432,16 @@ class BestWeightsTracker:
             where = f"the run directory {self.directory!r} no longer exists (was it removed?)"
         else:
             where = f"writing into {self.directory!r} failed: {error}"
-        best = retention.best_of(self._kept, self._mode_or_min())
+        best = self._best_record()
         kept = (f"The previous best (epoch {best.epoch + 1}, {self.objective.name}={best.value:.5f}, "
                 f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")
         return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
                 "the directory, then call update() again or resume with resume=True.")
+
+    def _best_record(self) -> Record | None:
+        """The one record that `best_path`, the manifest, `load_best` and
+        `restore_best_weights` all mean: the engine's best when it is kept."""
+        return retention.best_record(self._kept, self._mode_or_min(), self._best_at)
 
     def _mode_or_min(self) -> tuple[str, ...]:
         return self.objective.engine_modes
@@ -460,6 +469,8 @@ class BestWeightsTracker:
 
     def _decide_and_save(self, epoch: int, step: int | None, values: dict[str, float], score: Score) -> Decision:
         decision, value = self._engine.step(epoch, score), score.primary
+        if decision.improved:
+            self._best_at = (epoch, step)
         if self.save_best_only is False:
             save = True
         elif self.keep_top_k is None or self.keep_top_k == 1:
@@ -468,7 +479,7 @@ class BestWeightsTracker:
             save = decision.improved or (
                 _beats_baseline(value, self._engine)
                 and retention.admits(self._kept, value, self.keep_top_k, self._mode_or_min(),
-                                     score.ties, score.feasible)
+                                     score.ties, score.feasible, self._best_at)
             )
         txn = Transaction(state={}, rollback=self._rollback)
         saved_path, evicted, reuse = None, [], None
@@ -481,7 +492,7 @@ class BestWeightsTracker:
             txn.renames.append((tmp_rel, rel))
             record = Record(epoch, value, rel, dict(values), step, score.ties, score.feasible)
             self._kept, evicted_records, _ = retention.retain(
-                self._kept, record, self.keep_top_k, self._mode_or_min())
+                self._kept, record, self.keep_top_k, self._mode_or_min(), self._best_at)
             evicted = [r.path for r in evicted_records]
             txn.deletes.extend(evicted)
             saved_path = files.join(self.directory, rel)
@@ -543,7 +554,7 @@ class BestWeightsTracker:
         return name
 
     def _manifest_body(self) -> dict[str, Any]:
-        best = retention.best_of(self._kept, self._mode_or_min())
+        best = self._best_record()
         return {
             "monitor": self.objective.monitor_spec,
             "mode": self.mode,
@@ -552,6 +563,7 @@ class BestWeightsTracker:
             "filepath": self._template,
             "architecture": self._architecture,
             "best": None if best is None else best.to_json(),
+            "best_at": self._best_at,
             "engine": self._engine.state_dict(),
             "options": {
                 "min_delta": self._monitor_options["min_delta"],
@@ -647,11 +659,11 @@ class BestWeightsTracker:
             self.initial_epoch = self.history[-1]["epoch"] + 1
 
     def _best_file_for_restore(self) -> str:
-        record = retention.best_of(self._kept, self._mode_or_min())
+        record = self._best_record()
         return savers.weights_file(files.join(self.directory, record.path), self._saver.format)
 
     def _export_best(self) -> None:
-        record = retention.best_of(self._kept, self._mode_or_min())
+        record = self._best_record()
         if record is None:
             return
         current = self.model.get_weights()

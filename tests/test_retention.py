@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from keras_best.retention import Record, admits, best_of, ranked, retain
+from keras_best.retention import Record, admits, best_of, best_record, ranked, retain
 
 
 def _feed(values, keep_top_k, mode, paths=None):
@@ -125,3 +125,18 @@ def test_non_finite_records_rank_last(mode):
     assert best_of(records, mode).path == finite[0]
     kept, evicted, _ = retain(records[:2], Record(5, 0.75, "f"), 2, mode)
     assert sorted(r.path for r in kept) == ["b", "f"] and [r.path for r in evicted] == ["a"]
+
+
+def test_pinned_record_is_never_evicted_and_is_the_best():
+    # Epoch 0 is the engine's best (later values are within min_delta of it).
+    a, b, c = Record(0, 1.0, "a"), Record(1, 0.98, "b"), Record(2, 0.97, "c")
+    kept, evicted, _ = retain([a, b], c, 2, "min", pinned=(0, None))
+    assert [r.path for r in kept] == ["a", "c"] and [r.path for r in evicted] == ["b"]
+    assert best_record(kept, "min", (0, None)) is a
+    assert best_of(kept, "min") is c  # by raw value alone
+    assert best_record(kept, "min", (7, None)) is c  # pinned record not kept: raw best
+    # admits() agrees with retain(): with the pinned one holding a place,
+    # only a value better than the other kept record enters.
+    assert admits([a, c], 0.96, 2, "min", pinned=(0, None))
+    assert not admits([a, c], 0.975, 2, "min", pinned=(0, None))
+    assert admits([a, c], 0.975, 3, "min", pinned=(0, None))

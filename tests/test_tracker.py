@@ -235,6 +235,42 @@ def test_restore_best_weights(tmp_path):
     tracker.finish()
     assert _same(loop.model.get_weights(), weights[tracker.best_epoch])
 
+@pytest.mark.parametrize("async_save", [True, False])
+def test_min_delta_with_top_k_one_best_everywhere(tmp_path, model, async_save):
+    # Epochs 1 and 2 beat epoch 0 by less than min_delta: they enter the top 2
+    # by raw value, but the best stays epoch 0 (as Keras EarlyStopping would
+    # restore it), and restore_best_weights, best_path, the manifest and
+    # load_best all name it; its file is never evicted.
+    tracker = BestWeightsTracker(
+        model, str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2, min_delta=0.1,
+        restore_best_weights=True, verbose=0, async_save=async_save,
+    )
+    weights = {}
+    for epoch, v in enumerate([1.0, 0.98, 0.97, 0.99]):
+        perturb(model, epoch)
+        weights[epoch] = model.get_weights()
+        d = tracker.update(epoch, {"val_loss": v})
+    assert (tracker.best_epoch, tracker.best, d.best) == (0, 1.0, 1.0)
+    assert sorted(r.epoch for r in tracker.kept) == [0, 2]  # epoch 1 evicted, not epoch 0
+    assert tracker.best_path == str(tmp_path / "e1.weights.h5")
+    tracker.finish()
+    assert _same(model.get_weights(), weights[0])
+    fresh = make_model()
+    record = load_best(fresh, str(tmp_path))
+    assert (record.epoch, record.value) == (0, 1.0)
+    assert _same(fresh.get_weights(), weights[0])
+    assert sorted(os.listdir(tmp_path)) == [".keras_best.lock", "e1.weights.h5", "e3.weights.h5", "keras_best.json"]
+    # A later real improvement becomes the one best again.
+    resumed = BestWeightsTracker(make_model(), str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2,
+                                 min_delta=0.1, resume=True, verbose=0)
+    assert resumed.best_path == str(tmp_path / "e1.weights.h5")
+    perturb(resumed.model, 9)
+    resumed.update(4, {"val_loss": 0.5})
+    resumed.finish()
+    assert load_best(make_model(), str(tmp_path)).epoch == 4
+    assert sorted(r.epoch for r in resumed.kept) == [2, 4]
+
+
 
 def test_without_restore_the_model_keeps_its_last_weights(tmp_path, model):
     tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), verbose=0)
