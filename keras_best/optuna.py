@@ -405,7 +405,7 @@ class _TrialLink:
             self.trial.set_user_attr(USER_ATTR_PATH, None)
             raise optuna.TrialPruned(
                 f"Trial {self.trial.number} pruned at epoch {epoch + 1} "
-                f"({self.tracker.monitor}={decision.value:.5f}); its files were deleted."
+                f"({self.tracker.objective.name}={decision.value:.5f}); its files were deleted."
             )
 
     def close(self) -> None:
@@ -414,9 +414,10 @@ class _TrialLink:
         if self.closed or self.tracker is None:
             return
         self.closed = True
-        self.tracker._writer.close()
-        if self.tracker._lock is not None:
-            self.tracker._lock.release()
+        try:
+            self.tracker.close()
+        except OSError:
+            pass  # a pruned or failed trial: its directory is removed next anyway
 
 
 class _TrialTracker(BestWeightsTracker):
@@ -431,7 +432,7 @@ class _TrialTracker(BestWeightsTracker):
         Return it from the objective: the trial then completes only after the
         weights that produced its value are saved.
         """
-        self._writer.flush()
+        self.flush()
         return super().best
 
     def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:

@@ -322,6 +322,19 @@ class BestWeightsTracker:
         if error is not None:
             raise error from error.__cause__
 
+    def close(self) -> None:
+        """Abandon the run without finishing it: wait for background writes and
+        release the run directory's lock; no weights restored, nothing exported
+        (`finish()` is the normal end). Raises `SaveError` if a write failed."""
+        try:
+            self._writer.close()
+            error = self._take_write_error()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+        if error is not None:
+            raise error from error.__cause__
+
     def _take_write_error(self) -> SaveError | None:
         """A background write's error as a `SaveError`, once; the tracker's
         state rolls back to what the run directory holds (the update before)."""

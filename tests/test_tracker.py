@@ -596,3 +596,18 @@ def test_bad_arguments_leave_an_existing_run_alone(tmp_path, kwargs):
     assert after == before
     fresh = make_model(seed=9)
     assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), model.get_weights())
+
+
+def test_close_waits_for_writes_without_restoring(tmp_path, model):
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), restore_best_weights=True,
+                                 verbose=0, async_save=True)
+    perturb(model, 0)
+    best = model.get_weights()
+    tracker.update(0, {"val_loss": 0.1})
+    perturb(model, 1)
+    last = model.get_weights()
+    tracker.close()
+    assert _same(model.get_weights(), last)  # abandoned: not restored
+    fresh = make_model()
+    assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), best)
+    assert not tracker._lock.held
