@@ -24,6 +24,7 @@ examples:
   keras-best demo --output /tmp/kb-demo
   keras-best inspect /tmp/kb-demo/custom_loop
   keras-best inspect runs/exp1 --json | python -m json.tool
+  keras-best inspect runs/exp1 --by val_acc
   keras-best plot runs/exp1 -o curve.png
 """
 
@@ -64,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
     inspect.add_argument("--history", action="store_true", help="with --json: include the per-epoch history")
+    inspect.add_argument("--by", metavar="METRIC",
+                         help="rank the kept files by another recorded metric; a comma-separated "
+                         "list breaks ties in order (e.g. val_acc,val_loss)")
+    inspect.add_argument("--by-mode", metavar="MODE",
+                         help="min or max (one per --by name, comma-separated); inferred from "
+                         "the names when left out")
 
     plot = sub.add_parser(
         "plot",
@@ -89,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return demo.main(args.output, epochs=args.epochs)
         if args.command == "inspect":
-            return _inspect(args.run_dir, as_json=args.json, history=args.history)
+            return _inspect(args.run_dir, as_json=args.json, history=args.history,
+                            by=args.by, by_mode=args.by_mode)
         return _plot(args.run_dir, args.output)
     except KeyboardInterrupt:
         print("keras-best: interrupted", file=sys.stderr)
@@ -107,10 +115,21 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, known) else f"{type(e).__name__}: {text} (set KERAS_BEST_TRACEBACK=1 for details)"
 
 
-def _inspect(run_dir: str, as_json: bool, history: bool) -> int:
+def _inspect(run_dir: str, as_json: bool, history: bool, by: str | None = None,
+             by_mode: str | None = None) -> int:
     from keras_best import summary
 
-    s = summary.summarize(run_dir, history=history)
+    if by_mode is not None and by is None:
+        raise ValueError("--by-mode needs --by (the metric to rank the kept files by).")
+    by_names = None if by is None else [n.strip() for n in by.split(",") if n.strip()]
+    if by is not None and not by_names:
+        raise ValueError(f"--by needs a metric name. Received: --by {by!r}")
+    modes = None if by_mode is None else [m.strip() for m in by_mode.split(",")]
+    s = summary.summarize(
+        run_dir, history=history,
+        by=None if by_names is None else (by_names[0] if len(by_names) == 1 else by_names),
+        by_mode=None if modes is None else (modes[0] if len(modes) == 1 else modes),
+    )
     if as_json:
         print(json.dumps(_jsonable(s), indent=1, allow_nan=False))
     else:

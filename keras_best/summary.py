@@ -20,11 +20,16 @@ class RunNotFound(FileNotFoundError):
     """The path holds no keras-best run (the message says what to pass instead)."""
 
 
-def summarize(directory: str | os.PathLike, history: bool = False) -> dict[str, Any]:
+def summarize(
+    directory: str | os.PathLike, history: bool = False, by: Any = None, by_mode: Any = None
+) -> dict[str, Any]:
     """Read the run in `directory` into a plain dict (see the module docstring).
 
     With `history=True` the dict also holds the per-update `history` as
     recorded (`epoch`, `step`, `value`, `improved`, `saved`, `metrics`).
+    With `by` (and `by_mode`, as `keras_best.loading.rank_kept` takes them)
+    the kept files are ranked by that instead of the run's monitor; each
+    then has a `by_value`, and `ranked_by` names the ranking.
 
     Raises `RunNotFound` when the directory is missing or holds no run, and
     `manifest.ManifestError` when `keras_best.json` is unreadable or lacks the
@@ -34,6 +39,8 @@ def summarize(directory: str | os.PathLike, history: bool = False) -> dict[str, 
     data = manifest.read(directory)
     try:
         result = _summarize(directory, data)
+        if by is not None:
+            _rerank(result, directory, by, by_mode)
         if history:
             result["history"] = [
                 {**h, "epoch": int(h["epoch"]), "value": _num(h["value"]),
@@ -126,6 +133,19 @@ def _summarize(directory: str, data: Mapping[str, Any]) -> dict[str, Any]:
         "pending": bool(data.get("pending")),
         "updated_at": data.get("updated_at"),
     }
+
+
+def _rerank(result: dict[str, Any], directory: str, by: Any, by_mode: Any) -> None:
+    from keras_best.loading import rank_kept
+
+    order = rank_kept(directory, by, by_mode)
+    entries = {(r["epoch"], r["step"]): r for r in result["kept"]}
+    kept = []
+    for rank, rec in enumerate(order, start=1):
+        entry = entries[(rec.epoch, rec.step)]
+        kept.append({**entry, "rank": rank, "by_value": _num(rec.value)})
+    result["kept"] = kept
+    result["ranked_by"] = list(by) if isinstance(by, (list, tuple)) else order[0].monitor
 
 
 def _resumable(directory: str, data: Mapping[str, Any]) -> dict[str, Any]:
@@ -278,8 +298,15 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if not kept:
         lines.append("Kept files: none")
         return "\n".join(lines)
-    lines.append(f"Kept files (best first, {len(kept)}):")
-    primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
+    ranked_by = summary.get("ranked_by")
+    if ranked_by:
+        names = ranked_by if isinstance(ranked_by, list) else [ranked_by]
+        lines.append(f"Kept files (best first by {', '.join(names)}, not by the monitor; {len(kept)}):")
+        primary, key = names[0], "by_value"
+    else:
+        lines.append(f"Kept files (best first, {len(kept)}):")
+        primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
+        key = "value"
     others = sorted({k for r in kept for k in r["metrics"]} - {primary})
     header = ["rank", "epoch", primary, *others, "size", "file"]
     rows = [header]
@@ -287,7 +314,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         rows.append([
             str(r["rank"]),
             _when(r["epoch"], r["step"]),
-            format_value(r["value"]) + ("" if r.get("feasible", True) else " (breaks require)"),
+            format_value(r[key]) + ("" if r.get("feasible", True) else " (breaks require)"),
             *(format_value(r["metrics"].get(k)) for k in others),
             format_size(r["size_bytes"]),
             r["path"],

@@ -71,6 +71,33 @@ def test_inspect_table_shows_the_run(tmp_path, capsys):
         assert line.index(r[-1]) == table[0].index("file")  # aligned columns
 
 
+def test_inspect_ranked_by_another_metric(tmp_path, capsys):
+    run = make_run(tmp_path / "run", values=[1.0, 0.8, 0.9, 0.7], patience=None)
+    # Re-rank by metrics the tracker recorded: the same order as
+    # load_best(by=...) picks, shown instead of the monitor's order.
+    code, out, err = run_cli(capsys, "inspect", run, "--by", "val_acc")
+    assert code == 0 and err == ""
+    table = out.split("Kept files (best first by val_acc, not by the monitor; 3):\n")[1].splitlines()
+    assert table[0].split()[:3] == ["rank", "epoch", "val_acc"]
+    assert [line.split()[1] for line in table[1:]] == ["4", "2", "3"]  # val_acc = 1 - val_loss / 2
+    assert [line.split()[2] for line in table[1:]] == ["0.6500", "0.6000", "0.5500"]
+    data = json.loads(run_cli(capsys, "inspect", run, "--json", "--by", "loss", "--by-mode", "max")[1])
+    assert data["ranked_by"] == "loss"
+    assert [(k["epoch"], k["rank"]) for k in data["kept"]] == [(2, 1), (1, 2), (3, 3)]
+    assert data["kept"][0]["by_value"] == pytest.approx(0.81)
+    assert load_best(make_model(), run, by="loss", by_mode="max").epoch == 2
+    assert data["best"]["epoch"] == 3  # the run's own best is unchanged
+    # A list breaks ties in order; unknown metrics and a lone --by-mode fail in one line.
+    data = json.loads(run_cli(capsys, "inspect", run, "--json", "--by", "val_acc,loss", "--by-mode", "max,min")[1])
+    assert data["ranked_by"] == ["val_acc", "loss"] and data["kept"][0]["epoch"] == 3
+    code, _, err = run_cli(capsys, "inspect", run, "--by", "val_auc")
+    assert code == 1 and "val_auc" in err and "Recorded metrics" in err and len(err.splitlines()) == 1
+    code, _, err = run_cli(capsys, "inspect", run, "--by-mode", "max")
+    assert code == 1 and "--by-mode needs --by" in err
+    data = json.loads(run_cli(capsys, "inspect", run, "--json", "--by", "loss")[1])  # "loss": min
+    assert [k["epoch"] for k in data["kept"]] == [3, 1, 2]
+
+
 def test_inspect_json_matches_load_best_and_disk(tmp_path, capsys):
     run = make_run(tmp_path / "run")
     code, out, _ = run_cli(capsys, "inspect", run, "--json")
