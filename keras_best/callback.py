@@ -75,6 +75,12 @@ class BestCheckpoint(keras.callbacks.Callback):
                 f"Unrecognized save_freq: {save_freq}. "
                 "Expected save_freq are 'epoch' or integer values"
             )
+        if save_freq == "epoch" and "{batch" in filepath:
+            raise ValueError(
+                "`filepath` uses {batch}, but with save_freq='epoch' saves happen at epoch "
+                "ends, where there is no batch. Use {epoch}, or an int save_freq to save "
+                f"every N batches. Received: filepath={filepath}"
+            )
         if save_format is None:
             save_format = _format_from_name(filepath, save_weights_only)
         self.save_freq = save_freq

@@ -27,18 +27,6 @@ def optimizer_variables(optimizer: Any, model: Any) -> list[Any]:
     return list(optimizer.variables)
 
 
-def snapshot(model: Any, optimizer: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Host copies of the model's and the optimizer's variables."""
-    return (
-        [_to_numpy(v) for v in model.weights],
-        [_to_numpy(v) for v in optimizer_variables(optimizer, model)],
-    )
-
-
-def _to_numpy(v: Any) -> np.ndarray:
-    return np.array(v.numpy() if hasattr(v, "numpy") else v, copy=True)
-
-
 def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int, step: int | None) -> None:
     with h5py.File(path, "w") as f:
         f.attrs["epoch"] = epoch

@@ -242,7 +242,7 @@ class BestWeightsTracker:
     def best_path(self) -> str | None:
         """Path of the best file kept on disk (`None` if none is)."""
         record = self._best_record()
-        return None if record is None else files.join(self.directory, record.path)
+        return None if record is None else self._shown_path(record.path)
 
     @property
     def kept(self) -> list[Record]:
@@ -451,6 +451,11 @@ class BestWeightsTracker:
         return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
                 "the directory, then call update() again or resume with resume=True.")
 
+    def _shown_path(self, rel: str) -> str:
+        """A run file's path as the user spelled the run directory (a bare file
+        name stays bare, as Keras prints it)."""
+        return rel if self.filepath == self._template else files.join(self.directory, rel)
+
     def _best_record(self) -> Record | None:
         """The one record that `best_path`, the manifest, `load_best` and
         `restore_best_weights` all mean: the engine's best when it is kept."""
@@ -508,12 +513,12 @@ class BestWeightsTracker:
                 self._kept, record, self.keep_top_k, self._mode_or_min(), self._best_at)
             evicted = [r.path for r in evicted_records]
             txn.deletes.extend(evicted)
-            saved_path = files.join(self.directory, rel)
+            saved_path = self._shown_path(rel)
         if decision.improved and self.restore_best_weights:
             self._best_weights = host_copies(self.model.weights, reuse)
         if self.save_last:
             tmp_rel = files.tmp_path(state.LAST_NAME)
-            arrays = (  # as state.snapshot, sharing the host copies taken above
+            arrays = (  # host copies, sharing those taken above
                 host_copies(self.model.weights, reuse),
                 host_copies(state.optimizer_variables(self.optimizer, self.model), reuse),
             )
@@ -538,7 +543,7 @@ class BestWeightsTracker:
         txn.state = self._manifest_body()
         self._writer.submit(txn)
         decision = dataclasses.replace(decision, saved_path=saved_path, evicted=tuple(
-            files.join(self.directory, p) for p in evicted))
+            self._shown_path(p) for p in evicted))
         self._report(decision)
         return decision
 
@@ -595,7 +600,7 @@ class BestWeightsTracker:
         }
 
     def _report(self, d: Decision) -> None:
-        if not self.verbose:
+        if not self.verbose or not self._chief:  # workers decide alike; the chief saves and speaks
             return
         name, ties = self.objective.name, ""
         if d.ties:  # a list monitor: show the tie-break values too

@@ -311,6 +311,13 @@ def test_save_freq_must_be_positive(tmp_path, save_freq):
         BestCheckpoint(str(tmp_path / "b.keras"), save_freq=save_freq)
 
 
+def test_batch_placeholder_needs_an_int_save_freq(tmp_path):
+    with pytest.raises(ValueError, match=r"uses \{batch\}, but with save_freq='epoch'"):
+        BestCheckpoint(str(tmp_path / "b-{epoch}-{batch:04d}.weights.h5"))
+    assert os.listdir(tmp_path) == []  # refused before anything was created
+    BestCheckpoint(str(tmp_path / "b-{epoch}-{batch:04d}.weights.h5"), save_freq=5)
+
+
 def test_unknown_mode_raises_where_keras_only_warns(tmp_path):
     with pytest.warns(UserWarning, match="mode 'maximum' is unknown"):
         keras.callbacks.ModelCheckpoint(str(tmp_path / "k.keras"), mode="maximum")

@@ -289,6 +289,10 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
     # 1. Same decisions everywhere: same history, same stop epoch.
     sync = [x["sync"] for x in w]
     assert sync[0] == sync[1]
+    # Only the chief, which saves, prints the Keras-style lines.
+    assert any("saving model to" in line for line in w[0]["printed"])
+    assert any("early stopping" in line for line in w[0]["printed"])
+    assert w[1]["printed"] == []
     assert sync[0]["stop_epoch"] == sync[0]["best_epoch"] + 2 < 39
     assert {h[2] for h in sync[0]["history"]} == {0.5}  # the per-worker float, averaged
     # One set of files, by the chief (it holds the lock), loadable.

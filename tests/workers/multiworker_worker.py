@@ -21,6 +21,8 @@ weights is a collective op: a save on the chief alone would hang.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -102,9 +104,10 @@ def main(index: int, ports: list[str], run_dir: str, out_dir: str) -> None:
     tracker = BestWeightsTracker(
         model, os.path.join(run_dir, "sync", "w-{epoch:02d}.weights.h5"), monitor="val_loss",
         keep_top_k=1, patience=2, min_delta=0.05, save_last=True, optimizer=optimizer,
-        restore_best_weights=True, verbose=0)
+        restore_best_weights=True, verbose=1)
     out["chief"] = tracker._chief
-    with warnings.catch_warnings(record=True) as w:
+    printed = io.StringIO()
+    with warnings.catch_warnings(record=True) as w, contextlib.redirect_stdout(printed):
         warnings.simplefilter("always")
         for epoch in range(40):
             val_loss.reset_state()
@@ -117,6 +120,7 @@ def main(index: int, ports: list[str], run_dir: str, out_dir: str) -> None:
                 break
         tracker.finish()
     caught += [str(m.message) for m in w if "differs by worker" in str(m.message)]
+    out["printed"] = [line for line in printed.getvalue().splitlines() if line]
     out["sync"] = {"stop_epoch": epoch, "best_epoch": tracker.best_epoch, "best": tracker.best,
                    "history": [(h["epoch"], h["value"], h["metrics"]["local"]) for h in tracker.history]}
     np.savez(os.path.join(out_dir, f"worker{index}.npz"), *model.get_weights())
