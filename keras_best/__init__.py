@@ -3,15 +3,28 @@
 ```python
 from keras_best import BestWeightsTracker, BestCheckpoint, load_best
 ```
+
+The public names are imported on first use, so `import keras_best` (and the
+`keras-best inspect` command) does not pay for importing Keras/TensorFlow.
 """
 
-from keras_best.callback import BestCheckpoint
-from keras_best.loading import BestRecord, load_best
-from keras_best.lock import RunDirectoryLocked
-from keras_best.monitor import Decision, StopReason
-from keras_best.tracker import BestWeightsTracker, SaveError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "BestCheckpoint": "keras_best.callback",
+    "BestRecord": "keras_best.loading",
+    "BestWeightsTracker": "keras_best.tracker",
+    "Decision": "keras_best.monitor",
+    "RunDirectoryLocked": "keras_best.lock",
+    "SaveError": "keras_best.tracker",
+    "StopReason": "keras_best.monitor",
+    "load_best": "keras_best.loading",
+}
 
 __all__ = [
     "BestCheckpoint",
@@ -24,3 +37,22 @@ __all__ = [
     "load_best",
     "__version__",
 ]
+
+if TYPE_CHECKING:
+    from keras_best.callback import BestCheckpoint
+    from keras_best.loading import BestRecord, load_best
+    from keras_best.lock import RunDirectoryLocked
+    from keras_best.monitor import Decision, StopReason
+    from keras_best.tracker import BestWeightsTracker, SaveError
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'keras_best' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from keras_best.objective import Score, beats
+from keras_best import objective as _objective  # objective imports us: use it at call time
+
+if TYPE_CHECKING:
+    from keras_best.objective import Score
 
 MODES = ("min", "max", "auto")
 
@@ -161,7 +164,7 @@ class Monitor:
         # Patience compares with the best since `start_from_epoch` only, as
         # keras.callbacks.EarlyStopping does (warm-up epochs are ignored).
         self._patience_best: Score | None = None
-        self._baseline = None if self.baseline is None else Score(self.baseline)
+        self._baseline = None if self.baseline is None else _objective.Score(self.baseline)
 
     @property
     def best(self) -> float | None:
@@ -181,7 +184,7 @@ class Monitor:
         return self._beats(_score(value), self._best if self._best is not None else self._baseline)
 
     def _beats(self, score: Score, reference: Score | None) -> bool:
-        return beats(score, reference, self.modes, self.min_delta)
+        return _objective.beats(score, reference, self.modes, self.min_delta)
 
     def step(self, epoch: int, value: float | Score) -> Decision:
         """Record `value` (a number, or a `Score` with tie-breaks) for `epoch`."""
@@ -245,14 +248,14 @@ class Monitor:
 
 
 def _score(value: float | Score) -> Score:
-    return value if isinstance(value, Score) else Score(float(value))
+    return value if isinstance(value, _objective.Score) else _objective.Score(float(value))
 
 
 def _stored_score(primary: Any, ties: Any) -> Score | None:
     if primary is None:
         return None
     # NaN tie-breaks are written as "nan" in the manifest: float() reads both.
-    return Score(float(primary), tuple(float(t) for t in ties or ()))
+    return _objective.Score(float(primary), tuple(float(t) for t in ties or ()))
 
 
 def _is_number(x: Any) -> bool:

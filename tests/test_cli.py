@@ -383,3 +383,19 @@ def test_readme_commands_and_cited_tests_exist():
         test = name or bare
         if test:
             assert re.search(rf"^def {test}\(", source, re.M), f"README cites {current_file}::{test}, which does not exist"
+
+
+def test_inspect_does_not_import_tensorflow(tmp_path):
+    # The package's public names load lazily: looking at a run stays instant.
+    run = make_run(tmp_path / "run")
+    code = (
+        "import sys, keras_best\n"
+        "from keras_best.cli import main\n"
+        f"assert main(['inspect', {run!r}]) == 0\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'\n"
+        "assert all(getattr(keras_best, n) is not None for n in keras_best.__all__)\n"
+        "assert 'keras' in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Kept files" in done.stdout
