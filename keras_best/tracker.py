@@ -6,8 +6,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import string
-import sys
 import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping
@@ -18,10 +16,10 @@ from keras_best.lock import DirectoryLock
 from keras_best.metrics import direction_of, read_all
 from keras_best.monitor import Decision, Monitor, StopReason
 from keras_best.objective import Objective, Score
+from keras_best.paths import RunPath, prepare_directory
+from keras_best.report import Reporter
 from keras_best.retention import Record
 from keras_best.writer import Transaction, Writer
-
-_RESERVED_KEYS = ("epoch", "batch")
 
 
 class BestWeightsTracker:
@@ -118,7 +116,8 @@ class BestWeightsTracker:
         require: Any = None,
         async_save: bool = True,
     ) -> None:
-        filepath = _path_to_string(filepath)
+        self.path = RunPath(filepath)
+        filepath, self.directory = self.path.filepath, self.path.directory
         self.objective = Objective(monitor, mode, require)
         if keep_top_k is not None and (
             not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1
@@ -133,9 +132,7 @@ class BestWeightsTracker:
                 '`export_at_finish=True` needs save_format="savedmodel". '
                 f"Received: save_format={save_format!r}, filepath={filepath}"
             )
-        self.directory, self._template = _split_run_path(filepath)
-        self._fields = _template_fields(self._template, filepath)
-        if keep_top_k is not None and keep_top_k > 1 and not self._fields:
+        if keep_top_k is not None and keep_top_k > 1 and not self.path.fields:
             raise ValueError(
                 f"keep_top_k={keep_top_k} keeps several files, so `filepath` needs a "
                 "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
@@ -152,7 +149,6 @@ class BestWeightsTracker:
         )
         # Validate the numbers now, not at the first update.
         self._engine = Monitor(self.objective.engine_modes, **self._monitor_options)
-        self._previous_best_str = _fmt(None, self._engine.baseline)  # as ModelCheckpoint prints it
         self.keep_top_k = keep_top_k
         self.save_best_only = save_best_only
         self.save_last = save_last or resume
@@ -160,6 +156,7 @@ class BestWeightsTracker:
         self.resume = resume
         self.export_at_finish = export_at_finish
         self.verbose = verbose
+        self._reporter = Reporter(self.objective, baseline, save_best_only, keep_top_k, verbose)
         self._optimizer = optimizer
         self._saver = savers.saver_for(savers.WEIGHTS if export_at_finish else self.format)
 
@@ -180,7 +177,7 @@ class BestWeightsTracker:
         self._writer = Writer(self.directory, enabled=self._chief, background=self.async_save)
         self._lock = None
         if self._chief:
-            _prepare_directory(self.directory)
+            prepare_directory(self.directory)
             if not files.is_remote(self.directory):
                 self._lock = DirectoryLock(self.directory)
         if model is not _LATER:
@@ -242,7 +239,7 @@ class BestWeightsTracker:
     def best_path(self) -> str | None:
         """Path of the best file kept on disk (`None` if none is)."""
         record = self._best_record()
-        return None if record is None else self._shown_path(record.path)
+        return None if record is None else self.path.shown(record.path)
 
     @property
     def kept(self) -> list[Record]:
@@ -347,7 +344,6 @@ class BestWeightsTracker:
             previous, best_weights, epoch = txn.rollback
             self.load_state_dict(previous)
             self._best_weights = best_weights
-            self._previous_best_str = _fmt(self._engine.best, self._monitor_options["baseline"])
         if isinstance(cause, SaveError):
             return cause
         error = SaveError(self._save_error_message(epoch, cause) if epoch is not None else
@@ -451,11 +447,6 @@ class BestWeightsTracker:
         return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
                 "the directory, then call update() again or resume with resume=True.")
 
-    def _shown_path(self, rel: str) -> str:
-        """A run file's path as the user spelled the run directory (a bare file
-        name stays bare, as Keras prints it)."""
-        return rel if self.filepath == self._template else files.join(self.directory, rel)
-
     def _best_record(self) -> Record | None:
         """The one record that `best_path`, the manifest, `load_best` and
         `restore_best_weights` all mean: the engine's best when it is kept."""
@@ -471,7 +462,7 @@ class BestWeightsTracker:
             self._monitor_options["patience"] is not None or self.restore_best_weights
         )
         self.objective.check_keys(values, needs_monitor=needs_value)
-        missing = [f for f in self._fields if f not in _RESERVED_KEYS and f not in values]
+        missing = [f for f in self.path.metric_fields() if f not in values]
         if missing:
             raise ValueError(
                 f"`filepath` uses {missing}, which are not among the metrics given to "
@@ -486,6 +477,7 @@ class BestWeightsTracker:
         self._checked_keys = True
 
     def _decide_and_save(self, epoch: int, step: int | None, values: dict[str, float], score: Score) -> Decision:
+        previous_best = self._engine.best
         decision, value = self._engine.step(epoch, score), score.primary
         if decision.improved:
             self._best_at = (epoch, step)
@@ -502,7 +494,9 @@ class BestWeightsTracker:
         txn = Transaction(state={}, rollback=self._rollback)
         saved_path, evicted, reuse = None, [], None
         if save:
-            rel = self._format_name(epoch, step, values)
+            rel = self.path.format(epoch, step, values)
+            if self.export_at_finish:
+                rel += ".weights.h5"  # weights while training; exported at finish()
             tmp_rel = files.tmp_path(rel)
             snapshot = self._saver.snapshot(self.model)  # on every worker: may be collective
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
@@ -513,7 +507,7 @@ class BestWeightsTracker:
                 self._kept, record, self.keep_top_k, self._mode_or_min(), self._best_at)
             evicted = [r.path for r in evicted_records]
             txn.deletes.extend(evicted)
-            saved_path = self._shown_path(rel)
+            saved_path = self.path.shown(rel)
         if decision.improved and self.restore_best_weights:
             self._best_weights = host_copies(self.model.weights, reuse)
         if self.save_last:
@@ -543,8 +537,9 @@ class BestWeightsTracker:
         txn.state = self._manifest_body()
         self._writer.submit(txn)
         decision = dataclasses.replace(decision, saved_path=saved_path, evicted=tuple(
-            self._shown_path(p) for p in evicted))
-        self._report(decision)
+            self.path.shown(p) for p in evicted))
+        if self._chief:  # workers decide alike; the chief saves and speaks
+            self._reporter.report(decision, previous_best)
         return decision
 
     def _write_model(self, path: str) -> None:
@@ -558,19 +553,6 @@ class BestWeightsTracker:
         else:
             distribute.write_durably(files.join(self.directory, tmp_rel), write, self._chief)
 
-    def _format_name(self, epoch: int, step: int | None, values: Mapping[str, float]) -> str:
-        fields = dict(values)
-        fields["epoch"] = epoch + 1
-        if step is not None:
-            fields["batch"] = step + 1
-        try:
-            name = self._template.format(**fields)
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"Failed to format filepath {self.filepath!r}: {e}") from e
-        if self.export_at_finish:
-            name += ".weights.h5"
-        return name
-
     def _manifest_body(self) -> dict[str, Any]:
         best = self._best_record()
         return {
@@ -578,7 +560,7 @@ class BestWeightsTracker:
             "mode": self.mode,
             "require": self.objective.require_spec,
             "save_format": self._saver.format,
-            "filepath": self._template,
+            "filepath": self.path.template,
             "architecture": self._architecture,
             "best": None if best is None else best.to_json(),
             "best_at": self._best_at,
@@ -598,39 +580,6 @@ class BestWeightsTracker:
             "history": list(self.history),  # a copy: a background writer may read it later
             "updated_at": time.time(),
         }
-
-    def _report(self, d: Decision) -> None:
-        if not self.verbose or not self._chief:  # workers decide alike; the chief saves and speaks
-            return
-        name, ties = self.objective.name, ""
-        if d.ties:  # a list monitor: show the tie-break values too
-            ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
-        prefix = f"Epoch {d.epoch + 1}: "
-        if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
-            msg = f"saving model to {d.saved_path}"
-        elif d.improved and d.saved_path:
-            msg = (f"{name} improved from {self._previous_best_str} to {d.value:.5f}{ties}, "
-                   f"saving model to {d.saved_path}")
-        elif d.saved_path:
-            msg = (f"{name}={d.value:.5f}{ties} is among the best {self.keep_top_k}, "
-                   f"saving model to {d.saved_path}")
-        elif d.improved:
-            msg = f"{name} improved from {self._previous_best_str} to {d.value:.5f}{ties}"
-        else:
-            msg = f"{name} did not improve from {_fmt(d.best, self._monitor_options['baseline'])}"
-        if not d.feasible:
-            msg += f" (this epoch breaks require: {self.objective.describe_require()})"
-        lines = [prefix + msg]
-        if self.verbose > 1:
-            lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
-        if d.should_stop:
-            lines.append(prefix + f"early stopping ({d.stop_reason.value}); best {name} "
-                         f"{_fmt(d.best, None)} at epoch {None if d.best_epoch is None else d.best_epoch + 1}")
-        self._previous_best_str = _fmt(d.best, self._monitor_options["baseline"])
-        sys.stdout.write("".join("\n" + line for line in lines) + "\n")
-        sys.stdout.flush()
-
-    _previous_best_str = "None"
 
     def _restore(self) -> None:
         data = manifest.read(self.directory)
@@ -660,7 +609,6 @@ class BestWeightsTracker:
             )
         self.load_state_dict({**data, "history": data.get("history", [])})
         self._architecture = recorded
-        self._previous_best_str = _fmt(self._engine.best, self._monitor_options["baseline"])
         last = data.get("last")
         if last and files.exists(files.join(self.directory, last["path"])):
             if not self.model.built:
@@ -727,72 +675,6 @@ def _beats_baseline(value: float, engine: Monitor) -> bool:
     if engine.baseline is None:
         return True
     return value < engine.baseline if engine.mode == "min" else value > engine.baseline
-
-
-def _fmt(x: float | None, fallback: float | None) -> str:
-    x = x if x is not None else fallback
-    return "None" if x is None else f"{x:.5f}"
-
-
-def _path_to_string(filepath: Any) -> str:
-    import os
-
-    if isinstance(filepath, os.PathLike):
-        return os.fspath(filepath)
-    if not isinstance(filepath, str) or not filepath:
-        raise ValueError(f"`filepath` must be a non-empty path. Received: filepath={filepath!r}")
-    return filepath
-
-
-def _split_run_path(filepath: str) -> tuple[str, str]:
-    name = files.basename(filepath)
-    directory = filepath[: len(filepath.rstrip("/")) - len(name)].rstrip("/") or "."
-    if "{" in directory or "}" in directory:
-        raise ValueError(
-            "Placeholders are allowed in the file name only, not in its directory "
-            f"(the run directory). Received: filepath={filepath}"
-        )
-    return directory, name
-
-
-def _template_fields(template: str, filepath: str) -> list[str]:
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise ValueError(f"`filepath` is not a valid format string ({e}). Received: filepath={filepath}") from e
-    fields = []
-    for _, field, _, _ in parsed:
-        if field is None:
-            continue
-        if not field or not field.replace("_", "a").replace("-", "a").isalnum():
-            raise ValueError(
-                "`filepath` placeholders must be metric names or `epoch`, e.g. "
-                f"'{{epoch:03d}}-{{val_loss:.4f}}.weights.h5'. Received: filepath={filepath}"
-            )
-        fields.append(field)
-    return fields
-
-
-def _prepare_directory(directory: str) -> None:
-    try:
-        files.makedirs(directory)
-    except OSError as e:
-        raise ValueError(
-            f"Cannot create the run directory {directory!r}: {e.strerror or e}. "
-            "Choose a writable location for `filepath`."
-        ) from e
-    if files.is_remote(directory):
-        return
-    probe = files.join(directory, files.tmp_path("probe"))
-    try:
-        with open(probe, "wb"):
-            pass
-        files.remove(probe)
-    except OSError as e:
-        raise ValueError(
-            f"The run directory {directory!r} is not writable: {e.strerror or e}. "
-            "Choose a writable location for `filepath`."
-        ) from e
 
 
 def _check_model(model: Any) -> None:
