@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,7 +192,8 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | list[dict[str, str]]):
+def _run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | list[dict[str, str]],
+             cwd: str = ROOT):
     """Run the commands at once; kill them all when TIMEOUT passes. Returns the
     exit codes and the wall time."""
     envs = env if isinstance(env, list) else [env] * len(commands)
@@ -199,7 +201,7 @@ def _run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | l
     procs = []
     for cmd, log, e in zip(commands, logs, envs):
         with open(log, "w") as f:
-            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=e, cwd=ROOT))
+            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=e, cwd=cwd))
     try:
         for p in procs:
             p.wait(timeout=max(1.0, TIMEOUT - (time.monotonic() - start)))
@@ -336,3 +338,46 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
     # Non-chief scratch saves were all removed.
     for s in scratch:
         assert _leftovers(s) == []
+
+
+# ------------------------------------------------------------------- README
+def _readme_script(after: str) -> str:
+    """The first ```python block of README.md after the line holding `after`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    return text[start:text.index("```", start)]
+
+
+@pytest.mark.slow
+def test_readme_distributed_example_runs_as_written(tmp_path):
+    """README's train_dist.py, unchanged: one process (MirroredStrategy), then
+    two MultiWorkerMirroredStrategy workers with TF_CONFIG as its bash block sets it."""
+    script = tmp_path / "train_dist.py"
+    script.write_text(_readme_script("Save this as `train_dist.py`"))
+    pattern = r"best epoch (\d+) val_loss (\S+)"
+
+    one = tmp_path / "one"
+    one.mkdir()
+    _run_all([[sys.executable, str(script)]], [str(tmp_path / "one.log")], _env(), cwd=str(one))
+    assert re.search(pattern, (tmp_path / "one.log").read_text())
+    assert load_best(_readme_model(), str(one / "runs" / "dist")).path.endswith("best.weights.h5")
+
+    two = tmp_path / "two"
+    two.mkdir()
+    workers = json.dumps([f"localhost:{p}" for p in _free_ports(2)])
+    envs = [_env(TF_CONFIG=json.dumps({"cluster": {"worker": json.loads(workers)},
+                                       "task": {"type": "worker", "index": i}})) for i in (0, 1)]
+    logs = [str(tmp_path / f"worker{i}.log") for i in (0, 1)]
+    seconds = _run_all([[sys.executable, str(script)]] * 2, logs, envs, cwd=str(two))
+    print(f"README train_dist.py, 2 workers: {seconds:.1f} s")
+    found = [re.search(pattern, open(log).read()) for log in logs]
+    assert all(found) and found[0].groups() == found[1].groups()  # same stop, same best
+    epoch, value = int(found[0].group(1)), float(found[0].group(2))
+    record = load_best(_readme_model(), str(two / "runs" / "dist"))
+    assert (record.epoch, record.value) == (epoch, pytest.approx(value))
+    assert sorted(os.listdir(two / "runs" / "dist")) == [LOCK_NAME, "best.weights.h5", "keras_best.json"]
+
+
+def _readme_model() -> keras.Model:
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
