@@ -22,14 +22,13 @@ class Reporter:
     baseline: float | None
     save_best_only: bool
     keep_top_k: int | None
-    verbose: int
 
-    def report(self, d: Decision, previous_best: float | None) -> None:
-        if self.verbose:
-            sys.stdout.write("".join("\n" + line for line in self.lines(d, previous_best)) + "\n")
+    def report(self, d: Decision, previous_best: float | None, verbose: int) -> None:
+        if verbose:
+            sys.stdout.write("".join("\n" + line for line in self.lines(d, previous_best, verbose)) + "\n")
             sys.stdout.flush()
 
-    def lines(self, d: Decision, previous_best: float | None) -> list[str]:
+    def lines(self, d: Decision, previous_best: float | None, verbose: int = 1) -> list[str]:
         name, ties = self.objective.name, ""
         if d.ties:  # a list monitor: show the tie-break values too
             ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
@@ -49,7 +48,7 @@ class Reporter:
             msg += f" (this epoch breaks require: {self.objective.describe_require()})"
         prefix = f"Epoch {d.epoch + 1}: "
         lines = [prefix + msg]
-        if self.verbose > 1:
+        if verbose > 1:
             lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
         if d.should_stop:
             lines.append(prefix + f"early stopping ({d.stop_reason.value}); best {name} "

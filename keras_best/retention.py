@@ -97,9 +97,9 @@ def admits(
     if not Score(value, tuple(ties), feasible).eligible:
         return False
     epoch = max((r.epoch for r in kept), default=-1) + 1  # latest: loses exact ties
-    new = Record(epoch, value, path=object(), ties=tuple(ties), feasible=feasible)  # type: ignore[arg-type]
+    new = Record(epoch, value, path="\0candidate", ties=tuple(ties), feasible=feasible)  # no file has that name
     _, evicted, _ = retain(kept, new, keep_top_k, mode, pinned)
-    return new not in evicted
+    return all(r is not new for r in evicted)
 
 
 def retain(

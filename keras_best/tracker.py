@@ -156,7 +156,7 @@ class BestWeightsTracker:
         self.resume = resume
         self.export_at_finish = export_at_finish
         self.verbose = verbose
-        self._reporter = Reporter(self.objective, baseline, save_best_only, keep_top_k, verbose)
+        self._reporter = Reporter(self.objective, baseline, save_best_only, keep_top_k)
         self._optimizer = optimizer
         self._saver = savers.saver_for(savers.WEIGHTS if export_at_finish else self.format)
 
@@ -539,11 +539,8 @@ class BestWeightsTracker:
         decision = dataclasses.replace(decision, saved_path=saved_path, evicted=tuple(
             self.path.shown(p) for p in evicted))
         if self._chief:  # workers decide alike; the chief saves and speaks
-            self._reporter.report(decision, previous_best)
+            self._reporter.report(decision, previous_best, self.verbose)
         return decision
-
-    def _write_model(self, path: str) -> None:
-        self._saver.write(self.model, path)
 
     def _add_write(self, txn: Transaction, tmp_rel: str, write: Callable[[str], None], detached: bool) -> None:
         """Have `write(path)` make the temp file `tmp_rel`: by the writer (in its
