@@ -171,7 +171,7 @@ class Case:
         t1 = time.perf_counter()
         # What finish() waits for (the write fsynced, renamed and recorded), without
         # releasing the run directory's lock: a training loop keeps it between epochs.
-        self.kb._writer.flush()
+        self.kb.flush()
         t2 = time.perf_counter()
         assert decision.saved_path, decision
         self.record("kb blocked", t1 - t)
