@@ -93,9 +93,14 @@ def _fields(template: str, filepath: str) -> list[str]:
     except ValueError as e:
         raise ValueError(f"`filepath` is not a valid format string ({e}). Received: filepath={filepath}") from e
     fields = []
-    for _, field, _, _ in parsed:
+    for _, field, _, conversion in parsed:
         if field is None:
             continue
+        if conversion not in (None, "r", "s", "a"):
+            raise ValueError(
+                f"`filepath` has an unknown conversion '!{conversion}' in {{{field}!{conversion}}}; "
+                f"write e.g. '{{{field}:.4f}}'. Received: filepath={filepath}"
+            )
         if not field or not field.replace("_", "a").replace("-", "a").isalnum():
             raise ValueError(
                 "`filepath` placeholders must be metric names or `epoch`, e.g. "

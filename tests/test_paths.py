@@ -42,6 +42,7 @@ def test_format_counts_epochs_and_batches_from_one():
         ("r/{epoch/b.weights.h5", r"Placeholders are allowed in the file name only"),
         ("r/{}.weights.h5", r"placeholders must be metric names or `epoch`"),
         ("r/{epoch.weights.h5", r"not a valid format string"),
+        ("r/{val_loss!x}.weights.h5", r"unknown conversion '!x' in \{val_loss!x\}"),
     ],
 )
 def test_bad_filepaths(filepath, match):
