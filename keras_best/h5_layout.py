@@ -51,9 +51,15 @@ class WeightsSnapshot:
     detached = True  # holds host arrays only: `write` may run in any thread
 
     def __init__(self, groups: list[tuple[str, dict[str, Any] | None, list[tuple[str, np.ndarray]]]],
-                 by_variable: dict[int, np.ndarray]) -> None:
+                 by_variable: dict[int, np.ndarray],
+                 read: list[np.ndarray] | None = None, spare: list[Any] | None = None) -> None:
         self.groups = groups
         self.by_variable = by_variable
+        self._read, self._spare = read, spare
+        # Set by the owner when no other object holds these arrays: after its
+        # file is written, `write` hands them to the next snapshot to copy
+        # into (memory already mapped: no page faults in the training thread).
+        self.recyclable = False
 
     @property
     def nbytes(self) -> int:
@@ -65,7 +71,17 @@ class WeightsSnapshot:
                 yield a
 
     def write(self, path: str) -> None:
-        """Write the `.weights.h5` file at local `path` (as `H5IOStore` does)."""
+        """Write the `.weights.h5` file at local `path` (as `H5IOStore` does).
+
+        A `recyclable` snapshot is written once: its arrays are reused after."""
+        try:
+            self._write(path)
+        finally:
+            if self.recyclable and self._read is not None and self._spare is not None:
+                self._spare[:] = [self._read]  # the next snapshot of this layout copies into them
+                self._read = self.groups = self.by_variable = None  # type: ignore[assignment]
+
+    def _write(self, path: str) -> None:
         with h5py.File(path, mode="w") as f:
             for group_path, attrs, entries in self.groups:
                 group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
@@ -91,6 +107,7 @@ class Layout:
         self.fingerprint = fingerprint(model)
         self.owners = _capture_owners(model)
         self._read = _BatchReader()
+        self._spare: list[list[np.ndarray]] = []  # arrays of a written snapshot, to reuse
 
     @classmethod
     def capture(cls, model: Any) -> Layout:
@@ -115,7 +132,8 @@ class Layout:
         store = _RecordingStore()
         for save, path, metadata in self.owners:
             save(store.make(path, metadata))
-        return store.snapshot(self._read)
+        out = self._spare.pop() if self._spare else None  # only the writer thread adds
+        return store.snapshot(self._read, out, self._spare)
 
 
 def fingerprint(model: Any) -> tuple[Any, ...]:
@@ -303,18 +321,52 @@ class _RecordingStore:
     def __bool__(self) -> bool:
         return True
 
-    def snapshot(self, read: Callable[[list[Any]], list[np.ndarray]] | None = None) -> WeightsSnapshot:
-        arrays = (read or _read_each)(self._variables)
+    def snapshot(self, read: Callable[..., list[np.ndarray]] | None = None,
+                 out: list[np.ndarray] | None = None, spare: list[Any] | None = None) -> WeightsSnapshot:
+        if out is not None and len(out) != len(self._variables):
+            out = None
+        arrays = (read or _read_each)(self._variables, out)
         groups = [
             (path, attrs, [(k, arrays[v.index] if isinstance(v, _Unread) else v) for k, v in entries])
             for path, attrs, entries in self._groups
         ]
         by_variable = {id(v): a for v, a in zip(self._variables, arrays)}
-        return WeightsSnapshot(groups, by_variable)
+        return WeightsSnapshot(groups, by_variable, arrays, spare)
 
 
-def _read_each(variables: list[Any]) -> list[np.ndarray]:
-    return [_host_copy(v) for v in variables]
+def _read_each(variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    if out is None:
+        return [_host_copy(v) for v in variables]
+    arrays = []
+    for v, o in zip(variables, out):
+        value = _plain_read(v)
+        arrays.append(_host_copy(v) if value is None else _copy_into(value, o))
+    return arrays
+
+
+def _plain_read(variable: Any) -> Any:
+    """The value tensor of a plain TensorFlow variable (no distribution), else None."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+    from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
+
+    handle = getattr(variable, "_value", None)
+    if isinstance(handle, BaseResourceVariable) and not tf.distribute.has_strategy():  # incl. ones made in a tf.function
+        return handle.read_value()
+    return None
+
+
+def _copy_into(tensor: Any, out: np.ndarray) -> np.ndarray:
+    """`tensor` on the host, copied into `out` when it fits (one copy, in memory
+    already mapped), else a new array."""
+    view = np.asarray(tensor)  # an EagerTensor's own buffer: no copy
+    if view.shape == out.shape and view.dtype == out.dtype and out.flags.writeable:
+        np.copyto(out, view)
+        return out
+    return np.array(view, copy=True)
 
 
 class _BatchReader:
@@ -334,16 +386,18 @@ class _BatchReader:
         self._key: tuple[int, ...] | None = None
         self._fn: Any = None
 
-    def __call__(self, variables: list[Any]) -> list[np.ndarray]:
+    def __call__(self, variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
         if len(variables) < self.MIN_VARIABLES:
-            return _read_each(variables)
+            return _read_each(variables, out)
         handles = [getattr(v, "_value", None) for v in variables]
         key = tuple(id(h) for h in handles)
         if key != self._key:
             self._fn, self._key = _batch_read_function(handles), key
         if self._fn is None:
-            return _read_each(variables)
-        return [t.numpy() for t in self._fn()]
+            return _read_each(variables, out)
+        if out is None:
+            return [t.numpy() for t in self._fn()]
+        return [_copy_into(t, o) for t, o in zip(self._fn(), out)]
 
 
 def _batch_read_function(handles: list[Any]) -> Any:

@@ -492,7 +492,7 @@ class BestWeightsTracker:
                                      score.ties, score.feasible, self._best_at)
             )
         txn = Transaction(state={}, rollback=self._rollback)
-        saved_path, evicted, reuse = None, [], None
+        saved_path, evicted, reuse, snapshot = None, [], None, None
         if save:
             rel = self.path.format(epoch, step, values)
             if self.export_at_finish:
@@ -508,6 +508,9 @@ class BestWeightsTracker:
             evicted = [r.path for r in evicted_records]
             txn.deletes.extend(evicted)
             saved_path = self.path.shown(rel)
+        shared = self.save_last or (decision.improved and self.restore_best_weights)
+        if hasattr(snapshot, "recyclable") and not shared:
+            snapshot.recyclable = True  # nothing else holds its arrays: reused once written
         if decision.improved and self.restore_best_weights:
             self._best_weights = host_copies(self.model.weights, reuse)
         if self.save_last:

@@ -236,6 +236,34 @@ def test_a_batched_snapshot_is_not_changed_by_training(tmp_path):
     assert all(np.array_equal(a, b) for a, b in zip(all_state(model), before))
 
 
+@pytest.mark.parametrize("name", ["sequential", "deep-compiled"])  # few variables / one batched read
+def test_a_recyclable_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
+    model = original(name)
+    writer = h5_layout.WeightsWriter()
+    randomize(model, 1)
+    first_state = all_state(model)
+    first = writer.snapshot(model)
+    first.recyclable = True
+    buffers = list(first.arrays())
+    first.write(str(tmp_path / "1.weights.h5"))
+    randomize(model, 2)
+    second_state = all_state(model)
+    second = writer.snapshot(model)
+    # The second snapshot copied into the first one's (already written) arrays...
+    reused = [a for a in second.arrays() if any(a is b for b in buffers)]
+    optimizer = getattr(model, "optimizer", None)
+    assert len(reused) == len(model.weights) + len(optimizer.variables if optimizer else [])
+    second.write(str(tmp_path / "2.weights.h5"))
+    # ...and both files hold the values of their own moment.
+    for path, state in (("1.weights.h5", first_state), ("2.weights.h5", second_state)):
+        model.load_weights(str(tmp_path / path))
+        assert all(np.array_equal(a, b) for a, b in zip(all_state(model), state))
+    # A snapshot not marked recyclable (its arrays shared, e.g. as the best
+    # weights kept in memory) is never reused.
+    third = writer.snapshot(model)
+    assert not any(a is b for a in third.arrays() for b in second.arrays())
+
+
 def test_snapshot_shares_its_copies_with_host_copies():
     model = original("sequential-compiled")
     snapshot = h5_layout.WeightsWriter().snapshot(model)
