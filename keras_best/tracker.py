@@ -77,7 +77,11 @@ class BestWeightsTracker:
             `finish()` (the previous best stays intact and recorded).
             `finish()` waits for the writes, and so does interpreter exit.
             `False` writes everything before `update()` returns. `.keras` and
-            SavedModel files are always written in the training thread.
+            SavedModel files are always written in the training thread. The
+            host arrays of a written snapshot are reused by the next one (no
+            page faults in the training thread), so one copy of the weights
+            stays in host memory between saves; not when `restore_best_weights`
+            or `save_last` share them.
 
     Example:
 
