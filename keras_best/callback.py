@@ -9,6 +9,7 @@ import keras
 
 from keras_best import savers
 from keras_best.monitor import Decision
+from keras_best.paths import RunPath
 from keras_best.tracker import _LATER, BestWeightsTracker
 
 
@@ -75,7 +76,7 @@ class BestCheckpoint(keras.callbacks.Callback):
                 f"Unrecognized save_freq: {save_freq}. "
                 "Expected save_freq are 'epoch' or integer values"
             )
-        if save_freq == "epoch" and "{batch" in filepath:
+        if save_freq == "epoch" and "batch" in RunPath(filepath).fields:
             raise ValueError(
                 "`filepath` uses {batch}, but with save_freq='epoch' saves happen at epoch "
                 "ends, where there is no batch. Use {epoch}, or an int save_freq to save "

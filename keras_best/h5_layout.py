@@ -335,28 +335,29 @@ class _RecordingStore:
 
 
 def _read_each(variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    if out is None:
+    plain = _plain_variable_types() if out is not None else None
+    if plain is None:
         return [_host_copy(v) for v in variables]
     arrays = []
     for v, o in zip(variables, out):
-        value = _plain_read(v)
-        arrays.append(_host_copy(v) if value is None else _copy_into(value, o))
+        handle = getattr(v, "_value", None)
+        arrays.append(_copy_into(handle.read_value(), o) if isinstance(handle, plain[0]) else _host_copy(v))
     return arrays
 
 
-def _plain_read(variable: Any) -> Any:
-    """The value tensor of a plain TensorFlow variable (no distribution), else None."""
+def _plain_variable_types() -> tuple[type, type] | None:
+    """`(BaseResourceVariable, ResourceVariable)` when variables can be read as
+    plain TensorFlow resource variables (TensorFlow backend, no strategy in
+    scope), else `None`. The base class also covers variables made inside a
+    `tf.function` (optimizer slots built by `fit()`)."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
         return None
     import tensorflow as tf
-    from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
+    from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable, ResourceVariable
 
-    handle = getattr(variable, "_value", None)
-    if isinstance(handle, BaseResourceVariable) and not tf.distribute.has_strategy():  # incl. ones made in a tf.function
-        return handle.read_value()
-    return None
+    return None if tf.distribute.has_strategy() else (BaseResourceVariable, ResourceVariable)
 
 
 def _copy_into(tensor: Any, out: np.ndarray) -> np.ndarray:
@@ -403,14 +404,10 @@ class _BatchReader:
 def _batch_read_function(handles: list[Any]) -> Any:
     """A traced function returning the values of `handles`, or `None` when
     they are not all plain TensorFlow resource variables."""
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        return None
     import tensorflow as tf
-    from tensorflow.python.ops.resource_variable_ops import ResourceVariable
 
-    if tf.distribute.has_strategy() or not all(type(h) is ResourceVariable for h in handles):
+    plain = _plain_variable_types()
+    if plain is None or not all(type(h) is plain[1] for h in handles):
         return None  # distributed / sync-on-read variables: read each the usual way
 
     @tf.function(autograph=False)

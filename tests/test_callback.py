@@ -316,6 +316,7 @@ def test_batch_placeholder_needs_an_int_save_freq(tmp_path):
         BestCheckpoint(str(tmp_path / "b-{epoch}-{batch:04d}.weights.h5"))
     assert os.listdir(tmp_path) == []  # refused before anything was created
     BestCheckpoint(str(tmp_path / "b-{epoch}-{batch:04d}.weights.h5"), save_freq=5)
+    BestCheckpoint(str(tmp_path / "b-{epoch}-{batch_loss:.2f}.weights.h5"))  # a metric, not {batch}
 
 
 def test_unknown_mode_raises_where_keras_only_warns(tmp_path):
