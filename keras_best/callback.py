@@ -9,6 +9,7 @@ import keras
 
 from keras_best import savers
 from keras_best.monitor import Decision
+from keras_best.options import Options, flag
 from keras_best.paths import RunPath
 from keras_best.tracker import _LATER, BestWeightsTracker
 
@@ -18,7 +19,10 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     Takes every argument of `ModelCheckpoint` with the same meaning (note its
     defaults: `save_best_only=False`, `verbose=0`), and adds the tracker's
-    options: `keep_top_k`, `patience` (sets `model.stop_training`),
+    options: `keep_top_k` (default "auto": as ModelCheckpoint, every file a
+    name with placeholders tells apart is kept, and a fixed name is one file,
+    the best; never a worse epoch over the best), `patience` (sets
+    `model.stop_training`),
     `restore_best_weights`, `save_last`/`resume` (continue an interrupted
     `fit()` at the right epoch with the best value kept), `min_delta`,
     `start_from_epoch`, and `require` (constraints; `monitor` may also be a
@@ -56,18 +60,8 @@ class BestCheckpoint(keras.callbacks.Callback):
         save_freq: str | int = "epoch",
         initial_value_threshold: float | None = None,
         *,
-        keep_top_k: int | None = None,
-        min_delta: float = 0.0,
-        patience: int | None = None,
-        start_from_epoch: int = 0,
-        restore_best_weights: bool = False,
-        save_last: bool = False,
-        resume: bool = False,
-        save_format: str | None = None,
-        export_at_finish: bool = False,
-        stop_on_non_finite: bool = False,
-        require: Any = None,
-        async_save: bool = True,
+        keep_top_k: Any = "auto",
+        **options: Any,
     ) -> None:
         super().__init__()
         filepath = os.fspath(filepath)
@@ -82,30 +76,18 @@ class BestCheckpoint(keras.callbacks.Callback):
                 "ends, where there is no batch. Use {epoch}, or an int save_freq to save "
                 f"every N batches. Received: filepath={filepath}"
             )
-        if save_format is None:
-            save_format = _format_from_name(filepath, save_weights_only)
+        Options.check_names("BestCheckpoint", options)
+        if "baseline" in options:
+            raise TypeError("BestCheckpoint takes `initial_value_threshold` (as ModelCheckpoint), not `baseline`.")
+        if options.get("save_format") is None:
+            options["save_format"] = _format_from_name(filepath, flag("save_weights_only", save_weights_only))
+        if isinstance(keep_top_k, str) and keep_top_k == "auto":
+            # As ModelCheckpoint: every file its name tells apart is kept; a fixed name is one file.
+            keep_top_k = None if RunPath(filepath).fields else 1
         self.save_freq = save_freq
         self.tracker = BestWeightsTracker(
-            _LATER,
-            filepath,
-            monitor=monitor,
-            mode=mode,
-            min_delta=min_delta,
-            baseline=initial_value_threshold,
-            keep_top_k=keep_top_k,
-            save_best_only=save_best_only,
-            save_last=save_last,
-            patience=patience,
-            start_from_epoch=start_from_epoch,
-            restore_best_weights=restore_best_weights,
-            resume=resume,
-            save_format=save_format,
-            export_at_finish=export_at_finish,
-            stop_on_non_finite=stop_on_non_finite,
-            verbose=verbose,
-            require=require,
-            async_save=async_save,
-        )
+            _LATER, filepath, monitor, verbose=verbose, save_best_only=save_best_only, mode=mode,
+            baseline=initial_value_threshold, keep_top_k=keep_top_k, **options)
         self._batches_since_save = 0
         self._last_batch = None
         self._epoch = 0

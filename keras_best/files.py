@@ -18,6 +18,13 @@ TMP_PREFIX = ".kb-tmp-"
 COMPLETE_MARKER = ".kb-complete"
 _TMP_RE = re.compile(r"^\.kb-tmp-[0-9a-f]{12}-")
 
+# The names a run directory's own bookkeeping uses: never a saved model's name.
+MANIFEST_NAME = "keras_best.json"
+HISTORY_NAME = "keras_best_history.jsonl"
+LOCK_NAME = ".keras_best.lock"
+LAST_NAME = "keras_best_last.h5"
+RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
+
 
 def is_remote(path: str) -> bool:
     """True for `gs://`, `s3://`, `ram://`... (anything with a scheme but `file://`)."""
@@ -108,6 +115,30 @@ def tmp_path(final_path: str) -> str:
 
 def is_tmp_name(name: str) -> bool:
     return bool(_TMP_RE.match(name))
+
+
+def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES) -> str | None:
+    """Why `name` is not a plain file name inside a run directory (`None` if it is).
+
+    A plain name has no directory part (no separator, not `.` or `..`, not
+    absolute, not empty) and is neither a temp name nor one of `reserved`.
+
+    >>> name_problem("best.weights.h5") is None, name_problem("../x"), name_problem("keras_best.json")
+    (True, 'it has a directory part', 'it is the name of keras_best.json')
+    """
+    if not isinstance(name, str):
+        return f"it is a {type(name).__name__}, not a string"
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a directory"
+    if "\0" in name or any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)) or os.path.isabs(name):
+        return "it has a directory part"
+    if name.startswith(TMP_PREFIX):
+        return "it is a temp file name"
+    if name in reserved:
+        return f"it is the name of {name}"
+    return None
 
 
 def fsync_path(path: str) -> None:

@@ -9,7 +9,6 @@ from typing import Any, Mapping
 
 from keras_best import manifest, savers
 from keras_best.objective import Objective, Score, rank_key
-from keras_best.retention import Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,20 +37,20 @@ class BestRecord:
 def read_best(directory: str | os.PathLike) -> BestRecord:
     """The run's best kept record, without loading anything."""
     directory = os.fspath(directory)
-    data = manifest.read(directory)
-    best = data.get("best")
-    if not best:
+    record = manifest.read(directory)
+    best = record.best
+    if best is None:
         raise FileNotFoundError(
             f"The run in {directory!r} ({manifest.MANIFEST_NAME}) has no saved best yet: "
             "no epoch has improved (or beaten the baseline) so far."
         )
     return BestRecord(
-        epoch=int(best["epoch"]),
-        value=float(best["value"]),
-        path=manifest.effective_path(directory, data, best["path"]),
-        monitor=data.get("monitor", ""),
-        metrics={k: float(v) for k, v in (best.get("metrics") or {}).items()},
-        step=best.get("step"),
+        epoch=best.epoch,
+        value=best.value,
+        path=record.effective_path(directory, best.path),
+        monitor=record.monitor if record.monitor is not None else "",
+        metrics=dict(best.metrics),
+        step=best.step,
     )
 
 
@@ -74,7 +73,7 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
     """
     directory = os.fspath(directory)
     data = manifest.read(directory)
-    kept = [Record.from_json(r) for r in data.get("kept") or []]
+    kept = list(data.kept)
     if not kept:
         raise FileNotFoundError(
             f"The run in {directory!r} ({manifest.MANIFEST_NAME}) keeps no saved file yet, "
@@ -104,7 +103,7 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
         BestRecord(
             epoch=r.epoch,
             value=s.primary,
-            path=manifest.effective_path(directory, data, r.path),
+            path=data.effective_path(directory, r.path),
             monitor=objective.name,
             metrics=dict(r.metrics),
             step=r.step,
@@ -149,7 +148,7 @@ def load_best(
 
     record = choose()
     _check_architecture(model, data, directory)
-    fmt = data.get("save_format", savers.WEIGHTS)
+    fmt = data.save_format
     try:
         model.load_weights(savers.weights_file(record.path, fmt))
     except (FileNotFoundError, OSError):
@@ -159,10 +158,10 @@ def load_best(
     return record
 
 
-def _check_architecture(model: Any, data: Mapping[str, Any], directory: str) -> None:
-    from keras_best.tracker import architecture_of
+def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
+    from keras_best.run import architecture_of
 
-    recorded = data.get("architecture")
+    recorded = data.architecture
     if recorded and getattr(model, "built", False) and architecture_of(model) != recorded:
         raise ValueError(
             f"The model's architecture (its weight shapes) differs from the run recorded in "

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 
-LOCK_NAME = ".keras_best.lock"
+from keras_best.files import LOCK_NAME
 
 try:
     import fcntl

@@ -183,6 +183,11 @@ class Monitor:
         """Pure check: would `value` beat the current best (or baseline)?"""
         return self._beats(_score(value), self._best if self._best is not None else self._baseline)
 
+    def clears_baseline(self, value: float | Score) -> bool:
+        """Would `value` beat `baseline` as an improvement must (with `min_delta`)?
+        True without a baseline, for an eligible value."""
+        return self._beats(_score(value), self._baseline)
+
     def _beats(self, score: Score, reference: Score | None) -> bool:
         return _objective.beats(score, reference, self.modes, self.min_delta)
 

@@ -34,26 +34,60 @@ class RunPath:
                 f"(the run directory). Received: filepath={self.filepath}"
             )
         self.fields = _fields(self.template, self.filepath)
+        # A trial name now, so that a template that can make no plain file name
+        # fails at construction, not at the first save.
+        self.format(0, 0, {f: 0.5 for f in self.metric_fields()})
 
     def metric_fields(self) -> list[str]:
         """Placeholders that name metrics (not `epoch` or `batch`)."""
         return [f for f in self.fields if f not in RESERVED]
 
-    def format(self, epoch: int, step: int | None, values: Mapping[str, float]) -> str:
-        """The file name for `epoch` (0-based; `{epoch}` counts from 1, as in Keras)."""
+    def format(self, epoch: int, step: int | None, values: Mapping[str, float], version: int = 0) -> str:
+        """The file name for `epoch` (0-based; `{epoch}` counts from 1, as in Keras).
+
+        `version` > 0 adds `-v{version}` before the extension (see `versioned`).
+        The result is always a plain file name in the run directory, or a
+        `ValueError` is raised.
+        """
         fields = dict(values)
         fields["epoch"] = epoch + 1
         if step is not None:
             fields["batch"] = step + 1
         try:
-            return self.template.format(**fields)
-        except (KeyError, ValueError) as e:
+            name = versioned(self.template.format(**fields), version)
+        except (KeyError, ValueError, TypeError) as e:
             raise ValueError(f"Failed to format filepath {self.filepath!r}: {e}") from e
+        problem = files.name_problem(name)
+        if problem is not None:
+            raise ValueError(
+                f"`filepath` made the file name {name!r}, which is not a plain file name in the run "
+                f"directory: {problem}. Use placeholders that format to plain names, e.g. "
+                f"'{{epoch:03d}}-{{val_loss:.4f}}.weights.h5'. Received: filepath={self.filepath}"
+            )
+        return name
 
     def shown(self, rel: str) -> str:
         """A run file's path as the user spelled the run directory (a bare file
         name stays bare, as Keras prints it)."""
         return rel if self.filepath == self.template else files.join(self.directory, rel)
+
+
+EXTENSIONS = (".weights.h5", ".keras", ".h5")
+
+
+def versioned(name: str, version: int) -> str:
+    """`name` with `-v{version}` before its extension (as Lightning's
+    `enable_version_counter` does); `name` itself for version 0.
+
+    >>> versioned("best-0.5.weights.h5", 1), versioned("export", 2)
+    ('best-0.5-v1.weights.h5', 'export-v2')
+    """
+    if not version:
+        return name
+    for ext in EXTENSIONS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return f"{name[: -len(ext)]}-v{version}{ext}"
+    return f"{name}-v{version}"
 
 
 def prepare_directory(directory: str) -> None:

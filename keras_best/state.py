@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_best import files
 
-LAST_NAME = "keras_best_last.h5"
+LAST_NAME = files.LAST_NAME
 
 
 def optimizer_variables(optimizer: Any, model: Any) -> list[Any]:

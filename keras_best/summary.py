@@ -37,15 +37,16 @@ def summarize(
     """
     directory = resolve_run_directory(directory)
     data = manifest.read(directory)
+    entries = data.history(directory)
     try:
-        result = _summarize(directory, data)
+        result = _summarize(directory, data, entries)
         if by is not None:
             _rerank(result, directory, by, by_mode)
         if history:
             result["history"] = [
                 {**h, "epoch": int(h["epoch"]), "value": _num(h["value"]),
                  "metrics": {k: _num(v) for k, v in (h.get("metrics") or {}).items()}}
-                for h in data.get("history") or []
+                for h in entries
             ]
         return result
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -85,53 +86,50 @@ def resolve_run_directory(path: str | os.PathLike) -> str:
     return path
 
 
-def _summarize(directory: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    history = list(data.get("history") or [])
-    options = dict(data.get("options") or {})
-    best = data.get("best")
+def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
+    best = data.best
     kept = []
-    for rank, r in enumerate(data.get("kept") or [], start=1):
-        path = manifest.effective_path(directory, data, r["path"])
+    for rank, r in enumerate(data.kept, start=1):
         kept.append({
             "rank": rank,
-            "epoch": int(r["epoch"]),
-            "step": r.get("step"),
-            "value": _num(r["value"]),
-            "path": r["path"],
-            "metrics": {k: _num(v) for k, v in (r.get("metrics") or {}).items()},
-            "size_bytes": _size(path),
-            **({"feasible": False} if r.get("feasible") is False else {}),
+            "epoch": r.epoch,
+            "step": r.step,
+            "value": r.value,
+            "path": r.path,
+            "metrics": dict(r.metrics),
+            "size_bytes": _size(data.effective_path(directory, r.path)),
+            **({} if r.feasible else {"feasible": False}),
         })
     epochs = sorted({int(h["epoch"]) for h in history})
-    stopped = data.get("stopped")
+    stopped = data.state.stopped
     if stopped:
         stopped = {"epoch": int(stopped["epoch"]), "step": stopped.get("step"), "reason": str(stopped["reason"])}
     return {
         "directory": directory,
-        "monitor": data.get("monitor"),
-        "mode": data.get("mode"),
-        "require": data.get("require"),
-        "save_format": data.get("save_format"),
-        "filepath": data.get("filepath"),
-        "best": None if not best else {
-            "epoch": int(best["epoch"]),
-            "step": best.get("step"),
-            "value": _num(best["value"]),
-            "path": best["path"],
-            "metrics": {k: _num(v) for k, v in (best.get("metrics") or {}).items()},
+        "monitor": data.monitor,
+        "mode": data.mode,
+        "require": data.require,
+        "save_format": data.save_format,
+        "filepath": data.filepath,
+        "best": None if best is None else {
+            "epoch": best.epoch,
+            "step": best.step,
+            "value": best.value,
+            "path": best.path,
+            "metrics": dict(best.metrics),
         },
-        "options": options,
+        "options": dict(data.options),
         "epochs_run": len(epochs),
         "updates": len(history),
         "first_epoch": epochs[0] if epochs else None,
         "last_epoch": epochs[-1] if epochs else None,
-        "wait": (data.get("engine") or {}).get("wait"),
+        "wait": (data.state.engine or {}).get("wait"),
         "stopped": stopped or None,
         "resumable": _resumable(directory, data),
         "kept": kept,
-        "export": data.get("export"),
-        "pending": bool(data.get("pending")),
-        "updated_at": data.get("updated_at"),
+        "export": data.state.export,
+        "pending": bool(data.pending),
+        "updated_at": data.updated_at,
     }
 
 
@@ -148,16 +146,16 @@ def _rerank(result: dict[str, Any], directory: str, by: Any, by_mode: Any) -> No
     result["ranked_by"] = list(by) if isinstance(by, (list, tuple)) else order[0].monitor
 
 
-def _resumable(directory: str, data: Mapping[str, Any]) -> dict[str, Any]:
-    last = data.get("last")
+def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
+    last = data.state.last
     if not last:
         return {"resumable": False, "reason": "no training state saved (the run used neither "
                                               "save_last=True nor resume=True)"}
-    if not files.exists(manifest.effective_path(directory, data, last["path"])):
+    if not files.exists(data.effective_path(directory, last["path"])):
         return {"resumable": False, "reason": f"{last['path']} is recorded but missing"}
     epoch = int(last["epoch"])
     saved = f"state of epoch {epoch + 1} in {last['path']}"
-    if data.get("stopped"):
+    if data.state.stopped:
         return {"resumable": True, "next_epoch": None, "path": last["path"],
                 "reason": f"{saved}; the run stopped early, so resume=True restores it and trains no more epochs"}
     return {"resumable": True, "next_epoch": epoch + 1, "path": last["path"],

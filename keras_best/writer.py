@@ -52,16 +52,20 @@ class Transaction:
         renames: `(tmp_rel, final_rel)` pairs moved into place on commit
             (jobs' temp files and files already written under temp names).
         deletes: files (relative) removed on commit.
-        state: the manifest body after the commit.
+        state: the `RunRecord` after the commit.
+        history: JSON lines appended to the history file at `state.history_bytes
+            - len(history)` before the record is written.
         rollback: anything; `Writer.take_error` returns it with the error of
             a background commit (for a merged transaction: the oldest's).
     """
 
-    state: dict[str, Any]
+    state: Any  # keras_best.manifest.RunRecord
     jobs: list[tuple[Callable[[str], None], str]] = dataclasses.field(default_factory=list)
     renames: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     deletes: list[str] = dataclasses.field(default_factory=list)
     rollback: Any = None  # given back with a background error (the caller's state before)
+    history: bytes = b""
+    history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
 
 
 def commit(directory: str, txn: Transaction) -> None:
@@ -77,13 +81,16 @@ def commit(directory: str, txn: Transaction) -> None:
         for tmp_rel in written:
             files.remove(files.join(directory, tmp_rel), missing_ok=True)
         raise
+    if txn.history:
+        manifest.append_history(directory, txn.state.history_bytes - len(txn.history), txn.history,
+                                txn.history_head or (lambda: b""))
     if not txn.renames and not txn.deletes:
-        manifest.write(directory, txn.state)
+        txn.state.write(directory)
         return
     pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
-    manifest.write(directory, {**txn.state, "pending": pending})
+    dataclasses.replace(txn.state, pending=pending).write(directory)
     manifest.apply(directory, pending)
-    manifest.write(directory, txn.state)
+    txn.state.write(directory)
 
 
 class Writer:
@@ -205,7 +212,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
     state (the manifest after both) does not name it.
     """
     rewritten = {final for _, final in newer.renames}
-    named = named_files(newer.state)
+    named = newer.state.named_files()
     job_tmps = {tmp for _, tmp in older.jobs}
     kept_renames, kept_tmps, dropped_on_disk = [], set(), []
     for tmp, final in older.renames:
@@ -229,22 +236,9 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
         renames=kept_renames + list(newer.renames),
         deletes=deletes,
         rollback=older.rollback,
+        history=older.history + newer.history,
+        history_head=older.history_head,
     )
-
-
-def named_files(state: dict[str, Any]) -> set[str]:
-    """The files (relative paths) a manifest body names."""
-    named = set()
-    for record in state.get("kept") or ():
-        if isinstance(record, dict) and record.get("path"):
-            named.add(record["path"])
-    for key in ("best", "last"):
-        entry = state.get(key)
-        if isinstance(entry, dict) and entry.get("path"):
-            named.add(entry["path"])
-    if state.get("export"):
-        named.add(state["export"])
-    return named
 
 
 def _discard(directory: str, txn: Transaction) -> None:

@@ -45,3 +45,18 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(64, 4)).astype("float32")
     y = (x.sum(axis=1, keepdims=True) > 0).astype("float32")
     return x, y
+
+
+def run_json(directory) -> dict:
+    """keras_best.json as plain JSON, with the history it covers read from
+    keras_best_history.jsonl (as a user's script or another tool would)."""
+    import json
+
+    from keras_best import files, manifest
+
+    d = str(directory)
+    data = json.loads(files.read_bytes(manifest.manifest_path(d)))
+    history_path = files.join(d, manifest.HISTORY_NAME)
+    raw = files.read_bytes(history_path)[: data.get("history_bytes", 0)] if files.exists(history_path) else b""
+    data.setdefault("history", [json.loads(line) for line in raw.splitlines()])
+    return data

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import shutil
 import subprocess
@@ -24,8 +23,11 @@ import pytest
 
 from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, files, load_best, manifest
 from keras_best.lock import LOCK_NAME
-from keras_best.writer import Transaction, Writer, merge, named_files
-from tests.conftest import make_model
+from keras_best.manifest import RunRecord
+from keras_best.policy import RunState
+from keras_best.retention import Record
+from keras_best.writer import Transaction, Writer, merge
+from tests.conftest import make_model, run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WAIT = 60  # seconds: only reached when something is broken
@@ -51,25 +53,35 @@ class Job:
             f.write(self.payload)
 
 
+def run_record(kept, last=None, export=None):
+    """A record naming `kept` (the first is the best), as the tracker writes it."""
+    records = tuple(Record(i, 0.1 * i, p) for i, p in enumerate(kept))
+    best_at = (0, None) if kept else None
+    engine = {"best": 0.0, "best_epoch": 0, "wait": 0} if kept else None
+    return RunRecord(monitor="val_loss", mode="min", state=RunState(
+        engine=engine, kept=records, best_at=best_at, export=export,
+        last=None if last is None else {"path": last, "epoch": 0, "step": None}))
+
+
 def save_txn(directory, name, job, kept, deletes=(), rollback=None):
     """A transaction as the tracker makes it: write `name`, name `kept`."""
     tmp = files.tmp_path(name)
     return Transaction(
-        state={"kept": [{"path": p} for p in kept], "best": {"path": kept[0]} if kept else None},
+        state=run_record(kept),
         jobs=[(job.write, tmp)], renames=[(tmp, name)], deletes=list(deletes), rollback=rollback,
     )
 
 
 def record_txn(kept, rollback=None):
-    return Transaction(state={"kept": [{"path": p} for p in kept]}, rollback=rollback)
+    return Transaction(state=run_record(kept), rollback=rollback)
 
 
 def listing(directory):
-    return sorted(n for n in os.listdir(directory) if n not in (manifest.MANIFEST_NAME, LOCK_NAME))
+    return sorted(n for n in os.listdir(directory) if n not in (manifest.MANIFEST_NAME, manifest.HISTORY_NAME, LOCK_NAME))
 
 
 def recorded(directory):
-    return [r["path"] for r in manifest.read(str(directory))["kept"]]
+    return [r["path"] for r in run_json(str(directory))["kept"]]
 
 
 @pytest.fixture
@@ -183,10 +195,10 @@ def test_two_snapshots_that_must_both_be_kept_make_submit_wait(tmp_path, writer)
     ],
 )
 def test_merge_rules(older_final, newer, kept_job):
-    older = Transaction(state={"kept": [{"path": older_final}]}, jobs=[(print, "t-" + older_final)],
+    older = Transaction(state=run_record([older_final]), jobs=[(print, "t-" + older_final)],
                         renames=[("t-" + older_final, older_final)], deletes=["old"], rollback="older")
     txn = Transaction(
-        state={"kept": [{"path": p} for p in newer["kept"]]},
+        state=run_record(newer["kept"]),
         jobs=[(print, "t2-" + r) for r in newer["renames"]],
         renames=[("t2-" + r, r) for r in newer["renames"]],
         deletes=newer.get("deletes", []), rollback="newer",
@@ -198,14 +210,12 @@ def test_merge_rules(older_final, newer, kept_job):
     assert merged.state is txn.state and merged.rollback == "older"
     assert (("t-" + older_final) in [t for _, t in merged.jobs]) == kept_job
     assert "old" in merged.deletes
-    assert named_files(merged.state) >= {final for _, final in merged.renames}
+    assert merged.state.named_files() >= {final for _, final in merged.renames}
 
 
 def test_named_files_reads_every_reference():
-    state = {"kept": [{"path": "a"}, {"path": "b"}], "best": {"path": "a"}, "last": {"path": "l"},
-             "export": "x"}
-    assert named_files(state) == {"a", "b", "l", "x"}
-    assert named_files({"kept": [], "best": None, "last": None}) == set()
+    assert run_record(["a", "b"], last="l", export="x").named_files() == {"a", "b", "l", "x"}
+    assert run_record([]).named_files() == set()
 
 
 # ------------------------------------------------------------------ errors
@@ -253,7 +263,7 @@ def slow_disk(tracker, busy_for=None):
     gate = threading.Event()
     job = Job(b"", gate)
     tmp = files.tmp_path("slow-disk")
-    tracker._writer.submit(Transaction(state=tracker._manifest_body(), jobs=[(job.write, tmp)], deletes=[tmp]))
+    tracker._run.writer.submit(Transaction(state=tracker._run.record(), jobs=[(job.write, tmp)], deletes=[tmp]))
     assert job.started.wait(WAIT)
     timer = None
     if busy_for is not None:
@@ -291,7 +301,7 @@ def test_updates_do_not_wait_for_a_slow_disk(tmp_path):
     tracker.finish()
     assert listing(tmp_path) == ["04.weights.h5"] and recorded(tmp_path) == ["04.weights.h5"]
     assert holds_epoch(str(tmp_path / "04.weights.h5"), 3)
-    assert [h["epoch"] for h in manifest.read(str(tmp_path))["history"]] == [0, 1, 2, 3, 4]
+    assert [h["epoch"] for h in run_json(str(tmp_path))["history"]] == [0, 1, 2, 3, 4]
     rec = load_best(make_model(), tmp_path)
     assert (rec.epoch, rec.value) == (3, 0.8)
 
@@ -312,7 +322,7 @@ def test_directory_and_record_agree_after_a_burst_of_improvements(tmp_path, keep
         model.set_weights(pattern(model, epoch))
         tracker.update(epoch, {"val_loss": value})
     tracker.finish()
-    data = manifest.read(str(tmp_path))
+    data = run_json(str(tmp_path))
     kept = {r["path"]: r["epoch"] for r in data["kept"]}
     assert listing(tmp_path) == sorted(kept) + (["keras_best_last.h5"] if save_last else [])
     assert all(holds_epoch(str(tmp_path / p), e) for p, e in kept.items())
@@ -349,18 +359,18 @@ def test_background_error_is_raised_by_the_next_update(tmp_path):
     tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0)
     model.set_weights(pattern(model, 0))
     tracker.update(0, {"val_loss": 1.0})
-    tracker._writer.flush()
+    tracker._run.writer.flush()
     shutil.rmtree(run)
     model.set_weights(pattern(model, 1))
     tracker.update(1, {"val_loss": 0.5})  # returns: the write fails in the background
-    tracker._writer.flush()
+    tracker._run.writer.flush()
     with pytest.raises(SaveError, match=r"Epoch 2: could not save: the run directory .* no longer exists") as info:
         tracker.update(2, {"val_loss": 0.4})
     assert isinstance(info.value.__cause__, FileNotFoundError)
     assert (tracker.best, tracker.best_epoch) == (1.0, 0)  # back to what was saved
     assert [h["epoch"] for h in tracker.history] == [0]
     os.makedirs(run)
-    tracker._lock.release()  # its file went with the directory
+    tracker._run.lock.release()  # its file went with the directory
     assert tracker.update(1, {"val_loss": 0.5}).improved  # the run goes on
     tracker.finish()
     assert recorded(run) == ["best.weights.h5"] and holds_epoch(str(run / "best.weights.h5"), 1)
@@ -392,7 +402,7 @@ def test_background_error_is_raised_by_finish_after_restoring_the_best(tmp_path)
     tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0, restore_best_weights=True)
     model.set_weights(pattern(model, 0))
     tracker.update(0, {"val_loss": 1.0})
-    tracker._writer.flush()
+    tracker._run.writer.flush()
     shutil.rmtree(run)
     model.set_weights(pattern(model, 1))
     tracker.update(1, {"val_loss": 0.5})
@@ -402,7 +412,7 @@ def test_background_error_is_raised_by_finish_after_restoring_the_best(tmp_path)
     assert info.value.__cause__ is not None
     assert tracker.best == 1.0
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), pattern(model, 0)))
-    assert tracker._lock is None or not tracker._lock.held
+    assert tracker._run.lock is None or not tracker._run.lock.held
 
 
 def test_restore_best_weights_needs_no_disk_read(tmp_path):
@@ -411,7 +421,7 @@ def test_restore_best_weights_needs_no_disk_read(tmp_path):
     for epoch, value in enumerate([1.0, 0.5, 0.7]):
         model.set_weights(pattern(model, epoch))
         tracker.update(epoch, {"val_loss": value})
-    tracker._writer.flush()
+    tracker._run.writer.flush()
     os.remove(tmp_path / "best.weights.h5")  # restoring must not read it
     tracker.finish()
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), pattern(model, 1)))
@@ -420,7 +430,7 @@ def test_restore_best_weights_needs_no_disk_read(tmp_path):
 def test_sync_mode_writes_before_update_returns(tmp_path):
     model = make_model()
     tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), verbose=0, async_save=False)
-    assert not tracker._writer.background
+    assert not tracker._run.writer.background
     model.set_weights(pattern(model, 0))
     tracker.update(0, {"val_loss": 1.0})
     assert recorded(tmp_path) == ["best.weights.h5"] and holds_epoch(str(tmp_path / "best.weights.h5"), 0)
@@ -475,7 +485,7 @@ def slow(path):  # a slow disk: still writing when the script ends
     time.sleep(1.0)
     open(path, "wb").close()
 
-tracker._writer.submit(Transaction(state={}, jobs=[(slow, ".kb-tmp-000000000000-slow")],
+tracker._run.writer.submit(Transaction(state=tracker._run.record(), jobs=[(slow, ".kb-tmp-000000000000-slow")],
                                    deletes=[".kb-tmp-000000000000-slow"]))
 started.wait()
 model.set_weights([w * 0 + 7 for w in model.get_weights()])
@@ -491,7 +501,7 @@ def test_pending_writes_are_flushed_at_interpreter_exit(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "EXITING" in out.stdout
-    data = json.loads((run / "keras_best.json").read_text())
+    data = run_json(run)
     assert data["best"]["path"] == "best.weights.h5"
     model = make_model()
     model.load_weights(str(run / "best.weights.h5"))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from keras_best import files, load_best, manifest
+from tests.conftest import run_json
 from tests.workers.crash_worker import build, pattern
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,7 +62,7 @@ def check_run(run_dir: str) -> list[str]:
     if not files.exists(manifest.manifest_path(run_dir)):
         return []
     problems = []
-    data = manifest.read(run_dir)
+    data = run_json(run_dir)
     model = build()
     if data.get("best"):
         rec = load_best(model, run_dir)
@@ -70,7 +71,7 @@ def check_run(run_dir: str) -> list[str]:
                 problems.append(f"load_best says epoch {rec.epoch} but loaded other weights")
                 break
     for kept in data["kept"]:
-        path = manifest.effective_path(run_dir, data, kept["path"])
+        path = manifest.read(run_dir).effective_path(run_dir, kept["path"])
         if not os.path.exists(path):
             problems.append(f"kept file {kept['path']} is missing")
             continue
@@ -110,7 +111,7 @@ def test_random_kills_never_break_the_best_and_resume_works(tmp_path, how):
         found = check_run(run_dir)
         problems += [f"kill {i}: {p}" for p in found]
     stats["problems"] = len(problems)
-    last_epoch = json.loads(open(manifest.manifest_path(run_dir)).read())["last"]["epoch"]
+    last_epoch = run_json(run_dir)["last"]["epoch"]
     final = Worker(run_dir, epochs=last_epoch + 4, how=how)
     assert final.wait_ready() == last_epoch + 1, "resume must continue after the last saved epoch"
     assert final.proc.wait(timeout=120) == 0, final.proc.stderr.read()

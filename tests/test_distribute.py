@@ -23,7 +23,7 @@ import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, distribute, load_best, manifest
 from keras_best.lock import LOCK_NAME
-from tests.conftest import make_model, perturb, weights_equal
+from tests.conftest import make_model, perturb, run_json, weights_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = os.path.join(ROOT, "tests", "workers")
@@ -264,7 +264,7 @@ def test_mirrored_strategy_on_two_devices(tmp_path):
     model = build_model()
     assert load_best(model, str(run / "loop")).epoch == loop["best_epoch"] and _same(model, best)
     assert sorted(os.listdir(run / "loop")) == sorted(
-        [LOCK_NAME, "best.keras", "keras_best_last.h5", manifest.MANIFEST_NAME])
+        [LOCK_NAME, "best.keras", "keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
 
 
 @pytest.mark.slow
@@ -298,11 +298,11 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
     assert sync[0]["stop_epoch"] == sync[0]["best_epoch"] + 2 < 39
     assert {h[2] for h in sync[0]["history"]} == {0.5}  # the per-worker float, averaged
     # One set of files, by the chief (it holds the lock), loadable.
-    data = manifest.read(str(run / "sync"))
+    data = run_json(str(run / "sync"))
     kept = [k["path"] for k in data["kept"]]
     assert kept == [f"w-{sync[0]['best_epoch'] + 1:02d}.weights.h5"]
     assert sorted(os.listdir(run / "sync")) == sorted(
-        kept + [LOCK_NAME, "keras_best_last.h5", manifest.MANIFEST_NAME])
+        kept + [LOCK_NAME, "keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
     assert json.loads((run / "sync" / LOCK_NAME).read_text())["pid"] == w[0]["pid"]
     model = build_model()
     record = load_best(model, str(run / "sync"))
@@ -376,7 +376,7 @@ def test_readme_distributed_example_runs_as_written(tmp_path):
     epoch, value = int(found[0].group(1)), float(found[0].group(2))
     record = load_best(_readme_model(), str(two / "runs" / "dist"))
     assert (record.epoch, record.value) == (epoch, pytest.approx(value))
-    assert sorted(os.listdir(two / "runs" / "dist")) == [LOCK_NAME, "best.weights.h5", "keras_best.json"]
+    assert sorted(os.listdir(two / "runs" / "dist")) == [LOCK_NAME, "best.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
 
 
 def _readme_model() -> keras.Model:

@@ -64,9 +64,9 @@ def test_lock_is_released_by_finish_and_taken_again_by_update(tmp_path, model):
     tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), verbose=0)
     tracker.update(0, {"val_loss": 1.0})
     tracker.finish()
-    assert not tracker._lock.held
+    assert not tracker._run.lock.held
     tracker.update(1, {"val_loss": 0.5})
-    assert tracker._lock.held
+    assert tracker._run.lock.held
 
 
 def test_non_chief_worker_takes_no_lock(tmp_path, model, monkeypatch):
@@ -75,5 +75,5 @@ def test_non_chief_worker_takes_no_lock(tmp_path, model, monkeypatch):
         '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}',
     )
     worker = BestWeightsTracker(model, str(tmp_path / "run" / "best.weights.h5"), verbose=0)
-    assert worker._lock is None
+    assert worker._run.lock is None
     assert not (tmp_path / "run").exists(), "a non-chief worker must leave nothing in the run directory"

@@ -7,8 +7,10 @@ and recovered with `roll_forward`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,7 +18,9 @@ import pytest
 
 from keras_best import files, load_best, manifest
 from keras_best.loading import read_best
-from keras_best.manifest import MANIFEST_NAME, ManifestError
+from keras_best.manifest import MANIFEST_NAME, ManifestError, RunRecord
+from keras_best.policy import RunState
+from keras_best.retention import Record
 from tests.conftest import make_model, perturb
 
 
@@ -25,26 +29,38 @@ def _body(best_path: str, epoch: int, value: float) -> dict:
     return {"monitor": "val_loss", "mode": "min", "save_format": "weights", "best": record, "kept": [record]}
 
 
+def _write_raw(directory: str, body: dict) -> None:
+    """keras_best.json exactly as given (version 2), as a run or a crash leaves it."""
+    data = {"format": "keras_best", "version": manifest.SCHEMA_VERSION, "history_count": 0,
+            "history_bytes": 0, **body}
+    (Path(directory) / MANIFEST_NAME).write_text(json.dumps(data))
+
+
+def _record(monitor="val_loss", **state) -> RunRecord:
+    return RunRecord(monitor=monitor, mode="min", state=RunState(**state))
+
+
 # ---------------------------------------------------------------- read / write
 def test_write_then_read(tmp_path):
-    manifest.write(str(tmp_path), {"monitor": "val_loss", "best": None})
+    _record().write(str(tmp_path))
     data = manifest.read(str(tmp_path))
-    assert data["monitor"] == "val_loss" and data["format"] == "keras_best"
-    assert data["version"] == manifest.SCHEMA_VERSION
+    assert data.monitor == "val_loss" and data.best is None and data.kept == ()
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert raw["format"] == "keras_best" and raw["version"] == manifest.SCHEMA_VERSION == 2
     assert os.listdir(tmp_path) == [MANIFEST_NAME]  # no temp file left behind
 
 
 def test_write_replaces_atomically(tmp_path):
-    manifest.write(str(tmp_path), {"n": 1})
+    _record("a").write(str(tmp_path))
     inode = os.stat(tmp_path / MANIFEST_NAME).st_ino
-    manifest.write(str(tmp_path), {"n": 2})
-    assert manifest.read(str(tmp_path))["n"] == 2
+    _record("b").write(str(tmp_path))
+    assert manifest.read(str(tmp_path)).monitor == "b"
     # A new file was renamed over the old one (never rewritten in place).
     assert os.stat(tmp_path / MANIFEST_NAME).st_ino != inode
 
 
 def test_failed_write_keeps_the_old_manifest(tmp_path, monkeypatch):
-    manifest.write(str(tmp_path), {"n": 1})
+    _record("a").write(str(tmp_path))
     before = (tmp_path / MANIFEST_NAME).read_bytes()
 
     def disk_full(fd):
@@ -52,24 +68,27 @@ def test_failed_write_keeps_the_old_manifest(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        manifest.write(str(tmp_path), {"n": 2})
+        _record("b").write(str(tmp_path))
     monkeypatch.undo()
     assert (tmp_path / MANIFEST_NAME).read_bytes() == before
     assert os.listdir(tmp_path) == [MANIFEST_NAME]
 
 
 def test_unserializable_value_keeps_the_old_manifest(tmp_path):
-    manifest.write(str(tmp_path), {"n": 1})
+    _record("a").write(str(tmp_path))
     with pytest.raises(TypeError, match="not JSON serializable"):
-        manifest.write(str(tmp_path), {"n": object()})
-    assert manifest.read(str(tmp_path))["n"] == 1
+        _record(object()).write(str(tmp_path))
+    assert manifest.read(str(tmp_path)).monitor == "a"
 
 
 def test_non_finite_floats_are_written_as_strict_json(tmp_path):
-    manifest.write(str(tmp_path), {"history": [float("nan"), float("inf"), -float("inf"), 0.5]})
+    metrics = {"a": float("nan"), "b": float("inf"), "c": -float("inf"), "d": 0.5}
+    _record(kept=(Record(0, 0.5, "e1.weights.h5", metrics),)).write(str(tmp_path))
     text = (tmp_path / MANIFEST_NAME).read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    assert manifest.read(str(tmp_path))["history"] == ["nan", "inf", "-inf", 0.5]
+    assert json.loads(text)["kept"][0]["metrics"] == {"a": "nan", "b": "inf", "c": "-inf", "d": 0.5}
+    read = manifest.read(str(tmp_path)).kept[0].metrics
+    assert np.isnan(read["a"]) and read["b"] == np.inf and read["c"] == -np.inf and read["d"] == 0.5
 
 
 def test_missing_manifest(tmp_path):
@@ -99,21 +118,20 @@ def test_json_that_is_not_a_manifest(tmp_path, content):
 
 def test_newer_schema(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "keras_best", "version": 99}))
-    with pytest.raises(ManifestError, match=r"schema version 99; this keras-best reads up to 1. Upgrade"):
+    with pytest.raises(ManifestError, match=r"schema version 99; this keras-best reads 1 to 2. Upgrade"):
         manifest.read(str(tmp_path))
 
 
 # ------------------------------------------------------------- effective_path
 def test_effective_path(tmp_path):
     d = str(tmp_path)
-    data = {"pending": {"renames": [[".kb-tmp-0123456789ab-b.weights.h5", "b.weights.h5"]], "deletes": []}}
-    assert manifest.effective_path(d, data, "b.weights.h5") == os.path.join(d, "b.weights.h5")  # tmp gone
+    pending = {"renames": [[".kb-tmp-0123456789ab-b.weights.h5", "b.weights.h5"]], "deletes": []}
+    record = dataclasses.replace(_record(), pending=pending)
+    assert record.effective_path(d, "b.weights.h5") == os.path.join(d, "b.weights.h5")  # tmp gone
     (tmp_path / ".kb-tmp-0123456789ab-b.weights.h5").write_bytes(b"x")
-    assert manifest.effective_path(d, data, "b.weights.h5") == os.path.join(
-        d, ".kb-tmp-0123456789ab-b.weights.h5"
-    )
-    assert manifest.effective_path(d, data, "a.weights.h5") == os.path.join(d, "a.weights.h5")
-    assert manifest.effective_path(d, {}, "b.weights.h5") == os.path.join(d, "b.weights.h5")
+    assert record.effective_path(d, "b.weights.h5") == os.path.join(d, ".kb-tmp-0123456789ab-b.weights.h5")
+    assert record.effective_path(d, "a.weights.h5") == os.path.join(d, "a.weights.h5")
+    assert _record().effective_path(d, "b.weights.h5") == os.path.join(d, "b.weights.h5")
 
 
 # ------------------------------------------------------- crash points, by hand
@@ -142,14 +160,14 @@ def _crash_state(directory, point: str, weights):
     d = str(directory)
     model.set_weights(old)
     model.save_weights(os.path.join(d, "e1.weights.h5"))
-    manifest.write(d, _body("e1.weights.h5", 0, 0.5))
+    _write_raw(d, _body("e1.weights.h5", 0, 0.5))
     tmp = files.tmp_path("e2.weights.h5")
     model.set_weights(new)
     model.save_weights(os.path.join(d, tmp))
     pending = {"renames": [[tmp, "e2.weights.h5"]], "deletes": ["e1.weights.h5"]}
     if point == "new_file_written":
         return tmp
-    manifest.write(d, {**_body("e2.weights.h5", 1, 0.25), "pending": pending})
+    _write_raw(d, {**_body("e2.weights.h5", 1, 0.25), "pending": pending})
     if point == "journal_written":
         return tmp
     os.replace(os.path.join(d, tmp), os.path.join(d, "e2.weights.h5"))
@@ -186,18 +204,18 @@ def test_roll_forward_at_each_crash_point(tmp_path, point, weights):
     _crash_state(tmp_path, point, weights)
     epoch, value, expected = _expected(point, weights)
     data = manifest.roll_forward(str(tmp_path), manifest.read(str(tmp_path)))
-    assert "pending" not in data
+    assert data.pending is None
     on_disk = manifest.read(str(tmp_path))
-    assert "pending" not in on_disk and on_disk["best"]["epoch"] == epoch
+    assert on_disk.pending is None and on_disk.best.epoch == epoch
     # Exactly the recorded file is left: no temp file, no stale best.
-    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk["best"]["path"]])
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk.best.path])
     fresh = make_model(seed=5)
-    fresh.load_weights(os.path.join(tmp_path, on_disk["best"]["path"]))  # stock Keras loader
+    fresh.load_weights(os.path.join(tmp_path, on_disk.best.path))  # stock Keras loader
     assert _same(fresh.get_weights(), expected)
     assert read_best(str(tmp_path)).value == value
     # Rolling forward again changes nothing.
     manifest.roll_forward(str(tmp_path), manifest.read(str(tmp_path)))
-    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk["best"]["path"]])
+    assert sorted(os.listdir(tmp_path)) == sorted([MANIFEST_NAME, on_disk.best.path])
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
@@ -211,7 +229,7 @@ def test_a_new_tracker_recovers_the_directory(tmp_path, point, weights):
         tracker = BestWeightsTracker(model, str(tmp_path / "e{epoch}.weights.h5"), verbose=0)
     tracker.finish()
     assert not [n for n in os.listdir(tmp_path) if files.is_tmp_name(n)]
-    assert "pending" not in manifest.read(str(tmp_path))
+    assert manifest.read(str(tmp_path)).pending is None
     fresh = make_model(seed=6)
     rec = load_best(fresh, str(tmp_path))
     assert rec.epoch == epoch and _same(fresh.get_weights(), expected)

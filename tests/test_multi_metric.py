@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, load_best
 from keras_best.loading import rank_kept
-from tests.conftest import make_model, perturb
+from tests.conftest import make_model, perturb, run_json
 
 NAN = math.nan
 LEX = ["val_loss", "val_acc"]
@@ -45,8 +45,7 @@ def _names(directory):
 
 
 def _manifest(directory):
-    with open(os.path.join(directory, "keras_best.json")) as f:
-        return json.load(f)
+    return run_json(directory)
 
 
 def _decisions(history):
@@ -268,7 +267,7 @@ def test_manifest_records_every_metric_ties_and_the_objective(tmp_path):
                                  require=RECALL, keep_top_k=3, verbose=0)
     _drive_tracker(tracker, tracker.model, ROWS)
     data = _manifest(tmp_path)
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert (data["monitor"], data["mode"], data["require"]) == (LEX, ["min", "max"], {"val_recall": [">=", 0.9]})
     assert all(set(h["metrics"]) == {"loss", "val_loss", "val_acc", "val_recall"} for h in data["history"])
     assert [k["epoch"] for k in data["kept"]] == KEPT

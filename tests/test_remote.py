@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, files, load_best, manifest, savers
-from tests.conftest import make_model, perturb, weights_equal
+from tests.conftest import make_model, perturb, run_json, weights_equal
 
 gfile = tf.io.gfile
 VALUES = [3.0, 2.0, 2.5, 1.0, 4.0]  # best at epoch 3
@@ -68,8 +68,8 @@ def test_every_format_on_ram(ram_dir, name, options, saved):
 
     # Exactly the kept files, the manifest and the training state: no temp
     # names, no completion markers, no local leftovers.
-    assert _tree(ram_dir) == saved | {manifest.MANIFEST_NAME, "keras_best_last.h5"}
-    data = manifest.read(ram_dir)
+    assert _tree(ram_dir) == saved | {manifest.MANIFEST_NAME, manifest.HISTORY_NAME, "keras_best_last.h5"}
+    data = run_json(ram_dir)
     assert data["best"]["epoch"] == 3 and data["best"]["value"] == 1.0
     assert "pending" not in data
     best = _model_at(3)
@@ -148,17 +148,19 @@ def test_roll_forward_on_ram(ram_dir):
     stray = files.tmp_path("other.weights.h5")
     newer.save_weights(f"{ram_dir}/{tmp}")
     newer.save_weights(f"{ram_dir}/{stray}")
-    data = manifest.read(ram_dir)
-    data["best"] = {**data["best"], "epoch": 50, "value": 0.1}
-    manifest.write(ram_dir, {**data, "pending": {"renames": [[tmp, "best.weights.h5"]], "deletes": []}})
+    data = run_json(ram_dir)
+    data["best"] = data["kept"][0] = {**data["best"], "epoch": 50, "value": 0.1}
+    data["pending"] = {"renames": [[tmp, "best.weights.h5"]], "deletes": []}
+    del data["history"]
+    files.write_bytes_atomic(manifest.manifest_path(ram_dir), json.dumps(data).encode())
 
     # Readers see the new content while the journal is pending...
     assert load_best(make_model(seed=7), ram_dir).path == f"{ram_dir}/{tmp}"
     # ...and a new tracker rolls it forward.
     BestWeightsTracker(make_model(), f"{ram_dir}/best.weights.h5", monitor="val_loss", resume=True,
                        verbose=0).finish()
-    assert _tree(ram_dir) == {"best.weights.h5", manifest.MANIFEST_NAME}
-    assert "pending" not in manifest.read(ram_dir)
+    assert _tree(ram_dir) == {"best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME}
+    assert "pending" not in run_json(ram_dir)
     restored = make_model(seed=7)
     assert load_best(restored, ram_dir).epoch == 50 and weights_equal(restored, newer)
 
@@ -205,7 +207,7 @@ def test_remote_directory_replace_after_a_crash_while_removing(ram_dir):
 
 def test_manifest_is_json_on_ram(ram_dir):
     _train(make_model(), f"{ram_dir}/best.weights.h5")
-    data = json.loads(gfile.GFile(f"{ram_dir}/{manifest.MANIFEST_NAME}", "rb").read())
+    data = run_json(ram_dir)
     assert data["format"] == "keras_best" and data["best"]["path"] == "best.weights.h5"
     assert [h["epoch"] for h in data["history"]] == list(range(len(VALUES)))
 

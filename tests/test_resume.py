@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, load_best
-from keras_best.manifest import read as read_manifest
+from tests.conftest import run_json
 
 EPOCHS = 6
 
@@ -79,7 +79,7 @@ def _outcome(tracker: BestWeightsTracker) -> dict:
         m = _build()
         m.load_weights(os.path.join(directory, name))
         kept_weights[name] = m.get_weights()
-    data = read_manifest(directory)
+    data = run_json(directory)
     return {
         "weights": tracker.model.get_weights(),
         "best": (tracker.best_epoch, tracker.best),

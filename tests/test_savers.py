@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -11,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestWeightsTracker, load_best, savers
-from tests.conftest import make_model, perturb, weights_equal
+from tests.conftest import make_model, perturb, run_json, weights_equal
 
 
 # -------------------------------------------------------------- resolve_format
@@ -158,7 +157,7 @@ def test_export_at_finish_exports_once_from_the_best(tmp_path):
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     model.set_weights(best)
     np.testing.assert_allclose(_serve(path, x), model.predict(x, verbose=0), rtol=1e-6)
-    data = json.loads((tmp_path / "keras_best.json").read_text())
+    data = run_json(tmp_path)
     assert data["export"] == "export" and data["best"]["epoch"] == 1
     fresh = make_model(seed=9)
     assert load_best(fresh, str(tmp_path)).epoch == 1 and _equal(fresh.get_weights(), best)

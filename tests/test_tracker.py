@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -11,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestWeightsTracker, Decision, StopReason, load_best
-from tests.conftest import make_model, perturb
+from tests.conftest import make_model, perturb, run_json
 
 EPOCHS = 10
 
@@ -138,7 +137,7 @@ def test_templated_names_and_top_k_on_disk(tmp_path):
         fresh.load_weights(os.path.join(tmp_path, r.path))
         assert _same(fresh.get_weights(), weights[r.epoch])
     assert tracker.best_path == os.path.join(tmp_path, tracker.kept[0].path)
-    data = json.loads((tmp_path / "keras_best.json").read_text())
+    data = run_json(tmp_path)
     assert [k["path"] for k in data["kept"]] == [r.path for r in tracker.kept]
     assert data["best"]["epoch"] == top3[0]
 
@@ -203,17 +202,23 @@ def test_save_best_only_false_saves_every_epoch(tmp_path, model):
     assert tracker.best_epoch == 0
 
 
-def test_save_best_only_false_with_one_name_holds_the_latest(tmp_path, model):
+def test_save_best_only_false_with_one_name_never_overwrites_another_epoch(tmp_path, model):
+    # keep_top_k=None keeps every saved file: a name that equals a kept file of
+    # another epoch gets a version suffix (as Lightning's enable_version_counter).
     path = str(tmp_path / "latest.weights.h5")
     tracker = BestWeightsTracker(model, path, keep_top_k=None, save_best_only=False, verbose=0)
+    weights = []
     for epoch, v in enumerate([0.5, 0.6]):
         perturb(model, epoch)
-        tracker.update(epoch, {"val_loss": v})
+        weights.append(model.get_weights())
+        decision = tracker.update(epoch, {"val_loss": v})
     tracker.finish()
-    fresh = make_model(seed=9)
-    fresh.load_weights(path)
-    assert _same(fresh.get_weights(), model.get_weights())
-    assert [r.epoch for r in tracker.kept] == [1]
+    assert decision.saved_path == str(tmp_path / "latest-v1.weights.h5")
+    for name, expected in (("latest.weights.h5", weights[0]), ("latest-v1.weights.h5", weights[1])):
+        fresh = make_model(seed=9)
+        fresh.load_weights(str(tmp_path / name))
+        assert _same(fresh.get_weights(), expected)
+    assert [r.epoch for r in tracker.kept] == [0, 1] and tracker.best_path == path
 
 
 # ---------------------------------------------------------------- stopping
@@ -259,7 +264,7 @@ def test_min_delta_with_top_k_one_best_everywhere(tmp_path, model, async_save):
     record = load_best(fresh, str(tmp_path))
     assert (record.epoch, record.value) == (0, 1.0)
     assert _same(fresh.get_weights(), weights[0])
-    assert sorted(os.listdir(tmp_path)) == [".keras_best.lock", "e1.weights.h5", "e3.weights.h5", "keras_best.json"]
+    assert sorted(os.listdir(tmp_path)) == [".keras_best.lock", "e1.weights.h5", "e3.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
     # A later real improvement becomes the one best again.
     resumed = BestWeightsTracker(make_model(), str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2,
                                  min_delta=0.1, resume=True, verbose=0)
@@ -560,11 +565,10 @@ def test_template_key_that_is_not_a_metric(tmp_path, model):
     assert not _run_files(tmp_path) and tracker.best is None
 
 
-def test_bad_format_spec_for_a_metric(tmp_path, model):
-    tracker = BestWeightsTracker(model, _path(tmp_path, "{epoch}-{val_loss:d}.weights.h5"), verbose=0)
-    with pytest.raises(ValueError, match=r"Failed to format filepath"):
-        tracker.update(0, {"val_loss": 0.5})
-    assert tracker.best is None and tracker.history == []
+def test_bad_format_spec_for_a_metric_fails_at_construction(tmp_path, model):
+    # A trial name is formatted at construction, not at the first save hours later.
+    with pytest.raises(ValueError, match=r"Failed to format filepath .*Unknown format code 'd'"):
+        BestWeightsTracker(model, _path(tmp_path, "{epoch}-{val_loss:d}.weights.h5"), verbose=0)
 
 
 @pytest.mark.parametrize("epoch", [-1, 1.0, "1", True])
@@ -610,4 +614,4 @@ def test_close_waits_for_writes_without_restoring(tmp_path, model):
     assert _same(model.get_weights(), last)  # abandoned: not restored
     fresh = make_model()
     assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), best)
-    assert not tracker._lock.held
+    assert not tracker._run.lock.held

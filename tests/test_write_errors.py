@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestWeightsTracker, SaveError, files, load_best, manifest
+from keras_best import BestWeightsTracker, SaveError, files, load_best
+from tests.conftest import run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "workers", "write_error_worker.py")
@@ -114,6 +115,6 @@ def test_ctrl_c_during_a_save_keeps_previous_best_and_record(tmp_path):
     assert rec.epoch == 0
     assert all(np.array_equal(a, b) for a, b in zip(fresh.get_weights(), first))
     assert [n for n in os.listdir(tmp_path) if files.is_tmp_name(n)] == []
-    assert [h["epoch"] for h in manifest.read(str(tmp_path))["history"]] == [0]
+    assert [h["epoch"] for h in run_json(str(tmp_path))["history"]] == [0]
     model.interrupt = False
     assert tracker.update(1, {"val_loss": 0.5}).improved  # the run goes on normally

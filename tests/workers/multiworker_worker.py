@@ -105,7 +105,7 @@ def main(index: int, ports: list[str], run_dir: str, out_dir: str) -> None:
         model, os.path.join(run_dir, "sync", "w-{epoch:02d}.weights.h5"), monitor="val_loss",
         keep_top_k=1, patience=2, min_delta=0.05, save_last=True, optimizer=optimizer,
         restore_best_weights=True, verbose=1)
-    out["chief"] = tracker._chief
+    out["chief"] = tracker._run.chief
     printed = io.StringIO()
     with warnings.catch_warnings(record=True) as w, contextlib.redirect_stdout(printed):
         warnings.simplefilter("always")
