@@ -74,8 +74,17 @@ class Run:
 
     # -------------------------------------------------------------- start
     def open(self, model: Any, optimizer: Any) -> None:
-        """Take the lock, finish a crashed transaction, resume if asked."""
+        """Take the lock, finish a crashed transaction, resume if asked (the
+        lock is released again when any of it fails)."""
         self.acquire()
+        try:
+            self._open(model, optimizer)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _open(self, model: Any, optimizer: Any) -> None:
         record = self._recover() if self.chief else None
         if not self.has_run():
             return

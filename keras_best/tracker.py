@@ -255,24 +255,9 @@ class BestWeightsTracker:
                     metrics=[train_loss, val_loss])
         ```
         """
-        import keras
+        from keras_best.loop import run_epochs
 
-        named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
-        for epoch in range(self.initial_epoch, 0 if self.stopped else epochs):
-            for m in named.values():
-                m.reset_state()
-            if self.verbose:
-                print(f"Epoch {epoch + 1}/{epochs}")
-            progbar = keras.utils.Progbar(_length(train_data), verbose=1 if self.verbose else 0)
-            for i, batch in enumerate(train_data):
-                _call(train_step, batch)
-                progbar.update(i + 1, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
-            for batch in validation_data:
-                _call(validation_step, batch)
-            progbar.update(progbar._seen_so_far, [(k, float(v.result())) for k, v in named.items()], finalize=True)
-            decision = self.update(epoch, named)
-            if decision.should_stop:
-                break
+        run_epochs(self, train_step, validation_step, train_data, validation_data, epochs, metrics)
         self.finish()
         return self.history
 
@@ -327,15 +312,3 @@ def _check_model(model: Any) -> None:
             "`model` must be a keras.Model (Sequential, functional or subclassed). "
             f"Received: {type(model).__name__}"
         )
-
-
-def _length(data: Any) -> int | None:
-    try:
-        n = len(data)
-    except TypeError:
-        return None
-    return n if n >= 0 else None
-
-
-def _call(fn: Callable[..., Any], batch: Any) -> Any:
-    return fn(*batch) if isinstance(batch, (tuple, list)) else fn(batch)

@@ -1,0 +1,47 @@
+"""The loop `BestWeightsTracker.run()` drives: train, validate, update, stop early."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+
+def run_epochs(
+    tracker: Any,
+    train_step: Callable[..., Any],
+    validation_step: Callable[..., Any],
+    train_data: Iterable[Any],
+    validation_data: Iterable[Any],
+    epochs: int,
+    metrics: Iterable[Any] | Mapping[str, Any] = (),
+) -> None:
+    """Run epochs `tracker.initial_epoch` to `epochs` (none once the run
+    stopped), resetting `metrics` each epoch, with a Keras progress bar."""
+    import keras
+
+    named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
+    for epoch in range(tracker.initial_epoch, 0 if tracker.stopped else epochs):
+        for m in named.values():
+            m.reset_state()
+        if tracker.verbose:
+            print(f"Epoch {epoch + 1}/{epochs}")
+        progbar = keras.utils.Progbar(_length(train_data), verbose=1 if tracker.verbose else 0)
+        for i, batch in enumerate(train_data):
+            _call(train_step, batch)
+            progbar.update(i + 1, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
+        for batch in validation_data:
+            _call(validation_step, batch)
+        progbar.update(progbar._seen_so_far, [(k, float(v.result())) for k, v in named.items()], finalize=True)
+        if tracker.update(epoch, named).should_stop:
+            break
+
+
+def _length(data: Any) -> int | None:
+    try:
+        n = len(data)
+    except TypeError:
+        return None
+    return n if n >= 0 else None
+
+
+def _call(fn: Callable[..., Any], batch: Any) -> Any:
+    return fn(*batch) if isinstance(batch, (tuple, list)) else fn(batch)
