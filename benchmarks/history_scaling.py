@@ -3,7 +3,7 @@
 Every update is recorded (keras_best.json and one history line), so a record
 that carried the whole history made each write grow with the run (quadratic in
 all). This drives one tracker through N updates (no improvement after the
-first, so only the record and the history are written) and prints the mean
+first, so only the record and the history are written) and prints the median
 cost of an update around each mark, in the training thread, for synchronous
 and background saves, with the ratio last/first (goal: <= 1.3).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -33,7 +34,7 @@ def measure(marks: list[int], window: int, async_save: bool) -> dict[int, float]
         tracker = BestWeightsTracker(model, os.path.join(directory, "best.weights.h5"), verbose=0,
                                      async_save=async_save)
         windows = {m: (m - window, m) for m in marks}
-        spent = {m: 0.0 for m in marks}
+        spent: dict[int, list[float]] = {m: [] for m in marks}
         for i in range(max(marks)):
             metrics = {"val_loss": 0.1 if i == 0 else 1.0 + i, "val_acc": 0.5, "loss": 0.3}
             t0 = time.perf_counter()
@@ -41,13 +42,14 @@ def measure(marks: list[int], window: int, async_save: bool) -> dict[int, float]
             dt = time.perf_counter() - t0
             for m, (lo, hi) in windows.items():
                 if lo <= i < hi:
-                    spent[m] += dt
+                    spent[m].append(dt)
         tracker.finish()
         record_bytes = os.path.getsize(os.path.join(directory, "keras_best.json"))
-        history_bytes = os.path.getsize(os.path.join(directory, "keras_best_history.jsonl"))
+        history = os.path.join(directory, "keras_best_history.jsonl")  # absent before schema 2
+        history_bytes = os.path.getsize(history) if os.path.exists(history) else 0
         print(f"  ({'background' if async_save else 'synchronous'}: keras_best.json {record_bytes} bytes, "
               f"history {history_bytes / 1e6:.1f} MB after {max(marks)} updates)")
-        return {m: spent[m] / window for m in marks}
+        return {m: statistics.median(spent[m]) for m in marks}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -60,7 +62,7 @@ def main() -> None:
     marks = sorted(int(m) for m in args.marks.split(","))
     if marks[0] < args.window:
         parser.error(f"the first mark ({marks[0]}) must be >= --window ({args.window})")
-    print(f"mean update() cost, in the training thread, over the {args.window} updates before each mark")
+    print(f"median update() cost, in the training thread, over the {args.window} updates before each mark")
     rows = {}
     for async_save in (False, True):
         rows[async_save] = measure(marks, args.window, async_save)

@@ -266,9 +266,11 @@ def append_history(directory: str, offset: int, data: bytes, head: Callable[[], 
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        if os.fstat(fd).st_size < offset:
+        size = os.fstat(fd).st_size
+        if size < offset:
             data, offset = head() + data, 0
-        os.ftruncate(fd, offset)
+        if size != offset:
+            os.ftruncate(fd, offset)
         view = memoryview(data)
         while view:
             view = view[os.pwrite(fd, view, offset + len(data) - len(view)):]
