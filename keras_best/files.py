@@ -26,6 +26,11 @@ LAST_NAME = "keras_best_last.h5"
 RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
 
 
+class DamagedFileError(ValueError):
+    """A file of the run cannot be read (truncated, corrupt); the message names
+    it and says what to do."""
+
+
 def is_remote(path: str) -> bool:
     """True for `gs://`, `s3://`, `ram://`... (anything with a scheme but `file://`)."""
     return "://" in str(path) and not str(path).startswith("file://")
@@ -283,15 +288,44 @@ def local_copy(path: str) -> Iterator[str]:
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
+def write_new_file(path: str, data: bytes | memoryview) -> None:
+    """Create the local file `path` (never through a symlink, never over an
+    existing file) holding `data`, and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_h5(path: str, fill: Callable[[object], None]) -> None:
+    """Write an HDF5 file at the local `path`: `fill(h5py_file)` builds it in
+    memory, then its bytes are written with `write_new_file`.
+
+    A write error (full disk, quota, removed directory) thus never reaches
+    HDF5, whose library state it can corrupt: after a failed on-disk write,
+    h5py crashes the process with SIGSEGV in a later `File.close()`. The cost
+    is one in-memory copy of the file while it is written.
+    """
+    import io
+
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+    write_new_file(path, buffer.getbuffer())
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     """Write `data` to `path` atomically: temp file, fsync, rename."""
     tmp = tmp_path(path)
 
     def _write(local: str) -> None:
-        with open(local, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(local, data)
 
     try:
         write_durably(tmp, _write)

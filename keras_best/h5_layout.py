@@ -32,6 +32,8 @@ from typing import Any, Callable, Iterator, Mapping
 import h5py
 import numpy as np
 
+from keras_best import files
+
 
 class LayoutError(RuntimeError):
     """The model's weights layout could not be captured (keras-best falls back
@@ -82,17 +84,21 @@ class WeightsSnapshot:
                 self._read = self.groups = self.by_variable = None  # type: ignore[assignment]
 
     def _write(self, path: str) -> None:
-        with h5py.File(path, mode="w") as f:
-            for group_path, attrs, entries in self.groups:
-                group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
-                for k, v in (attrs or {}).items():
-                    group.attrs[k] = v
-                for key, value in entries:
-                    if _is_bfloat16(value):
-                        ds = group.create_dataset(key, data=value)
-                        ds.attrs["dtype"] = "bfloat16"
-                    else:
-                        group[key] = value
+        files.write_h5(path, self._fill)
+
+    def _fill(self, f: Any) -> None:
+        for group_path, attrs, entries in self.groups:
+            group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
+            for k, v in (attrs or {}).items():
+                group.attrs[k] = v
+            for key, value in entries:
+                if _is_bfloat16(value):
+                    ds = group.create_dataset(key, data=value)
+                    ds.attrs["dtype"] = "bfloat16"
+                else:
+                    group[key] = value
+
+
 
 
 class Layout:

@@ -6,9 +6,12 @@ never leaves a stale lock behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
+import stat
+from typing import Callable
 
 from keras_best.files import LOCK_NAME
 
@@ -40,11 +43,12 @@ class DirectoryLock:
     Another process gets `RunDirectoryLocked` while the lock is held.
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, on_takeover: Callable[[], None] | None = None) -> None:
         self.directory = directory
         self.path = os.path.join(directory, LOCK_NAME)
         self._fd: int | None = None
         self.stolen = False
+        self.on_takeover = on_takeover  # called on this lock's owner before a newer tracker takes it
 
     @property
     def held(self) -> bool:
@@ -62,11 +66,14 @@ class DirectoryLock:
         other = _HELD.get(key)
         if other is not None and other is not self and other._fd is not None:
             # Same process (a re-run notebook cell, a retried script): the newest
-            # tracker takes over; the older one is refused from now on.
+            # tracker takes over, once the older one's writes are done; the
+            # older one is refused from now on.
+            if other.on_takeover is not None:
+                other.on_takeover()
             self._fd, other._fd, other.stolen = other._fd, None, True
             _HELD[key] = self
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -81,6 +88,16 @@ class DirectoryLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         self._fd = fd
         _HELD[key] = self
+
+    def stale(self) -> bool:
+        """True when the held lock file is no longer the one in the directory
+        (the directory was removed, and maybe created again)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_ino != os.stat(self.path, follow_symlinks=False).st_ino
+        except FileNotFoundError:
+            return True
 
     def release(self) -> None:
         if self._fd is None:
@@ -98,6 +115,24 @@ class DirectoryLock:
             self.release()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _open_lock_file(path: str) -> int:
+    """Open (or create) the lock file, never through a symlink and never a file
+    linked from elsewhere: its content is rewritten."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise OSError(e.errno, f"{path} is a symbolic link; keras-best does not follow it (it would "
+                                   "overwrite the file it points to). Remove it, then start again.") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} is not a plain file of its own (it has {info.st_nlink} links); "
+                                   "keras-best does not write through it. Remove it, then start again.")
+    return fd
 
 
 def _read_holder(fd: int) -> str:

@@ -25,11 +25,19 @@ def run_epochs(
         if tracker.verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
         progbar = keras.utils.Progbar(_length(train_data), verbose=1 if tracker.verbose else 0)
-        for i, batch in enumerate(train_data):
+        seen = 0
+        for seen, batch in enumerate(train_data, start=1):
             _call(train_step, batch)
-            progbar.update(i + 1, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
-        for batch in validation_data:
-            _call(validation_step, batch)
+            progbar.update(seen, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
+        validated = sum(1 for batch in validation_data if _call(validation_step, batch) or True)
+        for what, count, data in (("training", seen, train_data), ("validation", validated, validation_data)):
+            if not count:
+                raise ValueError(
+                    f"Epoch {epoch + 1} saw no {what} batches: `{what}_data` gave nothing"
+                    f"{' (a generator or iterator can be read only once)' if iter(data) is data else ''}. "
+                    "Pass data that can be iterated once per epoch: a list, a tf.data.Dataset, a "
+                    "keras.utils.PyDataset or a torch DataLoader."
+                )
         progbar.update(progbar._seen_so_far, [(k, float(v.result())) for k, v in named.items()], finalize=True)
         if tracker.update(epoch, named).should_stop:
             break

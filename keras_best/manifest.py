@@ -31,6 +31,7 @@ is still read.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -266,7 +267,11 @@ def append_history(directory: str, offset: int, data: bytes, head: Callable[[], 
         return
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        if info.st_nlink > 1:  # a hard link from elsewhere: writing would change that file
+            raise OSError(errno.EPERM, f"{path} is linked from elsewhere ({info.st_nlink} links); "
+                                       "keras-best does not write through it. Remove it.")
+        size = info.st_size
         if size < offset:
             data, offset = head() + data, 0
         if size != offset:

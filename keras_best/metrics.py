@@ -18,7 +18,16 @@ def read_value(key: str, value: Any) -> float:
     0.5
     """
     if _is_metric(value):
+        if _saw_nothing(value):
+            raise ValueError(
+                f"Metric {key!r} ({type(value).__name__}) has accumulated no values since its last "
+                "reset_state(), so it reads 0.0, which is not a real value and could become the "
+                "best. Update it in the validation step (and check that the validation data is "
+                "not empty, e.g. a generator already exhausted) before update()."
+            )
         value = value.result()
+    if value is None:
+        raise ValueError(f"Metric {key!r} is None. Pass a number, a scalar tensor or a keras Metric.")
     if isinstance(value, (str, bytes)):
         raise ValueError(
             f"Metric {key!r} must be a number, a scalar tensor or a keras Metric. "
@@ -27,7 +36,11 @@ def read_value(key: str, value: Any) -> float:
     if isinstance(value, (bool, np.bool_)):
         raise ValueError(f"Metric {key!r} must be a number, not a bool. Received: {value!r}")
     if isinstance(value, numbers.Real):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError(f"Metric {key!r} is too large to be a float. Received an int of "
+                             f"{value.bit_length()} bits.") from None
     if isinstance(value, Mapping):
         raise ValueError(
             f"Metric {key!r} returned a dict ({sorted(value)}): pass its entries "
@@ -68,6 +81,20 @@ def direction_of(value: Any) -> str | None:
     """
     direction = getattr(value, "_direction", None) if _is_metric(value) else None
     return direction if direction in ("up", "down") else None
+
+
+def _saw_nothing(metric: Any) -> bool:
+    """True for a metric whose state says it saw nothing: a `keras.metrics.Mean`
+    (and every mean-based metric: losses, accuracies...) whose `count` is 0."""
+    count = getattr(metric, "count", None)
+    if count is None or not hasattr(count, "shape") or tuple(count.shape) != ():
+        return False
+    try:
+        import keras
+
+        return float(keras.ops.convert_to_numpy(count)) == 0.0
+    except Exception:  # noqa: BLE001 - a count we cannot read says nothing
+        return False
 
 
 def _is_metric(value: Any) -> bool:

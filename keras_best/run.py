@@ -70,7 +70,7 @@ class Run:
         if self.chief:
             prepare_directory(self.directory)
             if not files.is_remote(self.directory):
-                self.lock = DirectoryLock(self.directory)
+                self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
 
     # -------------------------------------------------------------- start
     def open(self, model: Any, optimizer: Any) -> None:
@@ -99,6 +99,16 @@ class Run:
                 "resume=True to continue it instead.",
                 stacklevel=4,
             )
+
+    def _taken_over(self) -> None:
+        """A newer tracker of this process takes this run directory: let this
+        one's writes finish first, then write nothing more."""
+        self.writer.flush()
+        error = self.take_write_error()
+        self.writer.enabled = False
+        if error is not None:
+            warnings.warn(f"The previous tracker of {self.directory!r}, replaced by a new one, had a "
+                          f"failed save: {error}", stacklevel=5)
 
     def has_run(self) -> bool:
         return files.exists(manifest.manifest_path(self.directory))
@@ -177,6 +187,7 @@ class Run:
             )
         self.acquire()
         self.raise_write_error()
+        self._check_directory(epoch)
         suffix = ".weights.h5" if self.options.export_at_finish else ""  # exported at finish()
         plan = self.policy.plan(self.state, epoch, step, score, values,
                                 lambda v: self.path.format(epoch, step, values, v) + suffix)
@@ -222,6 +233,28 @@ class Run:
         self.unwritten_from = len(self.history)
         txn.state = self.record()
         self.writer.submit(txn)
+
+    def _check_directory(self, epoch: int) -> None:
+        """Refuse to save into a removed run directory; start a new record in
+        one that was removed and created again (its files went with it)."""
+        if self.lock is None:
+            return
+        if not files.isdir(self.directory):
+            raise SaveError(self._save_error_message(epoch, FileNotFoundError(self.directory)))
+        if not self.lock.stale():
+            return
+        self.lock.release()
+        self.lock.acquire()
+        lost = self.state.best_record()
+        self.state = RunState(at=self.state.at)
+        self.history_bytes = self.unwritten_from = 0  # the whole history is written anew
+        self.best_weights = None
+        warnings.warn(
+            f"The run directory {self.directory!r} was removed and created again: the files saved "
+            f"there went with it{f' (the best, epoch {lost.epoch + 1})' if lost else ''}. Continuing "
+            "with a new record there: the next improvement is saved as the best; the history is kept.",
+            stacklevel=4,
+        )
 
     def _add_write(self, txn: Transaction, tmp_rel: str, write: Callable[[str], None], detached: bool) -> None:
         """Have `write(path)` make the temp file `tmp_rel`: by the writer (in its
@@ -278,9 +311,11 @@ class Run:
 
     def _save_error_message(self, epoch: int, error: OSError) -> str:
         if not files.isdir(self.directory):
-            where = f"the run directory {self.directory!r} no longer exists (was it removed?)"
-        else:
-            where = f"writing into {self.directory!r} failed: {error}"
+            return (f"Epoch {epoch + 1}: could not save: the run directory {self.directory!r} no longer "
+                    "exists (was it removed?). The files saved there went with it: no best of this run "
+                    "is on disk any more. Create the directory again to carry on (the next update() "
+                    "starts a new record there, keeping the history), or restore it from a copy.")
+        where = f"writing into {self.directory!r} failed: {error}"
         best = self.state.best_record()
         kept = (f"The previous best (epoch {best.epoch + 1}, {self.objective.name}={best.value:.5f}, "
                 f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")

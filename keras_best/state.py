@@ -28,26 +28,43 @@ def optimizer_variables(optimizer: Any, model: Any) -> list[Any]:
 
 
 def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int, step: int | None) -> None:
-    with h5py.File(path, "w") as f:
-        f.attrs["epoch"] = epoch
-        f.attrs["step"] = -1 if step is None else step
-        for group_name, arrays in (("model", model_arrays), ("optimizer", optimizer_arrays)):
-            group = f.create_group(group_name)
-            group.attrs["count"] = len(arrays)
-            for i, a in enumerate(arrays):
-                group.create_dataset(str(i), data=a)
+    files.write_h5(path, lambda f: _fill(f, model_arrays, optimizer_arrays, epoch, step))
+
+
+def _fill(f: Any, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int,
+          step: int | None) -> None:
+    f.attrs["epoch"] = epoch
+    f.attrs["step"] = -1 if step is None else step
+    for group_name, arrays in (("model", model_arrays), ("optimizer", optimizer_arrays)):
+        group = f.create_group(group_name)
+        group.attrs["count"] = len(arrays)
+        for i, a in enumerate(arrays):
+            group.create_dataset(str(i), data=a)
 
 
 def load(path: str, model: Any, optimizer: Any) -> tuple[int, int | None]:
-    """Assign the saved variables to `model` and `optimizer`; return (epoch, step)."""
-    with files.local_copy(path) as local, h5py.File(local, "r") as f:
-        _assign(f["model"], list(model.weights), "model", path)
-        _assign(f["optimizer"], optimizer_variables(optimizer, model), "optimizer", path)
-        step = int(f.attrs["step"])
-        return int(f.attrs["epoch"]), (None if step < 0 else step)
+    """Assign the saved variables to `model` and `optimizer`; return (epoch, step).
+
+    Everything is read and checked first: when the file is damaged or does
+    not fit, nothing is assigned (the model keeps its weights)."""
+    targets = [(list(model.weights), "model"), (optimizer_variables(optimizer, model), "optimizer")]
+    try:
+        with files.local_copy(path) as local, h5py.File(local, "r") as f:
+            arrays = [_read(f[what], variables, what, path) for variables, what in targets]
+            step = int(f.attrs["step"])
+            epoch = int(f.attrs["epoch"])
+    except (OSError, KeyError, TypeError) as e:
+        raise files.DamagedFileError(
+            f"Cannot resume from {path}: the training state there is damaged or incomplete ({e}). "
+            "Pass resume=False to start a new run in that directory, or restore the file from a copy."
+        ) from e
+    for (variables, _), values in zip(targets, arrays):
+        for v, a in zip(variables, values):
+            v.assign(a)
+    return epoch, (None if step < 0 else step)
 
 
-def _assign(group: Any, variables: list[Any], what: str, path: str) -> None:
+def _read(group: Any, variables: list[Any], what: str, path: str) -> list[np.ndarray]:
     count = int(group.attrs["count"])
     if what == "optimizer" and not variables and count:
         raise ValueError(
@@ -60,6 +77,7 @@ def _assign(group: Any, variables: list[Any], what: str, path: str) -> None:
             f"has {len(variables)}. Was the run recorded with another architecture "
             "or optimizer?"
         )
+    values = []
     for i, v in enumerate(variables):
         data = group[str(i)]
         if tuple(data.shape) != tuple(v.shape):
@@ -67,5 +85,5 @@ def _assign(group: Any, variables: list[Any], what: str, path: str) -> None:
                 f"Cannot resume: {what} variable {i} ({v.path if hasattr(v, 'path') else v.name}) "
                 f"has shape {tuple(v.shape)} but {path} holds {tuple(data.shape)}."
             )
-    for i, v in enumerate(variables):
-        v.assign(group[str(i)][()])
+        values.append(data[()])
+    return values

@@ -353,30 +353,82 @@ def test_update_waits_rather_than_queue_a_third_snapshot(tmp_path):
     assert listing(tmp_path) == ["01.weights.h5", "02.weights.h5", "03.weights.h5"]
 
 
-def test_background_error_is_raised_by_the_next_update(tmp_path):
+@pytest.fixture
+def full_disk(monkeypatch):
+    """While on, writing a model file fails as on a full disk (ENOSPC)."""
+    real = files.write_new_file
+
+    def write(path, data):
+        if path.endswith(".weights.h5"):
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    class Switch:
+        def on(self):
+            monkeypatch.setattr(files, "write_new_file", write)
+
+        def off(self):
+            monkeypatch.setattr(files, "write_new_file", real)
+
+    return Switch()
+
+
+def test_background_error_is_raised_by_the_next_update(tmp_path, full_disk):
     model = make_model()
     run = tmp_path / "run"
     tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0)
     model.set_weights(pattern(model, 0))
     tracker.update(0, {"val_loss": 1.0})
     tracker._run.writer.flush()
-    shutil.rmtree(run)
+    full_disk.on()
     model.set_weights(pattern(model, 1))
     tracker.update(1, {"val_loss": 0.5})  # returns: the write fails in the background
     tracker._run.writer.flush()
-    with pytest.raises(SaveError, match=r"Epoch 2: could not save: the run directory .* no longer exists") as info:
+    with pytest.raises(SaveError, match=r"Epoch 2: could not save: .*No space left on device. The previous "
+                                        r"best \(epoch 1, val_loss=1.00000, best.weights.h5\) is intact") as info:
         tracker.update(2, {"val_loss": 0.4})
-    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert isinstance(info.value.__cause__, OSError)
     assert (tracker.best, tracker.best_epoch) == (1.0, 0)  # back to what was saved
     assert [h["epoch"] for h in tracker.history] == [0]
-    os.makedirs(run)
-    tracker._run.lock.release()  # its file went with the directory
+    full_disk.off()
     assert tracker.update(1, {"val_loss": 0.5}).improved  # the run goes on
     tracker.finish()
     assert recorded(run) == ["best.weights.h5"] and holds_epoch(str(run / "best.weights.h5"), 1)
 
 
-def test_flush_waits_and_raises_a_background_error(tmp_path):
+def test_a_removed_run_directory_is_refused_at_once_and_a_new_one_starts_a_new_record(tmp_path):
+    model = make_model()
+    run = tmp_path / "run"
+    tracker = BestWeightsTracker(model, str(run / "e{epoch}.weights.h5"), verbose=0, keep_top_k=2)
+    model.set_weights(pattern(model, 0))
+    tracker.update(0, {"val_loss": 1.0})
+    tracker.flush()
+    shutil.rmtree(run)
+    with pytest.raises(SaveError, match=r"no longer exists \(was it removed\?\). The files saved there "
+                                        r"went with it: no best of this run is on disk any more"):
+        tracker.update(1, {"val_loss": 0.5})
+    os.makedirs(run)
+    with pytest.warns(UserWarning, match=r"was removed and created again: the files saved there went with "
+                                         r"it \(the best, epoch 1\)"):
+        decision = tracker.update(1, {"val_loss": 2.0})  # worse than the lost best: the new best
+    assert decision.improved and tracker.best == 2.0 and tracker.best_epoch == 1
+    tracker.flush()
+    assert recorded(run) == ["e2.weights.h5"] and os.path.exists(run / LOCK_NAME)
+    assert tracker._run.lock.held and not tracker._run.lock.stale()
+    other = subprocess.run([sys.executable, "-c", f"""
+import fcntl, os
+fd = os.open({str(run / LOCK_NAME)!r}, os.O_RDWR)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); print("got it")
+except OSError:
+    print("locked")
+"""], capture_output=True, text=True, timeout=60)
+    assert other.stdout.strip() == "locked"  # the lock was taken again
+    tracker.finish()
+    assert [h["epoch"] for h in run_json(run)["history"]] == [0, 1]
+
+
+def test_flush_waits_and_raises_a_background_error(tmp_path, full_disk):
     model = make_model()
     run = tmp_path / "run"
     tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0)
@@ -387,27 +439,27 @@ def test_flush_waits_and_raises_a_background_error(tmp_path):
         gate.set()
         tracker.flush()
         assert holds_epoch(str(run / "best.weights.h5"), 0) and recorded(run) == ["best.weights.h5"]
-    shutil.rmtree(run)
+    full_disk.on()
     tracker.update(1, {"val_loss": 0.5})
-    with pytest.raises(SaveError, match="no longer exists") as info:
+    with pytest.raises(SaveError, match="No space left on device") as info:
         tracker.flush()
-    assert isinstance(info.value.__cause__, FileNotFoundError)
+    assert isinstance(info.value.__cause__, OSError)
     assert tracker.best == 1.0
     tracker.flush()  # raised once
 
 
-def test_background_error_is_raised_by_finish_after_restoring_the_best(tmp_path):
+def test_background_error_is_raised_by_finish_after_restoring_the_best(tmp_path, full_disk):
     model = make_model()
     run = tmp_path / "run"
     tracker = BestWeightsTracker(model, str(run / "best.weights.h5"), verbose=0, restore_best_weights=True)
     model.set_weights(pattern(model, 0))
     tracker.update(0, {"val_loss": 1.0})
     tracker._run.writer.flush()
-    shutil.rmtree(run)
+    full_disk.on()
     model.set_weights(pattern(model, 1))
     tracker.update(1, {"val_loss": 0.5})
     model.set_weights(pattern(model, 2))
-    with pytest.raises(SaveError, match="previous best .*intact|no longer exists") as info:
+    with pytest.raises(SaveError, match="previous best .*intact") as info:
         tracker.finish()
     assert info.value.__cause__ is not None
     assert tracker.best == 1.0

@@ -100,8 +100,24 @@ def test_non_scalar_is_an_error(value, shape):
 def test_non_numeric_is_an_error():
     with pytest.raises(ValueError, match=r"Metric 'val_loss' must be a scalar number.*dtype complex"):
         read_value("val_loss", 1 + 2j)
-    with pytest.raises(ValueError, match=r"Metric 'val_loss' must be a scalar number.*dtype object"):
+    with pytest.raises(ValueError, match=r"Metric 'val_loss' is None. Pass a number"):
         read_value("val_loss", None)
+    with pytest.raises(ValueError, match=r"Metric 'val_loss' is too large to be a float. Received an int of 1329 bits"):
+        read_value("val_loss", 10**400)
+
+
+@pytest.mark.parametrize("metric", [keras.metrics.Mean(), keras.metrics.BinaryAccuracy(),
+                                    keras.metrics.MeanSquaredError()])
+def test_a_mean_metric_that_saw_nothing_is_an_error_not_a_best(metric):
+    metric.reset_state()
+    with pytest.raises(ValueError, match=rf"Metric 'val_x' \({type(metric).__name__}\) has accumulated no "
+                                         r"values since its last reset_state\(\), so it reads 0.0"):
+        read_value("val_x", metric)
+    if type(metric) is keras.metrics.Mean:
+        metric.update_state(2.0)
+    else:
+        metric.update_state([1.0], [1.0])
+    assert read_value("val_x", metric) == pytest.approx(float(metric.result()))
 
 
 def test_dict_result_is_an_error():

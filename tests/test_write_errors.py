@@ -50,6 +50,85 @@ def _assert_first_best_intact(run_dir: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", HOWS)
+def test_after_a_full_disk_training_carries_on_and_the_process_exits_cleanly(tmp_path, how):
+    # h5py crashes the process (SIGSEGV) in a later File.close() after a failed
+    # on-disk write; files are built in memory, so a disk error never reaches it.
+    run_dir = str(tmp_path / "run")
+    result = _run_worker("fsize-carry-on", run_dir, how)  # asserts exit status 0
+    assert result["raised"] == "SaveError", result
+    assert result["carried_on"] == [2, 0.4]
+    model = _worker_model()
+    rec = load_best(model, run_dir)
+    assert (rec.epoch, rec.value) == (2, 0.4)
+    assert all(np.array_equal(w, np.full_like(w, 3.0)) for w in model.get_weights())
+    assert [h["epoch"] for h in run_json(run_dir)["history"]] == [0, 1, 2]
+
+
+FULL_DISK_SCRIPT = r"""
+import json, os, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras, numpy as np
+from keras_best import BestWeightsTracker, SaveError
+run, how = sys.argv[1], sys.argv[2]
+model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512), keras.layers.Dense(1)])  # 530 KB
+tracker = BestWeightsTracker(model, os.path.join(run, "e{epoch}.weights.h5"), keep_top_k=2, verbose=0,
+                             async_save=how == "async")
+out = []
+model.set_weights([np.full(w.shape, 0.0, w.dtype) for w in model.weights])
+tracker.update(0, {"val_loss": 1.0}); tracker.flush()
+with open(os.path.join(run, "filler"), "wb") as f:  # the disk fills up
+    try:
+        f.write(b"x" * (4 << 20))
+    except OSError:
+        pass
+for epoch in (1, 2):
+    model.set_weights([np.full(w.shape, float(epoch), w.dtype) for w in model.weights])
+    try:
+        tracker.update(epoch, {"val_loss": 1.0 - epoch / 10}); tracker.flush()
+        out.append("saved")
+    except SaveError as e:
+        out.append("No space left" in str(e) and "SaveError")
+os.remove(os.path.join(run, "filler"))  # space freed: carry on
+model.set_weights([np.full(w.shape, 3.0, w.dtype) for w in model.weights])
+tracker.update(1, {"val_loss": 0.7})
+tracker.finish()
+out.append([tracker.best_epoch, tracker.best])
+print(json.dumps(out), flush=True)
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 1.5 MB file system (tmpfs), where writes fail with ENOSPC."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", HOWS)
+def test_a_really_full_file_system_then_freed_space(small_disk, how):
+    # Before files were built in memory, HDF5's state broke after the first
+    # ENOSPC ("Can't decrement id ref count", a RuntimeError and not a
+    # SaveError, and at worst SIGSEGV at close).
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_SCRIPT, str(small_disk), how], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out == ["SaveError", "SaveError", [1, 0.7]], out
+    model = _worker_model()
+    assert load_best(model, str(small_disk)).epoch == 1
+    assert all(np.array_equal(w, np.full_like(w, 3.0)) for w in model.get_weights())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", HOWS)
 def test_full_disk_raises_clearly_and_keeps_previous_best(tmp_path, how):
     run_dir = str(tmp_path / "run")
     result = _run_worker("fsize", run_dir, how)
