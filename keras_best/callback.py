@@ -132,12 +132,29 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self._batches_since_save >= self.save_freq:
             self._batches_since_save = 0
             self._resolve_mode()
-            self._act(self.tracker.update(self._epoch, dict(logs or {}), step=batch))
+            self._act(self.tracker.update(self._epoch, self._checked(logs), step=batch))
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.save_freq == "epoch":
             self._resolve_mode()
-            self._act(self.tracker.update(epoch, dict(logs or {})))
+            self._act(self.tracker.update(epoch, self._checked(logs)))
+
+    def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
+        """The logs, or a `fit()`-worded error when a monitored key is missing."""
+        logs = dict(logs or {})
+        missing = [n for n in self.tracker.objective.names if n not in logs]
+        if not missing or not self.tracker.options.needs_monitor:
+            return logs
+        if missing[0].startswith("val_") and not any(k.startswith("val_") for k in logs):
+            raise ValueError(
+                f"BestCheckpoint monitors {missing[0]!r}, but the fit() logs hold no validation metrics "
+                f"(they hold {sorted(logs)}). Pass validation_data= or validation_split= to fit(), or "
+                f"monitor a training metric, e.g. monitor={missing[0][4:]!r}."
+            )
+        raise ValueError(
+            f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
+            "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."
+        )
 
     def _resolve_mode(self) -> None:
         # Compiled metrics are built by the first step, after on_train_begin.

@@ -288,6 +288,19 @@ def local_copy(path: str) -> Iterator[str]:
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
+def load_weights(model: object, path: str, hint: str = "") -> None:
+    """`model.load_weights(path)`, with a damaged file reported as
+    `DamagedFileError` naming it (and `hint`: what to do instead)."""
+    try:
+        model.load_weights(path)
+    except FileNotFoundError:
+        raise
+    except (OSError, KeyError) as e:  # h5py: truncated or not HDF5; a missing group
+        raise DamagedFileError(
+            f"Cannot read {path}: the file is damaged or incomplete ({str(e)[:200]}).{hint}"
+        ) from e
+
+
 def write_new_file(path: str, data: bytes | memoryview) -> None:
     """Create the local file `path` (never through a symlink, never over an
     existing file) holding `data`, and fsync it."""

@@ -29,7 +29,6 @@ import sys
 import warnings
 from typing import Any, Callable, Iterator, Mapping
 
-import h5py
 import numpy as np
 
 from keras_best import files
@@ -192,6 +191,19 @@ def save_weights(model: Any, path: str) -> None:
         model.save_weights(path)
     else:
         snap.write(path)
+
+
+def optimizer_fits(optimizer: Any, model: Any) -> bool:
+    """Whether a built `optimizer` was built for `model`'s trainable variables
+    (Keras keeps that list as the private `_trainable_variables`; pinned by
+    `tests/test_h5_layout.py`). Unbuilt, or unknown: True."""
+    if not getattr(optimizer, "built", False) or not model.built:
+        return True
+    built_for = getattr(optimizer, "_trainable_variables", None)
+    if built_for is None:
+        return True
+    shapes = [tuple(v.shape) for v in built_for]
+    return shapes == [tuple(v.shape) for v in model.trainable_variables]
 
 
 def host_copies(variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:

@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Mapping
 
-from keras_best import manifest, savers
+from keras_best import files, manifest, savers
 from keras_best.objective import Objective, Score, rank_key
 
 
@@ -149,12 +149,14 @@ def load_best(
     record = choose()
     _check_architecture(model, data, directory)
     fmt = data.save_format
+    hint = (" Load another kept file with load_best(model, directory, by=...) (see "
+            "`keras-best inspect`), or restore this one from a copy.")
     try:
         model.load_weights(savers.weights_file(record.path, fmt))
-    except (FileNotFoundError, OSError):
+    except (FileNotFoundError, OSError, KeyError):
         # A writer renamed the temp file into place meanwhile: read again.
         record = choose()
-        model.load_weights(savers.weights_file(record.path, fmt))
+        files.load_weights(model, savers.weights_file(record.path, fmt), hint)
     return record
 
 

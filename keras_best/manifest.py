@@ -175,7 +175,7 @@ class RunRecord:
         pending = check.pending(data.get("pending"))
         legacy = None
         if version == 1:
-            legacy = tuple(check.items(data, "history"))
+            legacy = tuple(check.history_entry(h, f"history[{i}]") for i, h in enumerate(check.items(data, "history")))
             count, nbytes = len(legacy), 0
         else:
             count = check.integer(data, "history_count")
@@ -213,8 +213,9 @@ class RunRecord:
         raw = files.read_bytes(path)
         try:
             data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{path} is not valid JSON ({e}). It may have been edited by hand.") from e
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: also ints of 5,000 digits
+            raise ManifestError(f"{path} is not valid JSON ({str(e)[:200]}). It may have been edited by "
+                                "hand.") from e
         return cls.from_json(data, path)
 
     def write(self, directory: str) -> None:
@@ -237,11 +238,9 @@ class RunRecord:
         for i, line in enumerate(raw.splitlines()):
             try:
                 entry = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise ManifestError(f"{path}: line {i + 1} is not valid JSON ({e}).") from e
-            if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
-                raise ManifestError(f"{path}: line {i + 1} is not a history entry.")
-            entries.append(entry)
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise ManifestError(f"{path}: line {i + 1} is not valid JSON ({str(e)[:200]}).") from e
+            entries.append(_Checker(path).history_entry(entry, f"line {i + 1}"))
         return entries
 
 
@@ -381,6 +380,17 @@ class _Checker:
             if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
                 raise self.error(f"engine.{key}", f"must be an int, not {v!r}")
         return dict(value)
+
+    def history_entry(self, value: Any, field: str) -> dict[str, Any]:
+        entry = self.entry({field: value}, field, {"epoch": int})
+        if entry is None:
+            raise self.error(field, "is null")
+        if not isinstance(entry.get("metrics", {}), dict):
+            raise self.error(f"{field}.metrics", "must be an object")
+        v = entry.get("value")
+        if isinstance(v, bool) or not (isinstance(v, (int, float)) or v in ("nan", "inf", "-inf")):
+            raise self.error(f"{field}.value", f"must be a number, not {v!r}")
+        return entry
 
     def record(self, value: Any, field: str) -> Record:
         entry = self.entry({field: value}, field, {"epoch": int, "path": str})

@@ -83,6 +83,13 @@ class Options:
         """Whether every update writes the training state (`save_last`, implied by `resume`)."""
         return self.save_last or self.resume
 
+    @property
+    def needs_monitor(self) -> bool:
+        """Whether every update must hold the monitored value (without it, as
+        `ModelCheckpoint` with `save_best_only=False`, every update is saved)."""
+        return self.save_best_only or self.keep_top_k is not None or self.patience is not None or (
+            self.restore_best_weights)
+
     def monitor_options(self) -> dict[str, Any]:
         """The keyword arguments of `Monitor`."""
         return dict(min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,

@@ -86,7 +86,7 @@ class Run:
 
     def _open(self, model: Any, optimizer: Any) -> None:
         record = self._recover() if self.chief else None
-        if not self.has_run():
+        if not self.has_run() or (self.chief and record is None):
             return
         if self.options.resume:
             self._resume(record or RunRecord.read(self.directory), model, optimizer)
@@ -123,10 +123,15 @@ class Run:
             try:
                 return manifest.roll_forward(self.directory, RunRecord.read(self.directory))
             except manifest.ManifestError as e:
-                raise manifest.ManifestError(
-                    f"{e} Remove {manifest.manifest_path(self.directory)} (and the files it names) "
-                    "or choose another directory."
-                ) from e
+                if self.options.resume:
+                    raise manifest.ManifestError(
+                        f"{e} Cannot resume from it: pass resume=False to start a new run in that "
+                        "directory (the record is replaced at the first save), or choose another directory."
+                    ) from e
+                warnings.warn(f"{e} Starting a new run there: the record is replaced at the first save, and "
+                              "nothing it names is touched.", stacklevel=5)
+                manifest.remove_tmp_files(self.directory)
+                return None
         if files.isdir(self.directory):
             manifest.remove_tmp_files(self.directory)
         return None
@@ -156,12 +161,12 @@ class Run:
                     "be restored. Build it first (call it on a batch, or `model.build(input_shape)`), "
                     "then create the tracker."
                 )
-            epoch, _ = state.load(files.join(self.directory, last["path"]), model, optimizer)
-            self.initial_epoch = epoch + 1
             best = self.state.best_record()
-            if self.options.restore_best_weights and best is not None:
+            if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
                 self.best_weights = _read_weights_of(model, weights)
+            epoch, _ = state.load(files.join(self.directory, last["path"]), model, optimizer)
+            self.initial_epoch = epoch + 1
         elif self.history:
             self.initial_epoch = self.history[-1]["epoch"] + 1
 
@@ -380,7 +385,7 @@ def architecture_of(model: Any) -> str:
 def _read_weights_of(model: Any, path: str) -> list[Any]:
     current = model.get_weights()
     try:
-        model.load_weights(path)
+        files.load_weights(model, path)
         return model.get_weights()
     finally:
         model.set_weights(current)

@@ -178,11 +178,11 @@ def _size(path: str) -> int | None:
                 int(tf.io.gfile.stat(tf.io.gfile.join(root, f)).length)
                 for root, _, names in tf.io.gfile.walk(path) for f in names
             )
-        if os.path.isdir(path):
+        if os.path.isdir(path) and not os.path.islink(path):  # links are never followed out of the run
             return sum(
-                os.path.getsize(os.path.join(root, f)) for root, _, names in os.walk(path) for f in names
+                os.lstat(os.path.join(root, f)).st_size for root, _, names in os.walk(path) for f in names
             )
-        return os.path.getsize(path)
+        return os.lstat(path).st_size
     except OSError:
         return None
     except Exception as e:  # noqa: BLE001 - tf.errors.NotFoundError is not an OSError
@@ -289,7 +289,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if summary.get("pending"):
         fields.append(("Pending", "a save was interrupted; the next start or load_best completes it"))
     width = max(len(k) for k, _ in fields)
-    lines = [f"{k.ljust(width)}  {v}" for k, v in fields]
+    lines = [f"{k.ljust(width)}  {printable(str(v))}" for k, v in fields]
 
     kept = summary["kept"]
     lines.append("")
@@ -306,7 +306,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
         primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
         key = "value"
     others = sorted({k for r in kept for k in r["metrics"]} - {primary})
-    header = ["rank", "epoch", primary, *others, "size", "file"]
+    header = [printable(h) for h in ["rank", "epoch", primary, *others, "size", "file"]]
     rows = [header]
     for r in kept:
         rows.append([
@@ -315,11 +315,21 @@ def format_table(summary: Mapping[str, Any]) -> str:
             format_value(r[key]) + ("" if r.get("feasible", True) else " (breaks require)"),
             *(format_value(r["metrics"].get(k)) for k in others),
             format_size(r["size_bytes"]),
-            r["path"],
+            printable(r["path"]),
         ])
     right = set(range(0, 3 + len(others) + 1))
     lines.extend("  " + line for line in _table(rows, right))
     return "\n".join(lines)
 
 
-__all__ = ["RunNotFound", "format_table", "resolve_run_directory", "summarize"]
+def printable(text: str) -> str:
+    r"""`text` with what a terminal would interpret (escapes, control characters)
+    shown escaped, as `repr` does: names read from disk are untrusted.
+
+    >>> printable("best\x1b[2J.h5")
+    'best\\x1b[2J.h5'
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+__all__ = ["RunNotFound", "format_table", "printable", "resolve_run_directory", "summarize"]

@@ -125,6 +125,7 @@ class BestWeightsTracker:
     def bind(self, model: Any) -> None:
         """Attach the model (done by the constructor; the callback does it late)."""
         _check_model(model)
+        _check_optimizer(self.options.optimizer, model)
         self.model = model
         self._run.open(model, self.optimizer)
 
@@ -197,7 +198,7 @@ class BestWeightsTracker:
         epoch = integer("epoch", epoch, 0, allow_none=False)
         step = integer("step", step, 0)
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
-        self._check_keys(metrics, values)
+        self._check_keys(metrics, values, step)
         previous_best = self.best
         plan = self._run.update(self.model, self.optimizer, epoch, step, values, self.objective.score(values))
         shown = self.path.shown
@@ -274,13 +275,15 @@ class BestWeightsTracker:
         self._run.adopt(RunRecord.from_json({"format": "keras_best", "version": 1, **data}, "state_dict"))
 
     # ------------------------------------------------------------- internal
-    def _check_keys(self, metrics: Mapping[str, Any], values: Mapping[str, float]) -> None:
+    def _check_keys(self, metrics: Mapping[str, Any], values: Mapping[str, float], step: int | None) -> None:
         # The keys are checked at every update (a key missing later must not
         # silently read as NaN); the mode once.
-        o = self.options
-        needs_value = o.save_best_only or o.keep_top_k is not None or o.patience is not None or (
-            o.restore_best_weights)
-        self.objective.check_keys(values, needs_monitor=needs_value)
+        self.objective.check_keys(values, needs_monitor=self.options.needs_monitor)
+        if step is None and "batch" in self.path.fields:
+            raise ValueError(
+                "`filepath` uses {batch}, but update() was called without `step=`. Pass the batch "
+                f"index as step=..., or use {{epoch}} instead. Received: filepath={self.filepath}"
+            )
         missing = [f for f in self.path.metric_fields() if f not in values]
         if missing:
             raise ValueError(
@@ -311,4 +314,25 @@ def _check_model(model: Any) -> None:
         raise TypeError(
             "`model` must be a keras.Model (Sequential, functional or subclassed). "
             f"Received: {type(model).__name__}"
+        )
+
+
+def _check_optimizer(optimizer: Any, model: Any) -> None:
+    """`optimizer=` is a Keras optimizer, and if built, built for this model."""
+    if optimizer is None:
+        return
+    import keras
+
+    if not isinstance(optimizer, keras.optimizers.Optimizer):
+        raise TypeError(
+            "`optimizer` must be a keras.optimizers.Optimizer instance (the one your train step "
+            f"applies), e.g. keras.optimizers.Adam(1e-3). Received: optimizer={optimizer!r}"
+        )
+    from keras_best.h5_layout import optimizer_fits
+
+    if not optimizer_fits(optimizer, model):
+        raise ValueError(
+            "`optimizer` was built for other variables than this model's trainable variables, so its "
+            "state could not be saved or resumed with this model. Pass the optimizer that trains "
+            "this model (or a new one)."
         )

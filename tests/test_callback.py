@@ -401,8 +401,17 @@ def test_monitored_key_missing_from_fit_logs(tmp_path, fit_data):
     cb = BestCheckpoint(str(tmp_path / "b.keras"), monitor="val_loss", save_best_only=True)
     with pytest.raises(
         ValueError,
-        match=r"The monitored metric 'val_loss' is not among the metrics given to "
-        r"update\(\): \['loss'\]",
+        match=r"BestCheckpoint monitors 'val_loss', but the fit\(\) logs hold no validation metrics \(they "
+        r"hold \['loss'\]\). Pass validation_data= or validation_split= to fit\(\), or monitor a training "
+        r"metric, e.g. monitor='loss'",
     ):
         model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
     assert _files(tmp_path) == []
+
+
+def test_a_monitor_typo_in_fit_names_the_logs(tmp_path, fit_data):
+    x, y, vx, vy = fit_data
+    cb = BestCheckpoint(str(tmp_path / "b.keras"), monitor="val_los", save_best_only=True)
+    with pytest.raises(ValueError, match=r"BestCheckpoint monitors 'val_los', which is not among the fit\(\) "
+                                         r"logs: \['loss', 'val_loss'\]"):
+        _compiled().fit(x, y, validation_data=(vx, vy), epochs=1, batch_size=32, verbose=0, callbacks=[cb])
