@@ -152,6 +152,8 @@ class Case:
 
     def file(self) -> None:
         path = os.path.join(self.dir, "kb-file.weights.h5")
+        if os.path.exists(path):
+            os.remove(path)  # new files only, as the tracker's fresh temp names are
         snapshot = self.writer.snapshot(self.model)
         t = time.perf_counter()
         snapshot.write(path)

@@ -7,6 +7,7 @@ Everything that touches the run directory goes through here, so the rules
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import re
 import shutil
@@ -315,22 +316,85 @@ def write_new_file(path: str, data: bytes | memoryview) -> None:
 
 
 def write_h5(path: str, fill: Callable[[object], None]) -> None:
-    """Write an HDF5 file at the local `path`: `fill(h5py_file)` builds it in
-    memory, then its bytes are written with `write_new_file`.
+    """Write an HDF5 file at the local `path` (a new file, never through a
+    symlink): `fill(h5py_file)` builds it, then it is fsynced.
 
-    A write error (full disk, quota, removed directory) thus never reaches
-    HDF5, whose library state it can corrupt: after a failed on-disk write,
-    h5py crashes the process with SIGSEGV in a later `File.close()`. The cost
-    is one in-memory copy of the file while it is written.
+    h5py writes through `_ErrorProofFile`, so a write error (full disk, quota,
+    removed directory) never reaches HDF5: after a failed write, HDF5's state is
+    corrupt ("Can't decrement id ref count", a SIGSEGV at a later close). The
+    first error is kept, HDF5 is told every write succeeded, and the error is
+    raised once the file is closed. Writes go straight to the file (no copy in
+    memory).
     """
-    import io
-
     import h5py
 
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        fill(f)
-    write_new_file(path, buffer.getbuffer())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    try:
+        target = _ErrorProofFile(fd)
+        with h5py.File(target, "w") as f:
+            fill(f)
+        if target.error is not None:
+            raise target.error
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _ErrorProofFile(io.RawIOBase):
+    """A file-like object over `fd` for h5py that never reports a write error
+    to HDF5: the first one is kept in `error`, and later writes are dropped."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self.fd, self.pos, self.end = fd, 0, 0
+        self.error: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        size, offset = len(view), self.pos
+        if self.error is None:
+            try:
+                while view:
+                    written = os.pwrite(self.fd, view, offset)
+                    view, offset = view[written:], offset + written
+            except OSError as e:
+                self.error = e
+        self.pos += size
+        self.end = max(self.end, self.pos)
+        return size
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        size = max(0, min(len(buffer), self.end - self.pos))
+        data = os.pread(self.fd, size, self.pos) if self.error is None else b""
+        buffer[:size] = data + bytes(size - len(data))
+        self.pos += size
+        return size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.pos = offset if whence == 0 else self.pos + offset if whence == 1 else self.end + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self.pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self.fd, size)
+            except OSError as e:
+                self.error = e
+        self.end = size
+        return size
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:

@@ -51,8 +51,8 @@ def _assert_first_best_intact(run_dir: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("how", HOWS)
 def test_after_a_full_disk_training_carries_on_and_the_process_exits_cleanly(tmp_path, how):
-    # h5py crashes the process (SIGSEGV) in a later File.close() after a failed
-    # on-disk write; files are built in memory, so a disk error never reaches it.
+    # h5py's state breaks (and the process may crash at a later close) after a
+    # failed write; keras-best's file object never reports one to HDF5.
     run_dir = str(tmp_path / "run")
     result = _run_worker("fsize-carry-on", run_dir, how)  # asserts exit status 0
     assert result["raised"] == "SaveError", result
@@ -113,7 +113,7 @@ def small_disk(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("how", HOWS)
 def test_a_really_full_file_system_then_freed_space(small_disk, how):
-    # Before files were built in memory, HDF5's state broke after the first
+    # With plain h5py writing the file, HDF5's state broke after the first
     # ENOSPC ("Can't decrement id ref count", a RuntimeError and not a
     # SaveError, and at worst SIGSEGV at close).
     env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
