@@ -140,7 +140,11 @@ class BestCheckpoint(keras.callbacks.Callback):
             self._act(self.tracker.update(epoch, self._checked(logs)))
 
     def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
-        """The logs, or a `fit()`-worded error when a monitored key is missing."""
+        """The logs, or a `fit()`-worded error when a monitored key is missing.
+
+        Reads `self.model` first: on JAX, Keras detaches the variables' values
+        during an epoch, and the `Callback.model` property puts them back."""
+        self.tracker.model = self.model
         logs = dict(logs or {})
         missing = [n for n in self.tracker.objective.names if n not in logs]
         if not missing or not self.tracker.options.needs_monitor:

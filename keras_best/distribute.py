@@ -75,11 +75,20 @@ def is_chief() -> bool:
     return False
 
 
+def on_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow (read without importing TensorFlow)."""
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
+
+
 def strategy_of(model: Any) -> Any:
     """The `tf.distribute.Strategy` in use: the current scope's, or else the
     one the model's variables were created under. `None` for the default
-    (no) strategy.
+    (no) strategy, and on every other Keras backend (TensorFlow is not imported).
     """
+    if not on_tensorflow():
+        return None
     import tensorflow as tf
 
     if tf.distribute.has_strategy():
@@ -94,6 +103,8 @@ def strategy_of(model: Any) -> Any:
 
 def worker_count(strategy: Any) -> int:
     """How many Python processes take part in `strategy` (1 unless multi-worker)."""
+    if strategy is None:
+        return 1
     import tensorflow as tf
 
     if strategy is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):

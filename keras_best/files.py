@@ -38,8 +38,14 @@ def is_remote(path: str) -> bool:
 
 
 def _gfile():
-    import tensorflow as tf
-
+    try:
+        import tensorflow as tf
+    except ImportError as e:
+        raise ValueError(
+            "Remote paths (gs://, s3://, ram://...) are reached through TensorFlow's tf.io.gfile, and "
+            "TensorFlow is not installed. Install it (pip install 'keras-best[tensorflow]'), or use a "
+            "local path."
+        ) from e
     return tf.io.gfile
 
 

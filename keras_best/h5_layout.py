@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from keras_best import files
+from keras_best.metrics import host_view
 
 
 class LayoutError(RuntimeError):
@@ -353,7 +354,11 @@ class _RecordingStore:
 
 
 def _read_each(variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
-    plain = _plain_variable_types() if out is not None else None
+    if out is None:
+        return [_host_copy(v) for v in variables]
+    if _backend() in ("jax", "torch"):  # a host view of each value, copied into `out`
+        return [_copy_into(host_view(v.value) if _is_variable(v) else v, o) for v, o in zip(variables, out)]
+    plain = _plain_variable_types()
     if plain is None:
         return [_host_copy(v) for v in variables]
     arrays = []
@@ -361,6 +366,12 @@ def _read_each(variables: list[Any], out: list[np.ndarray] | None = None) -> lis
         handle = getattr(v, "_value", None)
         arrays.append(_copy_into(handle.read_value(), o) if isinstance(handle, plain[0]) else _host_copy(v))
     return arrays
+
+
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
 
 
 def _plain_variable_types() -> tuple[type, type] | None:
@@ -421,12 +432,12 @@ class _BatchReader:
 
 def _batch_read_function(handles: list[Any]) -> Any:
     """A traced function returning the values of `handles`, or `None` when
-    they are not all plain TensorFlow resource variables."""
-    import tensorflow as tf
-
+    they are not all plain TensorFlow resource variables (TensorFlow is
+    imported only on its own backend)."""
     plain = _plain_variable_types()
     if plain is None or not all(type(h) is plain[1] for h in handles):
-        return None  # distributed / sync-on-read variables: read each the usual way
+        return None  # other backends, distributed / sync-on-read variables: read each the usual way
+    import tensorflow as tf
 
     @tf.function(autograph=False)
     def read_all():
@@ -467,9 +478,13 @@ def _base_optimizer_save() -> Any:
 
 
 def _host_copy(value: Any) -> np.ndarray:
-    """One host copy of a variable or tensor (`convert_to_numpy` makes two)."""
+    """One host copy of a variable or tensor (on TensorFlow `convert_to_numpy`
+    makes two; on JAX and torch it makes one, detached from any gradient, and
+    `KerasVariable.numpy()` would warn under NumPy 2)."""
     if isinstance(value, np.ndarray):
         return value  # save_own_variables made it (e.g. `variable.numpy()`)
+    if _backend() != "tensorflow":
+        return np.array(host_view(value.value if _is_variable(value) else value), copy=True)
     numpy = getattr(value, "numpy", None)
     if numpy is not None:
         out = numpy()

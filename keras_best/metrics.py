@@ -47,7 +47,7 @@ def read_value(key: str, value: Any) -> float:
             "separately, e.g. `metrics={**metric.result()}`."
         )
     try:
-        array = np.asarray(value.numpy() if hasattr(value, "numpy") else value)
+        array = _to_numpy(value)
     except Exception as e:  # noqa: BLE001 - report what we could not read
         raise ValueError(
             f"Cannot read metric {key!r} as a number. Received: {value!r} "
@@ -83,6 +83,35 @@ def direction_of(value: Any) -> str | None:
     return direction if direction in ("up", "down") else None
 
 
+def _to_numpy(value: Any) -> np.ndarray:
+    """A tensor of any backend (or an array-like) on the host, detached from
+    any gradient."""
+    if isinstance(value, (np.ndarray, np.generic, list, tuple)):
+        return np.asarray(value)
+    import keras
+
+    if isinstance(value, keras.Variable):
+        value = value.value
+    return np.asarray(host_view(value))
+
+
+def host_view(tensor: Any) -> np.ndarray:
+    """A JAX or torch tensor on the host, over the tensor's own buffer where it
+    can be (CPU): copy from it at once, never keep it. torch tensors are
+    detached from their gradient and read with `.numpy()` (NumPy 2 warns when
+    `np.array()` reads them); anything else goes through `convert_to_numpy`."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "torch" and hasattr(tensor, "detach"):
+        t = tensor.detach()
+        if str(t.dtype) != "torch.bfloat16":
+            return (t if t.device.type == "cpu" else t.cpu()).numpy()
+    elif backend == "jax" and not isinstance(tensor, (list, tuple)):
+        return np.asarray(tensor)
+    return keras.ops.convert_to_numpy(tensor)
+
+
 def _saw_nothing(metric: Any) -> bool:
     """True for a metric whose state says it saw nothing: a `keras.metrics.Mean`
     (and every mean-based metric: losses, accuracies...) whose `count` is 0."""
@@ -90,9 +119,8 @@ def _saw_nothing(metric: Any) -> bool:
     if count is None or not hasattr(count, "shape") or tuple(count.shape) != ():
         return False
     try:
-        import keras
 
-        return float(keras.ops.convert_to_numpy(count)) == 0.0
+        return float(np.asarray(host_view(getattr(count, "value", count)))) == 0.0
     except Exception:  # noqa: BLE001 - a count we cannot read says nothing
         return False
 

@@ -12,7 +12,7 @@ from keras_best.manifest import RunRecord
 from keras_best.metrics import direction_of, read_all
 from keras_best.monitor import Decision, StopReason
 from keras_best.objective import Objective
-from keras_best.options import Options, check_format, integer
+from keras_best.options import Options, check_format, check_model, check_optimizer, integer
 from keras_best.paths import RunPath
 from keras_best.report import Reporter
 from keras_best.retention import Record
@@ -124,8 +124,8 @@ class BestWeightsTracker:
     # ------------------------------------------------------------------ setup
     def bind(self, model: Any) -> None:
         """Attach the model (done by the constructor; the callback does it late)."""
-        _check_model(model)
-        _check_optimizer(self.options.optimizer, model)
+        check_model(model)
+        check_optimizer(self.options.optimizer, model)
         self.model = model
         self._run.open(model, self.optimizer)
 
@@ -305,34 +305,3 @@ _PARAMETERS = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWOR
     for f in dataclasses.fields(Options)]
 BestWeightsTracker.__init__.__signature__ = inspect.Signature(  # help() shows every option
     [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *_PARAMETERS])
-
-
-def _check_model(model: Any) -> None:
-    import keras
-
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            "`model` must be a keras.Model (Sequential, functional or subclassed). "
-            f"Received: {type(model).__name__}"
-        )
-
-
-def _check_optimizer(optimizer: Any, model: Any) -> None:
-    """`optimizer=` is a Keras optimizer, and if built, built for this model."""
-    if optimizer is None:
-        return
-    import keras
-
-    if not isinstance(optimizer, keras.optimizers.Optimizer):
-        raise TypeError(
-            "`optimizer` must be a keras.optimizers.Optimizer instance (the one your train step "
-            f"applies), e.g. keras.optimizers.Adam(1e-3). Received: optimizer={optimizer!r}"
-        )
-    from keras_best.h5_layout import optimizer_fits
-
-    if not optimizer_fits(optimizer, model):
-        raise ValueError(
-            "`optimizer` was built for other variables than this model's trainable variables, so its "
-            "state could not be saved or resumed with this model. Pass the optimizer that trains "
-            "this model (or a new one)."
-        )

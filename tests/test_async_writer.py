@@ -356,19 +356,19 @@ def test_update_waits_rather_than_queue_a_third_snapshot(tmp_path):
 @pytest.fixture
 def full_disk(monkeypatch):
     """While on, writing a model file fails as on a full disk (ENOSPC)."""
-    real = files.write_new_file
+    real = files.write_h5
 
-    def write(path, data):
+    def write(path, fill):
         if path.endswith(".weights.h5"):
             raise OSError(28, "No space left on device")
-        real(path, data)
+        real(path, fill)
 
     class Switch:
         def on(self):
-            monkeypatch.setattr(files, "write_new_file", write)
+            monkeypatch.setattr(files, "write_h5", write)
 
         def off(self):
-            monkeypatch.setattr(files, "write_new_file", real)
+            monkeypatch.setattr(files, "write_h5", real)
 
     return Switch()
 

@@ -19,7 +19,7 @@ import pytest
 from keras_best import BestWeightsTracker, load_best
 from keras_best.cli import main
 from keras_best.summary import format_size, summarize
-from tests.conftest import make_model, perturb
+from tests.conftest import make_model, perturb, tensorflow_only
 
 # val_loss per epoch: best at epoch index 3, then 3 epochs without improvement.
 VALUES = [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.71, 0.69]
@@ -268,6 +268,7 @@ def test_no_command_prints_help(capsys):
 
 # --------------------------------------------------------------------- demo
 @pytest.mark.slow
+@tensorflow_only
 def test_demo_short_run_keeps_three_and_reloads_the_best(tmp_path, capsys):
     out_dir = tmp_path / "demo"
     code, out, err = run_cli(capsys, "demo", "--output", str(out_dir), "--epochs", "4")
@@ -318,6 +319,7 @@ def test_demo_without_scikit_learn_says_what_to_install(tmp_path, capsys, monkey
     assert not (tmp_path / "d").exists()  # nothing written before the check
 
 
+@tensorflow_only
 def test_demo_without_matplotlib_still_trains_and_says_how_to_get_plots(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if not installed
     code, out, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"), "--epochs", "1")
@@ -334,6 +336,7 @@ def test_demo_rejects_bad_epochs(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@tensorflow_only
 def test_full_demo_as_python_m_keras_best(tmp_path):
     """The README's demo, end to end in a fresh process: early stops, plots, under 2 minutes."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -369,8 +372,8 @@ def test_readme_commands_and_cited_tests_exist():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, "README.md")) as f:
         readme = f.read()
-    assert 'python -m pip install -e ".[demo]" && keras-best demo' in readme
-    assert 'python -m pip install -e ".[test]" && python -m pytest -n 2' in readme
+    assert 'python -m pip install -e ".[tensorflow,demo]" && keras-best demo' in readme
+    assert 'python -m pip install -e ".[tensorflow,test]" && python -m pytest -n 2' in readme
     # Every test the claims table names exists (a renamed test must update the README).
     table = readme.split("## What it adds to")[1].split("\n## ")[0]
     cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`|`(test_\w+)`", table)

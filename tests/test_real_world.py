@@ -43,15 +43,15 @@ def test_a_second_tracker_in_the_process_takes_over_after_the_first_ones_writes(
     first.update(0, {"val_loss": 1.0})
     first.flush()
     gate, started = threading.Event(), threading.Event()
-    real = files.write_new_file
+    real = files.write_h5
 
-    def slow(path, data):  # a slow disk for the first tracker's next file
+    def slow(path, fill):  # a slow disk for the first tracker's next file
         if path.endswith("e2.weights.h5"):
             started.set()
             assert gate.wait(60)
-        real(path, data)
+        real(path, fill)
 
-    monkeypatch.setattr(files, "write_new_file", slow)
+    monkeypatch.setattr(files, "write_h5", slow)
     perturb(model, 1)
     weights = model.get_weights()
     first.update(1, {"val_loss": 0.5})  # written in the background, blocked
@@ -137,7 +137,7 @@ def test_run_with_one_shot_generators_stops_with_a_clear_error(tmp_path):
         pass
 
     def val_step(batch):
-        val_loss.update_state(float(np.mean(model(batch))) ** 2)
+        val_loss.update_state(keras.ops.mean(model(batch)) ** 2)
 
     with pytest.raises(ValueError, match=r"Epoch 2 saw no training batches: `training_data` gave nothing "
                                          r"\(a generator or iterator can be read only once\)"):
