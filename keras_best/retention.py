@@ -79,29 +79,6 @@ def ranked(records: Iterable[Record], mode: str | Sequence[str]) -> list[Record]
     return sorted(records, key=sort_key(mode))
 
 
-def admits(
-    kept: Sequence[Record],
-    value: float,
-    keep_top_k: int,
-    mode: str | Sequence[str],
-    ties: Sequence[float] = (),
-    feasible: bool = True,
-    pinned: tuple[int, int | None] | None = None,
-) -> bool:
-    """Would a new record with this score enter the best `keep_top_k` of `kept`?
-
-    Only a feasible score with a finite value can; it must rank strictly
-    above the k-th kept record (an equal score does not enter), the `pinned`
-    record (see `retain`) holding its place whatever its rank.
-    """
-    if not Score(value, tuple(ties), feasible).eligible:
-        return False
-    epoch = max((r.epoch for r in kept), default=-1) + 1  # latest: loses exact ties
-    new = Record(epoch, value, path="\0candidate", ties=tuple(ties), feasible=feasible)  # no file has that name
-    _, evicted, _ = retain(kept, new, keep_top_k, mode, pinned)
-    return all(r is not new for r in evicted)
-
-
 def retain(
     kept: Sequence[Record],
     new: Record,
@@ -137,24 +114,3 @@ def retain(
 
 def _is(record: Record, pinned: tuple[int, int | None] | None) -> bool:
     return pinned is not None and (record.epoch, record.step) == tuple(pinned)
-
-
-def best_record(
-    records: Iterable[Record], mode: str | Sequence[str], pinned: tuple[int, int | None] | None
-) -> Record | None:
-    """The run's best file: the `pinned` record when it is kept, else `best_of`.
-
-    `restore_best_weights`, `best_path`, the manifest and `load_best` all name
-    this one record, so they always agree.
-    """
-    records = list(records)
-    for r in records:
-        if _is(r, pinned):
-            return r
-    return best_of(records, mode)
-
-
-def best_of(records: Iterable[Record], mode: str | Sequence[str]) -> Record | None:
-    """The best feasible record (`None` if there is none)."""
-    order = [r for r in ranked(records, mode) if r.feasible]
-    return order[0] if order else None

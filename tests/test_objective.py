@@ -10,7 +10,7 @@ import pytest
 
 from keras_best.monitor import Monitor
 from keras_best.objective import OPS, Objective, Score, beats, compare_ties, rank_key
-from keras_best.retention import Record, admits, best_of, ranked, retain
+from keras_best.retention import Record, ranked, retain
 
 NAN, INF = math.nan, math.inf
 LEX = ("min", "max")  # monitor=["val_loss", "val_acc"]
@@ -264,18 +264,18 @@ def test_top_k_with_tie_breaks_and_constraints():
     kept = []
     admitted = []
     for epoch, (loss, acc, feasible) in enumerate(rows):
-        admitted.append(admits(kept, loss, 2, modes, (acc,), feasible))
+        new = Record(epoch, loss, f"e{epoch}", ties=(acc,), feasible=feasible)
+        after, evicted, _ = retain(kept, new, 2, modes)
+        admitted.append(new.score.eligible and all(r is not new for r in evicted))
         if admitted[-1]:
-            kept, _, _ = retain(kept, Record(epoch, loss, f"e{epoch}", ties=(acc,), feasible=feasible), 2, modes)
+            kept = after
     assert admitted == [True, True, False, False, True]
     assert [r.path for r in ranked(kept, modes)] == ["e1", "e4"]
 
 
-def test_best_of_skips_infeasible_records():
+def test_infeasible_records_rank_last():
     records = [Record(0, 0.1, "a", feasible=False), Record(1, 0.5, "b")]
-    assert best_of(records, "min").path == "b"
-    assert ranked(records, "min")[-1].path == "a"
-    assert best_of([Record(0, 0.1, "a", feasible=False)], "min") is None
+    assert [r.path for r in ranked(records, "min")] == ["b", "a"]
 
 
 def test_record_json_with_ties_round_trips_and_old_records_read():

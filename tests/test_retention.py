@@ -6,7 +6,10 @@ import math
 
 import pytest
 
-from keras_best.retention import Record, admits, best_of, best_record, ranked, retain
+from keras_best.objective import Objective, Score
+from keras_best.options import Options
+from keras_best.policy import Policy, RunState
+from keras_best.retention import Record, ranked, retain
 
 
 def _feed(values, keep_top_k, mode, paths=None):
@@ -86,16 +89,20 @@ def test_retain_does_not_mutate_its_input():
         ([], -math.inf, 3, "min", False),
     ],
 )
-def test_admits(kept_values, value, k, mode, expected):
-    kept = [Record(i, v, f"e{i}") for i, v in enumerate(kept_values)]
-    assert admits(kept, value, k, mode) is expected
+def test_admission_to_the_top_k(kept_values, value, k, mode, expected):
+    # The policy's rule: each of `kept_values` entered in turn, does `value` enter?
+    policy = Policy(Options(monitor="m", mode=mode, keep_top_k=k), Objective("m", mode))
+    state = RunState()
+    for epoch, v in enumerate([*kept_values, value]):
+        plan = policy.plan(state, epoch, None, Score(v), {"m": v}, lambda version, e=epoch: f"e{e}-{version}")
+        state = plan.state
+    assert (plan.save_as is not None) is expected
 
 
-def test_best_of():
+def test_ranked_puts_equal_scores_in_epoch_order():
     records = [Record(0, 0.5, "a"), Record(1, 0.2, "b"), Record(2, 0.2, "c")]
-    assert best_of(records, "min").path == "b"
-    assert best_of(records, "max").path == "a"
-    assert best_of([], "min") is None
+    assert [r.path for r in ranked(records, "min")] == ["b", "c", "a"]
+    assert ranked(records, "max")[0].path == "a"
 
 
 def test_record_json_round_trip():
@@ -122,21 +129,20 @@ def test_non_finite_records_rank_last(mode):
     for shift in range(len(records)):
         order = [r.path for r in ranked(records[shift:] + records[:shift], mode)]
         assert order == finite + ["a", "c", "e"]
-    assert best_of(records, mode).path == finite[0]
+    assert ranked(records, mode)[0].path == finite[0]
     kept, evicted, _ = retain(records[:2], Record(5, 0.75, "f"), 2, mode)
     assert sorted(r.path for r in kept) == ["b", "f"] and [r.path for r in evicted] == ["a"]
 
 
-def test_pinned_record_is_never_evicted_and_is_the_best():
+def test_pinned_record_is_never_evicted():
     # Epoch 0 is the engine's best (later values are within min_delta of it).
     a, b, c = Record(0, 1.0, "a"), Record(1, 0.98, "b"), Record(2, 0.97, "c")
     kept, evicted, _ = retain([a, b], c, 2, "min", pinned=(0, None))
     assert [r.path for r in kept] == ["a", "c"] and [r.path for r in evicted] == ["b"]
-    assert best_record(kept, "min", (0, None)) is a
-    assert best_of(kept, "min") is c  # by raw value alone
-    assert best_record(kept, "min", (7, None)) is c  # pinned record not kept: raw best
-    # admits() agrees with retain(): with the pinned one holding a place,
-    # only a value better than the other kept record enters.
-    assert admits([a, c], 0.96, 2, "min", pinned=(0, None))
-    assert not admits([a, c], 0.975, 2, "min", pinned=(0, None))
-    assert admits([a, c], 0.975, 3, "min", pinned=(0, None))
+    assert ranked(kept, "min")[0] is c  # by raw value alone; the run's best stays `a` (see test_policy)
+    # With the pinned one holding a place, only a value better than the other
+    # kept record enters.
+    for k, enters in ((2, False), (3, True)):
+        new = Record(3, 0.975, "d")
+        _, evicted, _ = retain([a, c], new, k, "min", pinned=(0, None))
+        assert (new not in evicted) is enters
