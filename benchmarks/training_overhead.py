@@ -114,9 +114,9 @@ def main() -> None:
     train, val = data()
     root = tempfile.mkdtemp(prefix="kb-overhead-")
     model = build(args.dense)
-    mb = sum(v.numpy().nbytes for v in model.weights) / 1e6
+    mb = sum(np.dtype(v.dtype).itemsize * int(np.prod(v.shape)) for v in model.weights) / 1e6
     print(f"keras-best training overhead | {platform.machine()} {os.cpu_count()} CPUs | Keras {keras.__version__} "
-          f"| CNN on sklearn digits, {len(train[0])} train / {len(val[0])} val, {args.epochs} epochs, "
+          f"| backend {keras.backend.backend()} | CNN on sklearn digits, {len(train[0])} train / {len(val[0])} val, {args.epochs} epochs, "
           f"{mb:.1f} MB of weights (file with Adam slots: ~{3 * mb:.0f} MB) | {args.rounds} rounds, medians",
           flush=True)
     times: dict[str, list[float]] = {k: [] for k in KINDS}
