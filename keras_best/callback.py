@@ -150,11 +150,9 @@ class BestCheckpoint(keras.callbacks.Callback):
         if not missing or not self.tracker.options.needs_monitor:
             return logs
         if missing[0].startswith("val_") and not any(k.startswith("val_") for k in logs):
-            raise ValueError(
-                f"BestCheckpoint monitors {missing[0]!r}, but the fit() logs hold no validation metrics "
-                f"(they hold {sorted(logs)}). Pass validation_data= or validation_split= to fit(), or "
-                f"monitor a training metric, e.g. monitor={missing[0][4:]!r}."
-            )
+            # No validation in these logs (validation_freq, save_freq=N batches, or none at all): the
+            # update is recorded and decides nothing; finish() warns if validation never came.
+            return logs
         raise ValueError(
             f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
             "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."

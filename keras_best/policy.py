@@ -125,12 +125,15 @@ class Policy:
         state: RunState,
         epoch: int,
         step: int | None,
-        score: Score,
+        score: Score | None,
         values: Mapping[str, float],
         name: Callable[[int], str],
     ) -> Plan:
         """Decide one update. `name(version)` gives the file name to save as
-        (version 0, or `-vN` when that name is a kept file of another epoch)."""
+        (version 0, or `-vN` when that name is a kept file of another epoch).
+        `score=None` is an update without validation values (e.g. `fit()`
+        with `validation_freq`): recorded, the training state written if asked,
+        but no best decision and no patience counted."""
         position = (epoch, step)
         if state.at is not None and _order(position) <= _order(state.at):
             raise ValueError(
@@ -139,9 +142,14 @@ class Policy:
                 "order (after resume=True, start at tracker.initial_epoch)."
             )
         engine = self.engine(state)
-        decision = engine.step(epoch, score)
-        best_at = position if decision.improved else state.best_at
-        kept, save_as, evict = self._retain(state, engine, decision, score, values, position, best_at, name)
+        if score is None:  # no validation values in this update: nothing decided, patience untouched
+            decision = Decision(epoch=epoch, value=math.nan, improved=False, best=engine.best,
+                                best_epoch=engine.best_epoch, wait=engine.wait)
+            best_at, kept, save_as, evict = state.best_at, state.kept, None, ()
+        else:
+            decision = engine.step(epoch, score)
+            best_at = position if decision.improved else state.best_at
+            kept, save_as, evict = self._retain(state, engine, decision, score, values, position, best_at, name)
         o = self.options
         last = {"path": files.LAST_NAME, "epoch": epoch, "step": step} if o.keeps_state else state.last
         stopped = state.stopped
@@ -150,13 +158,14 @@ class Policy:
         entry = {
             "epoch": epoch,
             "step": step,
-            "value": score.primary,
+            "value": decision.value,
             "improved": decision.improved,
             "saved": save_as,
             "wait": decision.wait,
             "metrics": dict(values),
-            **({"ties": list(score.ties)} if score.ties else {}),
-            **({} if score.feasible else {"feasible": False}),
+            **({"validated": False} if score is None else {}),
+            **({"ties": list(score.ties)} if score is not None and score.ties else {}),
+            **({} if score is None or score.feasible else {"feasible": False}),
         }
         return Plan(
             decision=dataclasses.replace(decision, saved_path=save_as, evicted=evict),

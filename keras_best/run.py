@@ -183,7 +183,7 @@ class Run:
 
     # ------------------------------------------------------------- update
     def update(self, model: Any, optimizer: Any, epoch: int, step: int | None,
-               values: Mapping[str, float], score: Score) -> Plan:
+               values: Mapping[str, float], score: Score | None) -> Plan:
         """Plan one update with the policy and carry it out; return the plan."""
         if not model.built or not model.weights:
             raise ValueError(

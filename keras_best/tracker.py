@@ -198,13 +198,16 @@ class BestWeightsTracker:
         epoch = integer("epoch", epoch, 0, allow_none=False)
         step = integer("step", step, 0)
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
-        self._check_keys(metrics, values, step)
+        validated = self._validated(values)
+        if validated:
+            self._check_keys(metrics, values, step)
         previous_best = self.best
-        plan = self._run.update(self.model, self.optimizer, epoch, step, values, self.objective.score(values))
+        plan = self._run.update(self.model, self.optimizer, epoch, step, values,
+                                self.objective.score(values) if validated else None)
         shown = self.path.shown
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and shown(plan.save_as),
                                        evicted=tuple(shown(p) for p in plan.evict))
-        if self._run.chief:  # workers decide alike; the chief saves and speaks
+        if self._run.chief and validated:  # workers decide alike; the chief saves and speaks
             try:
                 self._reporter.report(decision, previous_best, self.verbose)
             except Exception as e:  # noqa: BLE001 - the save is committed: never undo it for a print
@@ -218,6 +221,12 @@ class BestWeightsTracker:
         A background write that failed raises `SaveError` here, after the
         best weights that are on disk were restored (if asked).
         """
+        if self.history and not any(h.get("validated", True) for h in self.history):
+            warnings.warn(
+                f"The monitored {self.objective.name!r} was never among the metrics: no update held "
+                "validation values, so no best was chosen or saved. Give validation data (in fit(): "
+                "validation_data= or validation_split=, and check validation_freq), or monitor a "
+                "training metric.", stacklevel=2)
         self._run.finish(self.model)
 
     def flush(self) -> None:
@@ -275,6 +284,16 @@ class BestWeightsTracker:
         self._run.adopt(RunRecord.from_json({"format": "keras_best", "version": 1, **data}, "state_dict"))
 
     # ------------------------------------------------------------- internal
+    def _validated(self, values: Mapping[str, float]) -> bool:
+        """False for an update without any validation value while the monitor
+        names only validation metrics (`fit(validation_freq=k)`, `save_freq=N`
+        batches): it is recorded, but decides nothing."""
+        names = self.objective.names
+        if not self.options.needs_monitor or not names or not all(n.startswith("val_") for n in names) or any(
+                n in values for n in names):
+            return True  # (without a needed monitor, every update is saved, as ModelCheckpoint does)
+        return any(k.startswith("val_") for k in values)
+
     def _check_keys(self, metrics: Mapping[str, Any], values: Mapping[str, float], step: int | None) -> None:
         # The keys are checked at every update (a key missing later must not
         # silently read as NaN); the mode once.

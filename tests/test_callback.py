@@ -395,18 +395,37 @@ def test_tracker_options_are_checked_at_construction(tmp_path, kwargs, match):
     assert os.listdir(tmp_path) == []
 
 
-def test_monitored_key_missing_from_fit_logs(tmp_path, fit_data):
+def test_fit_without_validation_data_records_every_epoch_and_warns_at_the_end(tmp_path, fit_data):
     x, y, _, _ = fit_data
     model = _compiled()
     cb = BestCheckpoint(str(tmp_path / "b.keras"), monitor="val_loss", save_best_only=True)
-    with pytest.raises(
-        ValueError,
-        match=r"BestCheckpoint monitors 'val_loss', but the fit\(\) logs hold no validation metrics \(they "
-        r"hold \['loss'\]\). Pass validation_data= or validation_split= to fit\(\), or monitor a training "
-        r"metric, e.g. monitor='loss'",
-    ):
-        model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[cb])
-    assert _files(tmp_path) == []
+    with pytest.warns(UserWarning, match=r"The monitored 'val_loss' was never among the metrics: no update "
+                                         r"held validation values.*validation_data= or validation_split="):
+        model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
+    assert _files(tmp_path) == [] and cb.best is None
+    assert [(h["epoch"], h.get("validated")) for h in cb.tracker.history] == [(0, False), (1, False)]
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_fit_with_validation_freq_decides_only_at_validated_epochs(tmp_path, fit_data, async_save):
+    # keras issue 16734, tensorflow 33163/44107/41632: ModelCheckpoint + validation_freq.
+    x, y, vx, vy = fit_data
+    model = _compiled()
+    cb = BestCheckpoint(str(tmp_path / "e{epoch}.weights.h5"), monitor="val_loss", save_best_only=True,
+                        keep_top_k=None, patience=2, resume=True, async_save=async_save)
+    history = model.fit(x, y, validation_data=(vx, vy), validation_freq=2, epochs=6, batch_size=16,
+                        verbose=0, callbacks=[cb]).history
+    entries = cb.tracker.history
+    assert [h["epoch"] for h in entries] == list(range(len(history["loss"])))
+    validated = [h["epoch"] for h in entries if h.get("validated", True)]
+    assert validated == [e for e in range(len(entries)) if (e + 1) % 2 == 0]
+    assert all(not h["improved"] and h["saved"] is None for h in entries if not h.get("validated", True))
+    # Unvalidated epochs do not count towards patience: the counter moves at validated ones only.
+    waits = [h["wait"] for h in entries if h.get("validated", True)]
+    assert waits[0] == 0 and all(b - a <= 1 for a, b in zip(waits, waits[1:]))
+    best = min((h for h in entries if h.get("validated", True)), key=lambda h: h["value"])
+    assert (cb.tracker.best_epoch, cb.best) == (best["epoch"], best["value"])
+    assert run_json(tmp_path)["last"]["epoch"] == len(entries) - 1  # the state is written every epoch
 
 
 def test_a_monitor_typo_in_fit_names_the_logs(tmp_path, fit_data):

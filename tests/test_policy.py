@@ -118,6 +118,19 @@ def test_a_resumed_state_accepts_any_next_update():
     assert [r.epoch for r in sim.state.kept] == [3] and sim.best == 0.4
 
 
+def test_an_update_without_validation_decides_nothing_and_counts_no_patience():
+    sim = Sim(patience=1, save_last=True)
+    sim.update(0, 0.5)
+    values = {"loss": 0.3}
+    plan = sim.policy.plan(sim.state, 1, None, None, values, lambda v: f"x{v}")
+    assert (plan.decision.improved, plan.save_as, plan.decision.should_stop, plan.write_state) == (
+        False, None, False, True)
+    assert plan.entry["validated"] is False and math.isnan(plan.entry["value"])
+    assert plan.state.engine == sim.state.engine and plan.state.last["epoch"] == 1
+    sim.state = plan.state
+    assert sim.update(2, 0.6).decision.should_stop  # the first epoch without improvement since 0
+
+
 @pytest.mark.parametrize("value", [0, np.False_, np.int64(0), False])
 def test_falsy_save_best_only_means_false(value):
     assert Options(save_best_only=value).save_best_only is False
