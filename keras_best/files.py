@@ -7,10 +7,12 @@ Everything that touches the run directory goes through here, so the rules
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
 import shutil
+import stat
 import tempfile
 import uuid
 from typing import Callable, Iterator
@@ -306,6 +308,25 @@ def load_weights(model: object, path: str, hint: str = "") -> None:
         raise DamagedFileError(
             f"Cannot read {path}: the file is damaged or incomplete ({str(e)[:200]}).{hint}"
         ) from e
+
+
+def open_own_file(path: str, flags: int) -> int:
+    """`os.open(path, flags | O_CREAT)` for a file keras-best rewrites in place
+    (the lock, the history): never through a symlink, and never a file that is
+    not a plain file of its own (a hard link would change the file elsewhere)."""
+    try:
+        fd = os.open(path, flags | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise OSError(e.errno, f"{path} is a symbolic link; keras-best does not follow it (it would "
+                                   "overwrite the file it points to). Remove it, then start again.") from None
+        raise
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+        os.close(fd)
+        raise OSError(errno.EPERM, f"{path} is not a plain file of its own (it has {info.st_nlink} links); "
+                                   "keras-best does not write through it. Remove it, then start again.")
+    return fd
 
 
 def write_new_file(path: str, data: bytes | memoryview) -> None:

@@ -6,14 +6,12 @@ never leaves a stale lock behind.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
-import stat
 from typing import Callable
 
-from keras_best.files import LOCK_NAME
+from keras_best.files import LOCK_NAME, open_own_file
 
 try:
     import fcntl
@@ -73,7 +71,7 @@ class DirectoryLock:
             self._fd, other._fd, other.stolen = other._fd, None, True
             _HELD[key] = self
             return
-        fd = _open_lock_file(self.path)
+        fd = open_own_file(self.path, os.O_RDWR)  # its content is rewritten
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -115,24 +113,6 @@ class DirectoryLock:
             self.release()
         except Exception:  # noqa: BLE001
             pass
-
-
-def _open_lock_file(path: str) -> int:
-    """Open (or create) the lock file, never through a symlink and never a file
-    linked from elsewhere: its content is rewritten."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
-    except OSError as e:
-        if os.path.islink(path):
-            raise OSError(e.errno, f"{path} is a symbolic link; keras-best does not follow it (it would "
-                                   "overwrite the file it points to). Remove it, then start again.") from None
-        raise
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
-        os.close(fd)
-        raise OSError(errno.EPERM, f"{path} is not a plain file of its own (it has {info.st_nlink} links); "
-                                   "keras-best does not write through it. Remove it, then start again.")
-    return fd
 
 
 def _read_holder(fd: int) -> str:

@@ -31,7 +31,6 @@ is still read.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import json
 import math
 import os
@@ -264,13 +263,9 @@ def append_history(directory: str, offset: int, data: bytes, head: Callable[[], 
         old = files.read_bytes(path)[:offset] if offset and files.exists(path) else b""
         files.write_bytes_atomic(path, (old if len(old) == offset else head()) + data)
         return
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = files.open_own_file(path, os.O_WRONLY)
     try:
-        info = os.fstat(fd)
-        if info.st_nlink > 1:  # a hard link from elsewhere: writing would change that file
-            raise OSError(errno.EPERM, f"{path} is linked from elsewhere ({info.st_nlink} links); "
-                                       "keras-best does not write through it. Remove it.")
-        size = info.st_size
+        size = os.fstat(fd).st_size
         if size < offset:
             data, offset = head() + data, 0
         if size != offset:

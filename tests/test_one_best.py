@@ -233,6 +233,18 @@ def test_a_symlinked_history_file_is_not_followed(tmp_path, model):
     assert victim.read_text() == "precious"
 
 
+def test_a_hard_linked_history_file_is_not_written_through(tmp_path, model):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run = tmp_path / "run"
+    run.mkdir()
+    os.link(victim, run / "keras_best_history.jsonl")
+    tracker = BestWeightsTracker(model, str(run / "b.weights.h5"), verbose=0, async_save=False)
+    with pytest.raises(OSError, match=r"keras_best_history\.jsonl is not a plain file of its own \(it has 2 links\)"):
+        tracker.update(0, {"val_loss": 0.5})
+    assert victim.read_text() == "precious"
+
+
 # ---------------------------------------------------------- append-only history
 def test_the_record_stays_small_and_the_history_is_appended(tmp_path, model):
     tracker = BestWeightsTracker(model, str(tmp_path / "b.weights.h5"), verbose=0, async_save=False)
