@@ -328,7 +328,7 @@ class Run:
                 "the directory, then call update() again or resume with resume=True.")
 
     # ---------------------------------------------------------------- end
-    def finish(self, model: Any, release: bool = True) -> None:
+    def finish(self, model: Any) -> None:
         """Wait for writes; export and restore if asked; release the lock."""
         error = None
         try:
@@ -341,7 +341,7 @@ class Run:
             self.writer.close()
             error = error or self.take_write_error()
         finally:
-            if release and self.lock is not None:
+            if self.lock is not None:
                 self.lock.release()
         if error is not None:
             raise error from error.__cause__
