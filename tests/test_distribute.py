@@ -10,11 +10,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 
 import keras
 import numpy as np
@@ -24,9 +21,8 @@ import tensorflow as tf
 from keras_best import BestCheckpoint, BestWeightsTracker, distribute, load_best, manifest
 from keras_best.lock import LOCK_NAME
 from tests.conftest import make_model, perturb, run_json, weights_equal
+from tests.processes import ROOT, WORKERS, free_ports, run_all
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKERS = os.path.join(ROOT, "tests", "workers")
 TIMEOUT = 240  # seconds for a whole subprocess group; they take ~10-30 s
 
 
@@ -181,43 +177,8 @@ def test_load_weights_in_one_process_is_keras_load_weights(tmp_path, model):
 
 
 # ------------------------------------------------------------- real strategies
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("localhost", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def _run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | list[dict[str, str]],
-             cwd: str = ROOT):
-    """Run the commands at once; kill them all when TIMEOUT passes. Returns the
-    exit codes and the wall time."""
-    envs = env if isinstance(env, list) else [env] * len(commands)
-    start = time.monotonic()
-    procs = []
-    for cmd, log, e in zip(commands, logs, envs):
-        with open(log, "w") as f:
-            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=e, cwd=cwd))
-    try:
-        for p in procs:
-            p.wait(timeout=max(1.0, TIMEOUT - (time.monotonic() - start)))
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        timed_out = [p for p in procs if p.poll() is None]
-        for p in timed_out:
-            p.kill()
-        for p in procs:
-            p.wait()
-    tails = "\n".join(f"--- {log}\n" + open(log).read()[-3000:] for log in logs)
-    assert not timed_out, f"killed after {TIMEOUT} s (a worker hung):\n{tails}"
-    codes = [p.returncode for p in procs]
-    assert codes == [0] * len(procs), f"exit codes {codes}:\n{tails}"
-    return time.monotonic() - start
+def _run(commands: list[list[str]], logs: list[str], env, cwd: str = ROOT) -> float:
+    return run_all(commands, logs, env, TIMEOUT, cwd)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -240,7 +201,7 @@ def test_mirrored_strategy_on_two_devices(tmp_path):
 
     run, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
-    seconds = _run_all([[sys.executable, os.path.join(WORKERS, "mirrored_worker.py"), str(run), str(out)]],
+    seconds = _run([[sys.executable, os.path.join(WORKERS, "mirrored_worker.py"), str(run), str(out)]],
                        [str(tmp_path / "mirrored.log")], _env())
     result = json.loads((out / "mirrored.json").read_text())
     print(f"MirroredStrategy, 2 logical CPUs: {seconds:.1f} s wall")
@@ -273,12 +234,12 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
 
     run, out = tmp_path / "run", tmp_path / "out"
     out.mkdir()
-    ports = ",".join(map(str, _free_ports(2)))
+    ports = ",".join(map(str, free_ports(2)))
     scratch = [tmp_path / "tmp0", tmp_path / "tmp1"]  # each worker's TMPDIR
     for s in scratch:
         s.mkdir()
     script = os.path.join(WORKERS, "multiworker_worker.py")
-    seconds = _run_all(
+    seconds = _run(
         [[sys.executable, script, str(i), ports, str(run), str(out)] for i in (0, 1)],
         [str(tmp_path / f"worker{i}.log") for i in (0, 1)],
         [_env(TMPDIR=str(s)) for s in scratch],
@@ -359,17 +320,17 @@ def test_readme_distributed_example_runs_as_written(tmp_path):
 
     one = tmp_path / "one"
     one.mkdir()
-    _run_all([[sys.executable, str(script)]], [str(tmp_path / "one.log")], _env(), cwd=str(one))
+    _run([[sys.executable, str(script)]], [str(tmp_path / "one.log")], _env(), cwd=str(one))
     assert re.search(pattern, (tmp_path / "one.log").read_text())
     assert load_best(_readme_model(), str(one / "runs" / "dist")).path.endswith("best.weights.h5")
 
     two = tmp_path / "two"
     two.mkdir()
-    workers = json.dumps([f"localhost:{p}" for p in _free_ports(2)])
+    workers = json.dumps([f"localhost:{p}" for p in free_ports(2)])
     envs = [_env(TF_CONFIG=json.dumps({"cluster": {"worker": json.loads(workers)},
                                        "task": {"type": "worker", "index": i}})) for i in (0, 1)]
     logs = [str(tmp_path / f"worker{i}.log") for i in (0, 1)]
-    seconds = _run_all([[sys.executable, str(script)]] * 2, logs, envs, cwd=str(two))
+    seconds = _run([[sys.executable, str(script)]] * 2, logs, envs, cwd=str(two))
     print(f"README train_dist.py, 2 workers: {seconds:.1f} s")
     found = [re.search(pattern, open(log).read()) for log in logs]
     assert all(found) and found[0].groups() == found[1].groups()  # same stop, same best

@@ -12,6 +12,7 @@ import textwrap
 import pytest
 
 from keras_best import BestWeightsTracker, RunDirectoryLocked
+from tests.conftest import BACKEND
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,6 +70,8 @@ def test_lock_is_released_by_finish_and_taken_again_by_update(tmp_path, model):
     assert tracker._run.lock.held
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TF_CONFIG names the chief on the TensorFlow backend "
+                    "only (torch and JAX: tests/test_distribute_backends.py)")
 def test_non_chief_worker_takes_no_lock(tmp_path, model, monkeypatch):
     monkeypatch.setenv(
         "TF_CONFIG",

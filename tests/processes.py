@@ -1,0 +1,51 @@
+"""Run groups of real worker processes on localhost (the distributed tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKERS = os.path.join(ROOT, "tests", "workers")
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` localhost ports free right now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("localhost", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | list[dict[str, str]],
+            timeout: float, cwd: str = ROOT) -> float:
+    """Run the commands at once; kill them all when `timeout` seconds pass.
+    Asserts that none hung and all exited with 0; returns the wall time."""
+    envs = env if isinstance(env, list) else [env] * len(commands)
+    start = time.monotonic()
+    procs = []
+    for cmd, log, e in zip(commands, logs, envs):
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=e, cwd=cwd))
+    try:
+        for p in procs:
+            p.wait(timeout=max(1.0, timeout - (time.monotonic() - start)))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        timed_out = [p for p in procs if p.poll() is None]
+        for p in timed_out:
+            p.kill()
+        for p in procs:
+            p.wait()
+    tails = "\n".join(f"--- {log}\n" + open(log).read()[-3000:] for log in logs)
+    assert not timed_out, f"killed after {timeout} s (a worker hung):\n{tails}"
+    codes = [p.returncode for p in procs]
+    assert codes == [0] * len(procs), f"exit codes {codes}:\n{tails}"
+    return time.monotonic() - start
