@@ -20,6 +20,9 @@ TENSORFLOW_ONLY = ["test_distribute.py", "test_metrics.py", "test_multi_metric.p
                    "test_optuna.py", "test_remote.py", "test_resume.py", "test_savers.py", "test_tracker.py",
                    "workers/mirrored_worker.py", "workers/multiworker_worker.py", "workers/optuna_worker.py"]
 collect_ignore = [] if BACKEND == "tensorflow" else TENSORFLOW_ONLY
+# Worker scripts that import their backend's own package (torch, jax).
+BACKEND_WORKERS = {"workers/torch_ddp_worker.py": "torch", "workers/jax_multiprocess_worker.py": "jax"}
+collect_ignore += [path for path, backend in BACKEND_WORKERS.items() if backend != BACKEND]
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow backend only (tf.GradientTape demo)")
 
 

@@ -1,4 +1,4 @@
-"""Run groups of real worker processes on localhost (the distributed tests)."""
+"""Run groups of real worker processes on localhost, and README scripts (the distributed tests)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,11 @@ def run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | li
     codes = [p.returncode for p in procs]
     assert codes == [0] * len(procs), f"exit codes {codes}:\n{tails}"
     return time.monotonic() - start
+
+
+def readme_script(after: str) -> str:
+    """The first ```python block of README.md after the line holding `after`."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        text = f.read()
+    start = text.index("```python\n", text.index(after)) + len("```python\n")
+    return text[start:text.index("```", start)]

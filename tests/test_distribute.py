@@ -21,7 +21,7 @@ import tensorflow as tf
 from keras_best import BestCheckpoint, BestWeightsTracker, distribute, load_best, manifest
 from keras_best.lock import LOCK_NAME
 from tests.conftest import make_model, perturb, run_json, weights_equal
-from tests.processes import ROOT, WORKERS, free_ports, run_all
+from tests.processes import ROOT, WORKERS, free_ports, readme_script, run_all
 
 TIMEOUT = 240  # seconds for a whole subprocess group; they take ~10-30 s
 
@@ -302,20 +302,12 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
 
 
 # ------------------------------------------------------------------- README
-def _readme_script(after: str) -> str:
-    """The first ```python block of README.md after the line holding `after`."""
-    with open(os.path.join(ROOT, "README.md")) as f:
-        text = f.read()
-    start = text.index("```python\n", text.index(after)) + len("```python\n")
-    return text[start:text.index("```", start)]
-
-
 @pytest.mark.slow
 def test_readme_distributed_example_runs_as_written(tmp_path):
     """README's train_dist.py, unchanged: one process (MirroredStrategy), then
     two MultiWorkerMirroredStrategy workers with TF_CONFIG as its bash block sets it."""
     script = tmp_path / "train_dist.py"
-    script.write_text(_readme_script("Save this as `train_dist.py`"))
+    script.write_text(readme_script("Save this as `train_dist.py`"))
     pattern = r"best epoch (\d+) val_loss (\S+)"
 
     one = tmp_path / "one"
