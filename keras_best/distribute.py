@@ -108,12 +108,6 @@ def _tf_config_is_chief(raw: str) -> bool:
     return False
 
 
-def _backend() -> str:
-    import keras
-
-    return keras.backend.backend()
-
-
 def _torch_distributed() -> Any:
     """`torch.distributed` when its default process group spans several
     processes, else None. Never imports torch: on the torch backend Keras has."""
@@ -128,16 +122,21 @@ def _jax_multiprocess() -> Any:
     """`jax` in a job of several processes, else None. Never imports jax, and
     asks it only once `jax.distributed` is initialised: before that, asking
     would start JAX's backend, and a later `jax.distributed.initialize()` would
-    fail."""
+    fail (jax releases without `is_initialized` are asked at once)."""
     jax = sys.modules.get("jax")
-    if jax is None or not jax.distributed.is_initialized():
+    if jax is None:
+        return None
+    initialized = getattr(jax.distributed, "is_initialized", None)
+    if initialized is not None and not initialized():
         return None
     return jax if jax.process_count() > 1 else None
 
 
 def on_tensorflow() -> bool:
     """Whether Keras runs on TensorFlow (read without importing TensorFlow)."""
-    return _backend() == "tensorflow"
+    import keras
+
+    return keras.backend.backend() == "tensorflow"
 
 
 def strategy_of(model: Any) -> Any:

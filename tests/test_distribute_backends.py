@@ -80,8 +80,12 @@ def test_process_zero_is_the_only_chief(job):
 
 
 def test_custom_loop_stops_at_the_same_epoch_everywhere(job):
-    loop = [x["loop"] for x in job.out]
+    own = np.array([x["loop"]["own"] for x in job.out])  # what each process read from its shard
+    loop = [{k: v for k, v in x["loop"].items() if k != "own"} for x in job.out]
     assert loop[0] == loop[1]  # same history, best and stop on both processes
+    decided = np.array([value for _, value in loop[0]["history"]])
+    assert not np.array_equal(own[0], own[1])
+    assert np.array_equal(decided, (own[0] + own[1]) / 2)  # their mean, exactly (float64 on the wire)
     assert loop[0]["stop_epoch"] == loop[0]["best_epoch"] + 2 < EPOCHS - 1  # patience 2, well before the end
     # Each process read the loss of its own shard: decided on their mean, with a warning on both.
     for x in job.out:

@@ -59,6 +59,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
         return keras.ops.mean((pred - by) ** 2)
 
     grad_fn = jax.jit(jax.value_and_grad(loss_of))
+    own: list[float] = []
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         for epoch in range(EPOCHS):
@@ -68,12 +69,13 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
                 _, grads = grad_fn(trainable, non_trainable, x[i:i + 32], y[i:i + 32])
                 optimizer.apply(grads, model.trainable_variables)
             val_loss = keras.ops.mean((model(vx) - vy) ** 2)  # this process's shard only
+            own.append(float(keras.ops.convert_to_numpy(val_loss)))
             if tracker.update(epoch, {"val_loss": val_loss}).should_stop:
                 break
         tracker.finish()
     caught += [str(m.message) for m in w if "differs by worker" in str(m.message)]
     out["loop"] = {"stop_epoch": epoch, "best_epoch": tracker.best_epoch, "best": tracker.best,
-                   "history": [(h["epoch"], h["value"]) for h in tracker.history]}
+                   "history": [(h["epoch"], h["value"]) for h in tracker.history], "own": own}
     np.savez(os.path.join(out_dir, f"process{index}.npz"), *model.get_weights())
 
     # 2. fit() with one model over both processes: Keras's DataParallel, each

@@ -54,6 +54,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
                                  patience=2, min_delta=0.05, restore_best_weights=True, verbose=1)
     out["chief"] = tracker._run.chief
     xt, yt, vxt, vyt = (torch.from_numpy(a) for a in (x, y, vx, vy))
+    own: list[float] = []
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         for epoch in range(EPOCHS):
@@ -64,12 +65,13 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
                 optimizer.step()
             with torch.no_grad():
                 val_loss = torch.nn.functional.mse_loss(model(vxt), vyt)  # this rank's shard only
+            own.append(float(keras.ops.convert_to_numpy(val_loss)))
             if tracker.update(epoch, {"val_loss": val_loss}).should_stop:
                 break
         tracker.finish()
     caught += [str(m.message) for m in w if "differs by worker" in str(m.message)]
     out["loop"] = {"stop_epoch": epoch, "best_epoch": tracker.best_epoch, "best": tracker.best,
-                   "history": [(h["epoch"], h["value"]) for h in tracker.history]}
+                   "history": [(h["epoch"], h["value"]) for h in tracker.history], "own": own}
     np.savez(os.path.join(out_dir, f"process{rank}.npz"), *model.get_weights())
 
     # 2. fit() on each rank's shard (no gradient sync: the ranks' models differ).
