@@ -74,11 +74,13 @@ def job(request, tmp_path_factory) -> Job:
     return Job(backend, run, results, logs, scratch, seconds)
 
 
+@pytest.mark.slow
 def test_process_zero_is_the_only_chief(job):
     assert [x["chief"] for x in job.out] == [True, False]
     assert [x["imported"] for x in job.out] == [[job.backend]] * 2  # never TensorFlow, nor the other backend
 
 
+@pytest.mark.slow
 def test_custom_loop_stops_at_the_same_epoch_everywhere(job):
     own = np.array([x["loop"]["own"] for x in job.out])  # what each process read from its shard
     loop = [{k: v for k, v in x["loop"].items() if k != "own"} for x in job.out]
@@ -96,6 +98,7 @@ def test_custom_loop_stops_at_the_same_epoch_everywhere(job):
         assert loop[0]["history"][0][1] == pytest.approx(mean, rel=1e-5)  # epoch 0 decided on the mean
 
 
+@pytest.mark.slow
 def test_only_the_chief_writes_and_speaks(job):
     assert sorted(os.listdir(job.run / "loop")) == sorted(RECORD + ["best.weights.h5"])
     assert sorted(os.listdir(job.run / "fit")) == sorted(RECORD + ["best.keras"])
@@ -108,6 +111,7 @@ def test_only_the_chief_writes_and_speaks(job):
     assert "Epoch " not in other
 
 
+@pytest.mark.slow
 def test_best_loads_with_stock_keras_loaders(job):
     loop = job.out[0]["loop"]
     record = run_json(job.run / "loop")
@@ -121,6 +125,7 @@ def test_best_loads_with_stock_keras_loaders(job):
     assert load_best(build_model(), str(job.run / "loop")).epoch == loop["best_epoch"]
 
 
+@pytest.mark.slow
 def test_fit_with_best_checkpoint(job):
     fit = [x["fit"] for x in job.out]
     assert fit[0]["epochs"] == fit[1]["epochs"] == fit[0]["best_epoch"] + 3 < EPOCHS  # patience 2
@@ -142,6 +147,7 @@ def test_fit_with_best_checkpoint(job):
                                                             strict=True))
 
 
+@pytest.mark.slow
 def test_different_epochs_raise_on_every_process(job):
     for x in job.out:
         assert "called update() with different arguments" in x["mismatch"]
@@ -149,6 +155,7 @@ def test_different_epochs_raise_on_every_process(job):
     assert os.listdir(job.run / "bad") == [LOCK_NAME]
 
 
+@pytest.mark.slow
 def test_two_chiefs_raise_on_every_process(job):
     hint = {"torch": "build the trackers after torch.distributed.init_process_group()",
             "jax": "build the trackers after jax.distributed.initialize()"}[job.backend]
