@@ -277,23 +277,26 @@ def filesystem(path: str) -> RemoteFS:
     `ValueError` that says what to install."""
     scheme = path.split("://", 1)[0]
     missing = None
-    if importlib.util.find_spec("fsspec") is not None:
+    has_fsspec = importlib.util.find_spec("fsspec") is not None
+    if has_fsspec:
         import fsspec
 
         try:
             fsspec.get_filesystem_class(scheme)
-            return FsspecFS(path)
         except ImportError as e:  # fsspec knows the scheme; its package is missing
             from fsspec.registry import known_implementations
 
-            package = known_implementations.get(scheme, {}).get("class", "").split(".")[0] or "its package"
-            missing = f"install {package} for {scheme}:// paths: pip install {package} ({e})"
+            package = known_implementations.get(scheme, {}).get("class", "").split(".")[0]
+            missing = (f"install {package} for {scheme}:// paths: pip install {package}"
+                       if package and package != "fsspec" else str(e))
         except ValueError:  # "Protocol not known"
             pass
+        else:
+            return FsspecFS(path)
     if _tensorflow_installed():
         return GfileFS()
     if missing:
         raise ValueError(f"fsspec knows {scheme}:// paths but cannot reach them here: {missing}. "
                          f"Received: {path}")
-    raise ValueError(f"No file system for '{scheme}://' paths is installed. {_HOW_TO_REACH} "
-                     f"Received: {path}")
+    why = ": fsspec does not know the scheme, and TensorFlow is not installed" if has_fsspec else " is installed"
+    raise ValueError(f"No file system for '{scheme}://' paths{why}. {_HOW_TO_REACH} Received: {path}")
