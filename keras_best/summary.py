@@ -1,8 +1,8 @@
 """A run at a glance: what `keras-best inspect` shows, as plain data.
 
 `summarize(directory)` reads `keras_best.json` (never writes, never imports
-TensorFlow but for a path only `tf.io.gfile` reaches, such as `ram://`) and returns a JSON-able dict; `format_table`
-turns it into aligned plain text. Epochs are 0-based in the dict, as in
+TensorFlow but for a path only `tf.io.gfile` reaches, such as `ram://`) and
+returns a JSON-able dict; `format_table` turns it into aligned plain text. Epochs are 0-based in the dict, as in
 `keras_best.json` and `load_best().epoch`, and 1-based in the table, as Keras
 prints them and as `{epoch}` in file names counts.
 """
