@@ -7,7 +7,7 @@ from typing import Any
 
 import keras
 
-from keras_best import savers
+from keras_best import files, savers
 from keras_best.monitor import Decision
 from keras_best.options import Options, flag
 from keras_best.paths import RunPath
@@ -64,7 +64,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         **options: Any,
     ) -> None:
         super().__init__()
-        filepath = os.fspath(filepath)
+        filepath = files.fspath(filepath)
         if save_freq != "epoch" and (not isinstance(save_freq, int) or isinstance(save_freq, bool) or save_freq < 1):
             raise ValueError(
                 f"Unrecognized save_freq: {save_freq}. "

@@ -197,13 +197,13 @@ def load_weights(model: Any, path: str, chief: bool) -> None:
     """
     if worker_count(strategy_of(model)) < 2:
         if chief:  # no collective ops to join: other workers have nothing to do
-            model.load_weights(path)
+            files.load_weights(model, path)
         return
     scratch = tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
     try:
         own = os.path.join(scratch, "current.weights.h5")
         model.save_weights(own)
-        model.load_weights(path if chief else own)
+        files.load_weights(model, path if chief else own)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -1,7 +1,10 @@
-"""Atomic file operations on local paths and on `tf.io.gfile` remote paths.
+"""Atomic file operations on local paths and on remote URLs.
 
 Everything that touches the run directory goes through here, so the rules
 (temp name in the same directory, flush + fsync, `os.replace`) live in one place.
+Remote paths go through `remote.filesystem`: fsspec (`gs://` with gcsfs,
+`s3://` with s3fs, `memory://`...) or, for schemes only TensorFlow knows
+(`ram://`), `tf.io.gfile`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import shutil
 import stat
 import tempfile
 import uuid
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
+
+from keras_best import remote
 
 TMP_PREFIX = ".kb-tmp-"
 COMPLETE_MARKER = ".kb-complete"
@@ -35,26 +40,34 @@ class DamagedFileError(ValueError):
 
 
 def is_remote(path: str) -> bool:
-    """True for `gs://`, `s3://`, `ram://`... (anything with a scheme but `file://`)."""
+    """True for `gs://`, `s3://`, `memory://`, `ram://`... (anything with a scheme
+    but `file://`, which `fspath` turns into a local path)."""
     return "://" in str(path) and not str(path).startswith("file://")
 
 
-def _gfile():
-    try:
-        import tensorflow as tf
-    except ImportError as e:
-        raise ValueError(
-            "Remote paths (gs://, s3://, ram://...) are reached through TensorFlow's tf.io.gfile, and "
-            "TensorFlow is not installed. Install it (pip install 'keras-best[tensorflow]'), or use a "
-            "local path."
-        ) from e
-    return tf.io.gfile
+def fspath(path: Any) -> str:
+    """`os.fspath(path)`, with a `file://` URL turned into its local path.
+
+    >>> fspath("file:///data/runs/exp1"), fspath("gs://bucket/exp1")
+    ('/data/runs/exp1', 'gs://bucket/exp1')
+    """
+    path = os.fspath(path)
+    if isinstance(path, str) and path.startswith("file://"):
+        local = path[len("file://"):]
+        local = local[len("localhost"):] if local.startswith("localhost/") else local
+        if not local.startswith("/"):
+            raise ValueError("A file:// URL names an absolute local path, as in file:///data/runs/exp1 "
+                             f"(three slashes). Received: {path}")
+        return local
+    return path
 
 
-def tf_errors():
-    import tensorflow as tf
-
-    return tf.errors
+@contextlib.contextmanager
+def _remote(path: str) -> Iterator[remote.RemoteFS]:
+    """The file system of the remote `path`, its errors turned into Python ones."""
+    fs = remote.filesystem(path)
+    with fs.errors(path):
+        yield fs
 
 
 def join(directory: str, name: str) -> str:
@@ -69,52 +82,48 @@ def basename(path: str) -> str:
 
 def exists(path: str) -> bool:
     if is_remote(path):
-        with _remote_errors(path):
-            return _gfile().exists(path)
+        with _remote(path) as fs:
+            return fs.exists(path)
     return os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
-    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+    if is_remote(path):
+        with _remote(path) as fs:
+            return fs.isdir(path)
+    return os.path.isdir(path)
 
 
 def makedirs(path: str) -> None:
     if is_remote(path):
-        with _remote_errors(path):
-            _gfile().makedirs(path)
+        with _remote(path) as fs:
+            fs.makedirs(path)
     else:
         os.makedirs(path, exist_ok=True)
 
 
-@contextlib.contextmanager
-def _remote_errors(path: str) -> Iterator[None]:
-    """TensorFlow's errors for a remote path, as Python ones that say what to do:
-    `ValueError` for a scheme TensorFlow cannot reach, `OSError` for the rest."""
-    import tensorflow as tf
-
-    try:
-        yield
-    except tf.errors.UnimplementedError as e:
-        scheme = str(path).split("://", 1)[0]
-        raise ValueError(
-            f"TensorFlow has no file system for '{scheme}://' paths ({e.message}). "
-            "gs:// and ram:// are built in; s3:// and hdfs:// need "
-            "`pip install tensorflow-io`, imported before use (`import tensorflow_io`). "
-            f"Received: {path}"
-        ) from None
-    except tf.errors.NotFoundError as e:
-        raise FileNotFoundError(f"{e.message or 'not found'} ({path})") from e
-    except tf.errors.PermissionDeniedError as e:
-        raise PermissionError(f"{e.message} ({path})") from e
-    except tf.errors.OpError as e:
-        raise OSError(f"{e.message} ({path})") from e
-
-
 def listdir(path: str) -> list[str]:
     if is_remote(path):
-        with _remote_errors(path):
-            return [n.rstrip("/") for n in _gfile().listdir(path)]
+        with _remote(path) as fs:
+            return fs.listdir(path)
     return os.listdir(path)
+
+
+def size(path: str) -> int:
+    """Bytes in a file or a directory tree (local links are not followed)."""
+    if is_remote(path):
+        with _remote(path) as fs:
+            if not fs.isdir(path):
+                return fs.size(path)
+            return sum(fs.size(_under(path, rel, n)) for rel, names in fs.walk(path) for n in names)
+    if os.path.isdir(path) and not os.path.islink(path):
+        return sum(os.lstat(os.path.join(root, f)).st_size for root, _, names in os.walk(path) for f in names)
+    return os.lstat(path).st_size
+
+
+def _under(top: str, rel: str, name: str = "") -> str:
+    """`top`/`rel`/`name` on a remote path, without empty parts."""
+    return "/".join(p for p in (top.rstrip("/"), rel, name) if p)
 
 
 def tmp_path(final_path: str) -> str:
@@ -204,79 +213,45 @@ def write_durably(path: str, write: Callable[[str], None]) -> None:
     try:
         local = os.path.join(local_dir, basename(path))
         write(local)
-        with _remote_errors(path):
-            _copy_to_remote(local, path)
+        with _remote(path) as fs:
+            _upload(fs, local, path)
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
-def _copy_to_remote(local: str, remote: str) -> None:
-    gfile = _gfile()
-    if os.path.isdir(local):
-        for root, _, names in os.walk(local):
-            rel = os.path.relpath(root, local)
-            target = remote if rel == "." else remote.rstrip("/") + "/" + rel.replace(os.sep, "/")
-            gfile.makedirs(target)
-            for n in names:
-                gfile.copy(os.path.join(root, n), target + "/" + n, overwrite=True)
-        # Written last: the directory is complete (see `_replace_remote_dir`).
-        with gfile.GFile(remote.rstrip("/") + "/" + COMPLETE_MARKER, "wb") as f:
-            f.write(b"1")  # not empty: ram:// does not keep empty files
-    else:
-        gfile.copy(local, remote, overwrite=True)
+def _upload(fs: remote.RemoteFS, local: str, path: str) -> None:
+    if not os.path.isdir(local):
+        fs.upload(local, path)
+        return
+    for root, _, names in os.walk(local):
+        rel = os.path.relpath(root, local)
+        target = _under(path, "" if rel == "." else rel.replace(os.sep, "/"))
+        fs.makedirs(target)
+        for n in names:
+            fs.upload(os.path.join(root, n), f"{target}/{n}")
+    # Written last: the directory is complete (see `_replace_remote_dir`).
+    fs.write(_under(path, COMPLETE_MARKER), remote.MARKER_DATA)
 
 
-def _replace_remote_dir(src: str, dst: str) -> None:
+def _replace_remote_dir(fs: remote.RemoteFS, src: str, dst: str) -> None:
     """Move the remote directory `src` over `dst`, safe to repeat after a crash.
 
-    `tf.io.gfile.rename` cannot be trusted with directories (on `ram://` it
-    drops their content; object stores have no directory rename), so the
-    files are copied. `src` holds `COMPLETE_MARKER` until the copy is
-    complete: a crash while copying leaves it, and the journal's roll-forward
-    copies again; a crash after leaves `src` without it, and only `src` is
-    removed.
+    Remote directories cannot be renamed (object stores have no directories;
+    `tf.io.gfile.rename` drops a `ram://` directory's content), so the files
+    are copied. `src` holds `COMPLETE_MARKER` until the copy is complete: a
+    crash while copying leaves it, and the journal's roll-forward copies
+    again; a crash after leaves `src` without it, and only `src` is removed.
     """
-    gfile = _gfile()
-    if gfile.exists(src + "/" + COMPLETE_MARKER):
-        _rmtree_remote(dst)
-        for root, _, names in gfile.walk(src):
-            target = dst + root[len(src):]
-            gfile.makedirs(target)
+    marker = _under(src, COMPLETE_MARKER)
+    if fs.exists(marker):
+        fs.rmtree(dst)
+        for rel, names in list(fs.walk(src)):
+            fs.makedirs(_under(dst, rel))
             for n in names:
-                if not (root == src and n == COMPLETE_MARKER):
-                    gfile.copy(root + "/" + n, target + "/" + n, overwrite=True)
-        gfile.remove(src + "/" + COMPLETE_MARKER)
-    _rmtree_remote(src)
-
-
-def _rmtree_remote(path: str) -> None:
-    """`tf.io.gfile.rmtree`, where nothing there is not an error.
-
-    On `ram://`, `exists`/`listdir` also match names that merely start with
-    `path` (`export-1` sees `export-10`'s content) and `rmtree` fails there
-    with NotFound: then finish by hand. Every name deleted here is `path` +
-    "/" + a child, so no other entry is touched.
-    """
-    gfile, not_found = _gfile(), tf_errors().NotFoundError
-    try:
-        gfile.rmtree(path)
-        return
-    except not_found:
-        pass
-    try:
-        tree = list(gfile.walk(path, topdown=False))
-    except not_found:
-        tree = []
-    for root, dirs, names in tree:
-        for name in names + dirs:
-            try:
-                gfile.remove(root + "/" + name)
-            except not_found:
-                pass
-    try:
-        gfile.remove(path)
-    except not_found:
-        pass
+                if rel or n != COMPLETE_MARKER:
+                    fs.copy(_under(src, rel, n), _under(dst, rel, n))
+        fs.remove(marker)
+    fs.rmtree(src)
 
 
 @contextlib.contextmanager
@@ -290,18 +265,20 @@ def local_copy(path: str) -> Iterator[str]:
     local_dir = tempfile.mkdtemp(prefix="keras_best-")
     try:
         local = os.path.join(local_dir, basename(path))
-        with _remote_errors(path):
-            _gfile().copy(path, local, overwrite=True)
+        with _remote(path) as fs:
+            fs.download(path, local)
         yield local
     finally:
         shutil.rmtree(local_dir, ignore_errors=True)
 
 
-def load_weights(model: object, path: str, hint: str = "") -> None:
-    """`model.load_weights(path)`, with a damaged file reported as
-    `DamagedFileError` naming it (and `hint`: what to do instead)."""
+def load_weights(model: Any, path: str, hint: str = "") -> None:
+    """`model.load_weights(path)` (from a local copy when `path` is remote),
+    with a damaged file reported as `DamagedFileError` naming it (and `hint`:
+    what to do instead)."""
     try:
-        model.load_weights(path)
+        with local_copy(path) as local:
+            model.load_weights(local)
     except FileNotFoundError:
         raise
     except (OSError, KeyError) as e:  # h5py: truncated or not HDF5; a missing group
@@ -441,8 +418,8 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
 def read_bytes(path: str) -> bytes:
     if is_remote(path):
-        with _remote_errors(path), _gfile().GFile(path, "rb") as f:
-            return f.read()
+        with _remote(path) as fs:
+            return fs.read(path)
     with open(path, "rb") as f:
         return f.read()
 
@@ -450,12 +427,11 @@ def read_bytes(path: str) -> bytes:
 def replace(src: str, dst: str) -> None:
     """Atomically move `src` over `dst` (a file, or a directory over a directory)."""
     if is_remote(src):
-        gfile = _gfile()
-        with _remote_errors(src):
-            if gfile.isdir(src):
-                _replace_remote_dir(src.rstrip("/"), dst.rstrip("/"))
+        with _remote(src) as fs:
+            if fs.isdir(src):
+                _replace_remote_dir(fs, src.rstrip("/"), dst.rstrip("/"))
             else:
-                gfile.rename(src, dst, overwrite=True)
+                fs.rename(src, dst)
         return
     if os.path.isdir(src) and os.path.isdir(dst):
         # os.replace cannot replace a non-empty directory: swap via a side name.
@@ -471,16 +447,15 @@ def replace(src: str, dst: str) -> None:
 def remove(path: str, missing_ok: bool = False) -> None:
     """Delete a file or a directory tree."""
     if is_remote(path):
-        gfile = _gfile()
-        with _remote_errors(path):
-            if not gfile.exists(path):
+        with _remote(path) as fs:
+            if not fs.exists(path):
                 if missing_ok:
                     return
                 raise FileNotFoundError(path)
-            if gfile.isdir(path):
-                _rmtree_remote(path)
+            if fs.isdir(path):
+                fs.rmtree(path)
             else:
-                gfile.remove(path)
+                fs.remove(path)
         return
     try:
         if os.path.isdir(path) and not os.path.islink(path):

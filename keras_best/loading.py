@@ -36,7 +36,7 @@ class BestRecord:
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
     """The run's best kept record, without loading anything."""
-    directory = os.fspath(directory)
+    directory = files.fspath(directory)
     record = manifest.read(directory)
     best = record.best
     if best is None:
@@ -71,7 +71,7 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
         print(rec.epoch, rec.value, rec.path)
     ```
     """
-    directory = os.fspath(directory)
+    directory = files.fspath(directory)
     data = manifest.read(directory)
     kept = list(data.kept)
     if not kept:
@@ -133,7 +133,7 @@ def load_best(
     Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
     holds no run, and `ValueError` when `model` has another architecture.
     """
-    directory = os.fspath(directory)
+    directory = files.fspath(directory)
     data = manifest.read(directory)
 
     def choose() -> BestRecord:
@@ -152,8 +152,8 @@ def load_best(
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
     try:
-        model.load_weights(savers.weights_file(record.path, fmt))
-    except (FileNotFoundError, OSError, KeyError):
+        files.load_weights(model, savers.weights_file(record.path, fmt))
+    except (FileNotFoundError, files.DamagedFileError):
         # A writer renamed the temp file into place meanwhile: read again.
         record = choose()
         files.load_weights(model, savers.weights_file(record.path, fmt), hint)

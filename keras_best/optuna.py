@@ -113,7 +113,7 @@ class StudyBest:
     """
 
     def __init__(self, directory: str | os.PathLike, keep_top_k: int = 1, lock_timeout: float = 300.0) -> None:
-        directory = os.fspath(directory)
+        directory = files.fspath(directory)
         if not isinstance(directory, str) or not directory:
             raise ValueError(f"`directory` must be a non-empty path. Received: directory={directory!r}")
         if files.is_remote(directory):

@@ -115,10 +115,10 @@ def prepare_directory(directory: str) -> None:
 
 def _to_string(filepath: Any) -> str:
     if isinstance(filepath, os.PathLike):
-        return os.fspath(filepath)
+        filepath = os.fspath(filepath)
     if not isinstance(filepath, str) or not filepath:
         raise ValueError(f"`filepath` must be a non-empty path. Received: filepath={filepath!r}")
-    return filepath
+    return files.fspath(filepath)
 
 
 def _fields(template: str, filepath: str) -> list[str]:

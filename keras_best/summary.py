@@ -1,8 +1,8 @@
 """A run at a glance: what `keras-best inspect` shows, as plain data.
 
 `summarize(directory)` reads `keras_best.json` (never writes, never imports
-TensorFlow for a local directory) and returns a JSON-able dict; `format_table`
-turns it into aligned plain text. Epochs are 0-based in the dict, as in
+TensorFlow but for a path only `tf.io.gfile` reaches, such as `ram://`) and
+returns a JSON-able dict; `format_table` turns it into aligned plain text. Epochs are 0-based in the dict, as in
 `keras_best.json` and `load_best().epoch`, and 1-based in the table, as Keras
 prints them and as `{epoch}` in file names counts.
 """
@@ -61,7 +61,7 @@ def resolve_run_directory(path: str | os.PathLike) -> str:
 
     Raises `RunNotFound` with a hint when there is no run there.
     """
-    path = os.fspath(path)
+    path = files.fspath(path)
     if files.basename(path) == manifest.MANIFEST_NAME and files.exists(path) and not files.isdir(path):
         path = path[: -len(manifest.MANIFEST_NAME)].rstrip("/" + os.sep) or "."
     if not files.exists(path):
@@ -169,26 +169,9 @@ def _num(v: Any) -> float:
 def _size(path: str) -> int | None:
     """Bytes in a file or a directory tree; None when it is missing."""
     try:
-        if files.is_remote(path):
-            import tensorflow as tf
-
-            if not tf.io.gfile.isdir(path):
-                return int(tf.io.gfile.stat(path).length)
-            return sum(
-                int(tf.io.gfile.stat(tf.io.gfile.join(root, f)).length)
-                for root, _, names in tf.io.gfile.walk(path) for f in names
-            )
-        if os.path.isdir(path) and not os.path.islink(path):  # links are never followed out of the run
-            return sum(
-                os.lstat(os.path.join(root, f)).st_size for root, _, names in os.walk(path) for f in names
-            )
-        return os.lstat(path).st_size
+        return files.size(path)
     except OSError:
         return None
-    except Exception as e:  # noqa: BLE001 - tf.errors.NotFoundError is not an OSError
-        if type(e).__name__ == "NotFoundError":
-            return None
-        raise
 
 
 # ------------------------------------------------------------------ text
