@@ -2,12 +2,15 @@
 
 ```
 keras-best demo [--output DIR]          train on scikit-learn's digits, twice, and show what was kept
-keras-best inspect RUN_DIR [--json]     the run at a glance
+keras-best inspect RUN_DIR [--json]     the run at a glance (a study directory: its trials, best first)
+keras-best compare RUN_DIR RUN_DIR...   runs side by side, best first; --plot OUT.png draws their curves
 keras-best plot RUN_DIR [-o curve.png]  the learning curve with the saved and kept epochs
 ```
 
 Errors are one line on stderr and exit status 1 (2 for bad arguments), never a
-traceback; set `KERAS_BEST_TRACEBACK=1` to see one.
+traceback; set `KERAS_BEST_TRACEBACK=1` to see one. When the reader of the
+output goes away (`keras-best inspect RUN | head`), the command stops quietly
+with status 141, as a command killed by SIGPIPE does.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import os
 import sys
 from typing import Sequence
 
+from keras_best.extras import install_hint
+
 _EPILOG = """\
 examples:
   keras-best demo --output /tmp/kb-demo
   keras-best inspect /tmp/kb-demo/custom_loop
   keras-best inspect runs/exp1 --json | python -m json.tool
   keras-best inspect runs/exp1 --by val_acc
+  keras-best inspect runs/exp1 --history
+  keras-best compare runs/exp1 runs/exp2 --plot compare.png
   keras-best plot runs/exp1 -o curve.png
 """
+_SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`yes | head`)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "twice: a custom GradientTape loop with BestWeightsTracker and model.fit() with "
         "BestCheckpoint, both with early stopping and the 3 best files kept; then reload "
         "the best with load_best, report its test accuracy and plot the learning curves. "
-        'Needs scikit-learn (python -m pip install "keras-best[demo]").',
+        f"Needs scikit-learn and matplotlib ({install_hint('demo', 'scikit-learn', 'matplotlib')}).",
     )
     demo.add_argument("--output", "-o", default="keras-best-demo", metavar="DIR",
                       help="where the two runs go (default: ./keras-best-demo)")
@@ -58,13 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect = sub.add_parser(
         "inspect",
         help="show a run: monitor, best epoch and value, kept files, early stop, resumable",
-        description="Show the run recorded in RUN_DIR/keras_best.json. The table counts epochs "
-        "from 1, as Keras prints them; --json gives them 0-based, as keras_best.json and "
-        "load_best() do.",
+        description="Show the run recorded in RUN_DIR/keras_best.json. Epochs count from 1 in "
+        "the text, as Keras prints them, and from 0 in --json, as keras_best.json and load_best() "
+        "do. A StudyBest directory (keras_best.optuna) shows its kept trials, best first.",
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
-    inspect.add_argument("--history", action="store_true", help="with --json: include the per-epoch history")
+    inspect.add_argument("--history", action="store_true", help="also show the per-epoch history")
     inspect.add_argument("--by", metavar="METRIC",
                          help="rank the kept files by another recorded metric; a comma-separated "
                          "list breaks ties in order (e.g. val_acc,val_loss)")
@@ -72,10 +80,22 @@ def _parser() -> argparse.ArgumentParser:
                          help="min or max (one per --by name, comma-separated); inferred from "
                          "the names when left out")
 
+    compare = sub.add_parser(
+        "compare",
+        help="runs side by side: best value and epoch, epochs trained, early stop; --plot their curves",
+        description="Compare runs: one line each with the best value and its epoch, the epochs "
+        "trained and why it stopped, best first when they share a monitor and mode. A StudyBest "
+        "directory stands for its trials. --plot needs matplotlib "
+        f"({install_hint('plot', 'matplotlib')}).",
+    )
+    compare.add_argument("run_dirs", metavar="RUN_DIR", nargs="+", help="run directories (or study directories)")
+    compare.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
+    compare.add_argument("--plot", metavar="FILE", help="also draw the runs' monitored curves into FILE (.png/.svg/.pdf)")
+
     plot = sub.add_parser(
         "plot",
         help="plot the learning curve: monitored metric, saved and kept epochs, early stop",
-        description='Plot the run in RUN_DIR. Needs matplotlib (python -m pip install "keras-best[plot]").',
+        description=f"Plot the run in RUN_DIR. Needs matplotlib ({install_hint('plot', 'matplotlib')}).",
     )
     plot.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
     plot.add_argument("-o", "--output", metavar="FILE",
@@ -94,11 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from keras_best import demo
 
-            return demo.main(args.output, epochs=args.epochs)
-        if args.command == "inspect":
-            return _inspect(args.run_dir, as_json=args.json, history=args.history,
+            code = demo.main(args.output, epochs=args.epochs)
+        elif args.command == "inspect":
+            code = _inspect(args.run_dir, as_json=args.json, history=args.history,
                             by=args.by, by_mode=args.by_mode)
-        return _plot(args.run_dir, args.output)
+        elif args.command == "compare":
+            code = _compare(args.run_dirs, as_json=args.json, plot_to=args.plot)
+        else:
+            code = _plot(args.run_dir, args.output)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`| head`). As the Python docs advise (signal module, "Note on
+        # SIGPIPE"): point stdout at devnull so the flush at exit fails no more, and stop quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return _SIGPIPE_STATUS
     except KeyboardInterrupt:
         print("keras-best: interrupted", file=sys.stderr)
         return 130
@@ -125,6 +156,12 @@ def _inspect(run_dir: str, as_json: bool, history: bool, by: str | None = None,
     if by is not None and not by_names:
         raise ValueError(f"--by needs a metric name. Received: --by {by!r}")
     modes = None if by_mode is None else [m.strip() for m in by_mode.split(",")]
+    study = summary.study_runs(run_dir)
+    if study is not None:
+        if by is not None:
+            raise ValueError(f"--by ranks one run's kept files; {run_dir!r} is a study directory. "
+                             "Pass one of its trials' directories.")
+        return _show_study(run_dir, *study, as_json=as_json)
     s = summary.summarize(
         run_dir, history=history,
         by=None if by_names is None else (by_names[0] if len(by_names) == 1 else by_names),
@@ -134,6 +171,46 @@ def _inspect(run_dir: str, as_json: bool, history: bool, by: str | None = None,
         print(json.dumps(_jsonable(s), indent=1, allow_nan=False))
     else:
         print(summary.format_table(s))
+    return 0
+
+
+def _show_study(directory: str, name: str, runs: list[str], as_json: bool) -> int:
+    from keras_best import summary
+
+    result = summary.compare(runs) if runs else {"ranked_by": None, "runs": []}
+    if as_json:
+        print(json.dumps(_jsonable({"study": name, "directory": directory, **result}), indent=1, allow_nan=False))
+        return 0
+    print(f"Optuna study {summary.printable(repr(name))} in {summary.printable(directory)} "
+          f"({summary.STUDY_FILE}): {len(runs)} kept trial{'s' if len(runs) != 1 else ''}")
+    if runs:
+        names = [os.path.basename(r["directory"]) for r in result["runs"]]
+        print(summary.format_compare(result, names))
+        print(f"\nOne trial in full: keras-best inspect {summary.printable(result['runs'][0]['directory'])}")
+    return 0
+
+
+def _compare(run_dirs: list[str], as_json: bool, plot_to: str | None) -> int:
+    from keras_best import summary
+
+    if plot_to is not None:
+        from keras_best import plot
+
+        plot._figure_class()  # fail early, before reading anything, when matplotlib is missing
+    directories = []
+    for d in run_dirs:  # a study directory stands for its trials
+        study = summary.study_runs(d)
+        directories += study[1] if study is not None else [summary.resolve_run_directory(d)]
+    if not directories:
+        raise ValueError(f"No runs to compare in {', '.join(map(repr, run_dirs))} (a study directory without trials).")
+    result = summary.compare(directories)
+    if as_json:
+        print(json.dumps(_jsonable(result), indent=1, allow_nan=False))
+    else:
+        print(summary.format_compare(result))
+    if plot_to is not None:
+        plot.plot_compare([r["directory"] for r in result["runs"]], plot_to)
+        print(f"wrote {plot_to}", file=sys.stderr if as_json else sys.stdout)
     return 0
 
 

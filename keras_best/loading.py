@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 from typing import Any, Mapping
@@ -40,9 +41,11 @@ def read_best(directory: str | os.PathLike) -> BestRecord:
     record = manifest.read(directory)
     best = record.best
     if best is None:
+        from keras_best.summary import summarize
+
         raise FileNotFoundError(
             f"The run in {directory!r} ({manifest.MANIFEST_NAME}) has no saved best yet: "
-            "no epoch has improved (or beaten the baseline) so far."
+            f"{summarize(directory)['no_best']}."
         )
     return BestRecord(
         epoch=best.epoch,
@@ -83,17 +86,18 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
         objective = Objective(by, "auto" if by_mode is None else by_mode)
     except ValueError as e:
         raise ValueError(f"Cannot rank by={by!r}, by_mode={by_mode!r}: {e}") from e
+    recorded = sorted({k for r in kept for k in r.metrics})
+    absent = [n for n in objective.names if not any(n in r.metrics for r in kept)]
+    if absent:
+        close = difflib.get_close_matches(absent[0], recorded, n=1)
+        raise ValueError(
+            f"Cannot rank by {absent[0]!r}: unknown metric (no kept file of the run in {directory!r} "
+            f"recorded it). Recorded metrics: {recorded}.{f' Did you mean {close[0]!r}?' if close else ''}"
+        )
     if objective.unresolved:
         raise ValueError(
             f"Cannot infer whether {objective.unresolved[0]!r} should be minimised or "
             f'maximised. Pass `by_mode="min"` or `by_mode="max"`. Received: by={by!r}'
-        )
-    recorded = sorted({k for r in kept for k in r.metrics})
-    absent = [n for n in objective.names if not any(n in r.metrics for r in kept)]
-    if absent:
-        raise ValueError(
-            f"Cannot rank by {absent[0]!r}: no kept file of the run in {directory!r} recorded "
-            f"it. Recorded metrics: {recorded}."
         )
     modes = objective.engine_modes
     scores = [(objective.score(r.metrics), r) for r in kept]

@@ -161,7 +161,7 @@ class RunRecord:
             best_rec = check.record(best, "best")
             best_at = (best_rec.epoch, best_rec.step)
             if not any((r.path, r.epoch, r.step) == (best_rec.path, *best_at) for r in kept):
-                raise check.error("best", f"names {best_rec.path!r} (epoch {best_rec.epoch}), which is not "
+                raise check.error("best", f"names {best_rec.path!r} (epoch {best_rec.epoch + 1}), which is not "
                                           "among the kept files")
         engine = check.engine(data.get("engine"))
         last = check.entry(data, "last", {"path": str, "epoch": int})

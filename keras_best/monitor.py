@@ -32,6 +32,25 @@ class StopReason(str, enum.Enum):
         return self.value
 
 
+def describe_stop(reason: Any, options: Mapping[str, Any], monitor: str = "the monitored value") -> str:
+    """Why a run stopped early, in words (the `StopReason` value is for programs).
+
+    `options` are the run's recorded options (keras_best.json's "options");
+    `reason` may come from disk, so an unknown one is shown as it is.
+
+    >>> describe_stop("patience_exhausted", {"patience": 5})
+    'patience of 5 epochs exhausted'
+    """
+    if reason == StopReason.PATIENCE_EXHAUSTED:
+        patience = options.get("patience")
+        if patience is None:
+            return "patience exhausted"
+        return f"patience of {patience} epoch{'' if patience == 1 else 's'} exhausted"
+    if reason == StopReason.NON_FINITE_METRIC:
+        return f"{monitor} was NaN or infinite (stop_on_non_finite=True)"
+    return str(reason)
+
+
 @dataclasses.dataclass(frozen=True)
 class Decision:
     """What one `update()` decided. Frozen: a record, not a handle.

@@ -273,11 +273,7 @@ class Objective:
         return all(r is None or m is None or r == m for r, m in zip(recorded, self._modes))
 
     def describe_require(self) -> str:
-        if self.require is None:
-            return ""
-        if callable(self.require):
-            return f"require={_callable_name(self.require, 'require')}"
-        return ", ".join(f"{n} {op} {t:g}" for n, op, t in self.require)
+        return describe_require(self.require_spec)
 
     # ------------------------------------------------------------ scoring
     def check_keys(self, values: Mapping[str, float], needs_monitor: bool = True) -> None:
@@ -318,6 +314,23 @@ class Objective:
         return all(
             OPS[op](float(values.get(name, math.nan)), threshold) for name, op, threshold in self.require
         )
+
+
+def describe_require(spec: Any) -> str:
+    """`require` in words, from its JSON form (`Objective.require_spec`, or as
+    read from keras_best.json: untrusted, so anything else is shown as it is).
+
+    >>> describe_require({"val_recall": [">=", 0.9]}), describe_require("recall_ok")
+    ('val_recall >= 0.9', 'require=recall_ok')
+    """
+    if spec is None:
+        return ""
+    if isinstance(spec, str):
+        return f"require={spec}"
+    try:
+        return ", ".join(f"{n} {op} {t:g}" for n, (op, t) in spec.items())
+    except (AttributeError, TypeError, ValueError):
+        return f"require={spec!r}"
 
 
 def _parse_require(require: Any) -> Any:
@@ -395,4 +408,4 @@ def _call_bool(fn: Callable[[Mapping[str, float]], Any], values: Mapping[str, fl
     )
 
 
-__all__ = ["OPS", "Objective", "Score", "beats", "compare_ties", "rank_key"]
+__all__ = ["OPS", "Objective", "Score", "beats", "compare_ties", "describe_require", "rank_key"]

@@ -24,6 +24,7 @@ import numbers
 from typing import Any
 
 from keras_best import savers
+from keras_best.extras import install_hint
 from keras_best.monitor import Monitor
 from keras_best.objective import Objective
 
@@ -168,7 +169,7 @@ def check_format(filepath: str, options: Options) -> str:
         if importlib.util.find_spec("tensorflow") is None:
             raise ValueError(
                 'save_format="savedmodel" writes a TensorFlow SavedModel, and TensorFlow is not '
-                "installed. Install it (pip install 'keras-best[tensorflow]'), or save `.keras` "
+                f"installed. Install it ({install_hint('tensorflow', 'tensorflow')}), or save `.keras` "
                 f"or `.weights.h5` files. Received: filepath={filepath}"
             )
     if options.export_at_finish and fmt != savers.SAVEDMODEL:

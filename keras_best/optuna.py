@@ -55,21 +55,23 @@ import uuid
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
+from keras_best.extras import install_hint
+
 try:
     import optuna  # the package (absolute import), not this module
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
-        "keras_best.optuna needs Optuna: pip install 'keras-best[optuna]' (or pip install optuna)."
+        f"keras_best.optuna needs Optuna: {install_hint('optuna', 'optuna')}"
     ) from e
 from filelock import FileLock, Timeout
 
-from keras_best import files, loading
+from keras_best import files, loading, summary
 from keras_best.callback import BestCheckpoint
 from keras_best.loading import BestRecord
 from keras_best.monitor import Decision, check_mode, infer_mode
 from keras_best.tracker import BestWeightsTracker
 
-STUDY_FILE = "keras_best_study.json"
+STUDY_FILE = summary.STUDY_FILE
 LOCK_NAME = ".keras_best_study.lock"
 USER_ATTR_PATH = "keras_best_path"
 USER_ATTR_EPOCH = "keras_best_epoch"

@@ -64,6 +64,7 @@ class Run:
         self.best_weights: list[Any] | None = None
         self.architecture: str | None = None
         self.initial_epoch = 0
+        self.resumed = False  # whether open() continued a recorded run
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -94,7 +95,7 @@ class Run:
             best = record.best
             warnings.warn(
                 f"{self.directory} already holds a keras-best run (best epoch "
-                f"{None if best is None else best.epoch}, {record.monitor}="
+                f"{None if best is None else best.epoch + 1}, {record.monitor}="
                 f"{None if best is None else best.value}). Starting a new run there; pass "
                 "resume=True to continue it instead.",
                 stacklevel=4,
@@ -153,6 +154,7 @@ class Run:
                 "the one recorded there. Use the same model code, or another directory for a new run."
             )
         self.adopt(record, self.directory)
+        self.resumed = True
         last = record.state.last
         if last and files.exists(files.join(self.directory, last["path"])):
             if not model.built:
@@ -328,9 +330,10 @@ class Run:
                 "the directory, then call update() again or resume with resume=True.")
 
     # ---------------------------------------------------------------- end
-    def finish(self, model: Any) -> None:
-        """Wait for writes; export and restore if asked; release the lock."""
-        error = None
+    def finish(self, model: Any, on_restore: Callable[[int, int | None], None] | None = None) -> None:
+        """Wait for writes; export and restore if asked; release the lock.
+        `on_restore(epoch, step)` is called once the best weights are back."""
+        error, restored = None, None
         try:
             self.writer.flush()
             error = self.take_write_error()
@@ -338,11 +341,14 @@ class Run:
                 self._export_best(model)
             if self.options.restore_best_weights and self.best_weights is not None:
                 model.set_weights(self.best_weights)
+                restored = self.state.best_record()
             self.writer.close()
             error = error or self.take_write_error()
         finally:
             if self.lock is not None:
                 self.lock.release()
+        if on_restore is not None and restored is not None:
+            on_restore(restored.epoch, restored.step)
         if error is not None:
             raise error from error.__cause__
 

@@ -9,11 +9,16 @@ prints them and as `{epoch}` in file names counts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from typing import Any, Mapping
 
 from keras_best import files, manifest
+from keras_best.monitor import describe_stop
+from keras_best.objective import describe_require
+
+STUDY_FILE = "keras_best_study.json"  # what keras_best.optuna.StudyBest writes in its directory
 
 
 class RunNotFound(FileNotFoundError):
@@ -40,20 +45,44 @@ def summarize(
     entries = data.history(directory)
     try:
         result = _summarize(directory, data, entries)
-        if by is not None:
-            _rerank(result, directory, by, by_mode)
-        if history:
-            result["history"] = [
+        if history or result["best"] is None:
+            entries = [
                 {**h, "epoch": int(h["epoch"]), "value": _num(h["value"]),
                  "metrics": {k: _num(v) for k, v in (h.get("metrics") or {}).items()}}
                 for h in entries
             ]
-        return result
+        if result["best"] is None:
+            result["no_best"] = why_no_best(data, entries)
+        if history:
+            result["history"] = entries
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise manifest.ManifestError(
             f"{manifest.manifest_path(directory)} does not have the fields keras-best writes "
             f"({type(e).__name__}: {e}). Was it edited by hand, or written by another tool?"
         ) from e
+    if by is not None:  # its errors are about `by` (an unknown metric...), not about the file
+        _rerank(result, directory, by, by_mode)
+    return result
+
+
+def why_no_best(data: manifest.RunRecord, history: list[Mapping[str, Any]]) -> str:
+    """Why the run has no best yet, in words (for `inspect` and `load_best`'s error).
+
+    `history` is the run's history with float values."""
+    monitor = _monitor_name(data.monitor)
+    scored = [h for h in history if h.get("validated", True)]
+    if not history:
+        return "no epoch recorded yet"
+    if not scored:
+        return f"no update held {monitor} (no validation values)"
+    if not any(h.get("feasible", True) for h in scored):
+        return f"every epoch broke the requirement {describe_require(data.require)}"
+    if not any(math.isfinite(float(h["value"])) for h in scored if h.get("feasible", True)):
+        return f"{monitor} was NaN or infinite at every epoch"
+    baseline = data.options.get("baseline")
+    if baseline is not None:
+        return f"no epoch beat the baseline {format_value(float(baseline))}"
+    return "no epoch improved"
 
 
 def resolve_run_directory(path: str | os.PathLike) -> str:
@@ -72,18 +101,108 @@ def resolve_run_directory(path: str | os.PathLike) -> str:
             f"{manifest.MANIFEST_NAME} and the saved files)."
         )
     if not files.exists(manifest.manifest_path(path)):
-        runs = sorted(
-            name for name in files.listdir(path)
-            if files.exists(manifest.manifest_path(files.join(path, name.rstrip("/"))))
-        )
-        hint = (
-            f" It holds runs in: {', '.join(r.rstrip('/') for r in runs[:5])}"
-            f"{' ...' if len(runs) > 5 else ''}; pass one of them, e.g. {files.join(path, runs[0].rstrip('/'))!r}."
-            if runs
-            else " Pass the folder of the saved files (the directory part of the tracker's filepath)."
-        )
+        study = study_runs(path)
+        runs = study[1] if study else _runs_in(path)
+        ranking = compare(runs) if study and runs else None
+        if ranking and ranking["ranked_by"] is not None:
+            best = ranking["runs"][0]
+            hint = (f" It is the directory of the Optuna study {study[0]!r} ({STUDY_FILE}); its best kept "
+                    f"trial is {best['directory']!r}")
+            if best["best"]:
+                hint += (f" ({_monitor_name(best['monitor'])} {format_value(best['best']['value'])} at epoch "
+                         f"{_when(best['best']['epoch'], best['best']['step'])})")
+            hint += f": pass that, or see all {len(runs)} kept trials with: keras-best inspect {path}"
+        elif runs:
+            names = ", ".join(files.basename(r) for r in runs[:5])
+            hint = (f" It holds runs in: {names}{' ...' if len(runs) > 5 else ''}; pass one of them, "
+                    f"e.g. {runs[0]!r}.")
+        else:
+            hint = " Pass the folder of the saved files (the directory part of the tracker's filepath)."
         raise RunNotFound(f"No keras-best run in {path!r}: {manifest.MANIFEST_NAME} not found.{hint}")
     return path
+
+
+def study_runs(path: str | os.PathLike) -> tuple[str, list[str]] | None:
+    """`(study name, trial run directories)` when `path` is a
+    `keras_best.optuna.StudyBest` directory (it holds `keras_best_study.json`
+    and no run of its own); `None` otherwise."""
+    path = os.fspath(path)
+    if not files.isdir(path) or files.exists(manifest.manifest_path(path)):
+        return None
+    study_file = files.join(path, STUDY_FILE)
+    if not files.exists(study_file):
+        return None
+    try:
+        name = json.loads(files.read_bytes(study_file)[:100_000].decode("utf-8")).get("study_name")
+    except (OSError, ValueError, AttributeError, RecursionError):  # untrusted: the trials are what matters
+        name = None
+    return (name if isinstance(name, str) else "?"), _runs_in(path)
+
+
+def _runs_in(path: str) -> list[str]:
+    """The run directories directly inside `path`, by name."""
+    names = sorted(n.rstrip("/") for n in files.listdir(path))
+    return [files.join(path, n) for n in names
+            if not n.startswith(".") and files.exists(manifest.manifest_path(files.join(path, n)))]
+
+
+def compare(directories: list[str | os.PathLike]) -> dict[str, Any]:
+    """The runs side by side: best value and epoch, epochs trained, early stop.
+
+    When every run has the same monitor and mode, `runs` is ranked best
+    first (runs without a best last) and `ranked_by` names the monitor;
+    otherwise they stay in the order given and `ranked_by` is `None`. Epochs
+    are 0-based, as in `summarize`.
+
+    ```python
+    for run in compare(["runs/a", "runs/b"])["runs"]:
+        print(run["rank"], run["directory"], run["best"])
+    ```
+    """
+    runs = []
+    for d in directories:
+        s = summarize(d)
+        runs.append({k: s[k] for k in ("directory", "monitor", "mode", "epochs_run", "updates", "stopped")}
+                    | {"best": s["best"] and {k: s["best"][k] for k in ("epoch", "step", "value", "path")},
+                       "options": s["options"], "no_best": s.get("no_best")})
+    specs = {json.dumps([r["monitor"], r["mode"]]) for r in runs}
+    mode = _names(runs[0]["mode"])[0] if runs else None
+    ranked = len(specs) == 1 and mode in ("min", "max")
+    if ranked:
+        sign = 1 if mode == "min" else -1
+        runs.sort(key=lambda r: (r["best"] is None, sign * r["best"]["value"] if r["best"] else 0.0))
+    for rank, r in enumerate(runs, start=1):
+        r["rank"] = rank if ranked else None
+    return {"ranked_by": runs[0]["monitor"] if ranked else None, "runs": runs}
+
+
+def format_compare(result: Mapping[str, Any], names: list[str] | None = None) -> str:
+    """`compare()`'s result as aligned text (1-based epochs); `names` label
+    the runs (default: their directories)."""
+    runs, ranked = result["runs"], result["ranked_by"] is not None
+    names = [printable(n) for n in (names or [r["directory"] for r in runs])]
+    if ranked:
+        mode = _names(runs[0]["mode"])[0]
+        better = {"min": "lower", "max": "higher"}[mode]
+        lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''}, best first by "
+                 f"{printable(_monitor_name(result['ranked_by']))} ({better} is better):"]
+    else:
+        lines = [f"{len(runs)} runs, in the order given (their monitors or modes differ, so they are not ranked):"]
+    rows = [["rank"] * ranked + ["run"] + ["monitor"] * (not ranked) + ["best", "at epoch", "epochs", "early stopped"]]
+    notes = []
+    for name, r in zip(names, runs):
+        best, stopped = r["best"], r["stopped"]
+        stop = "no"
+        if stopped:
+            why = describe_stop(stopped["reason"], r["options"], _monitor_name(r["monitor"]))
+            stop = f"at epoch {_when(stopped['epoch'], stopped['step'])}: {why}"
+        if not best:
+            notes.append(f"  {name}: no best: {r['no_best']}")
+        rows.append([str(r["rank"])] * ranked + [name] + [printable(_monitor_name(r["monitor"]))] * (not ranked) + [
+            format_value(best["value"]) if best else "none", _when(best["epoch"], best["step"]) if best else "-",
+            str(r["epochs_run"]), stop])
+    lines.extend("  " + line for line in _table(rows, {0, 2, 3, 4} if ranked else {2, 3, 4}))
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -147,6 +266,7 @@ def _rerank(result: dict[str, Any], directory: str, by: Any, by_mode: Any) -> No
 
 
 def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
+    """Whether `resume=True` can continue; epochs 0-based, and `reason` names none."""
     last = data.state.last
     if not last:
         return {"resumable": False, "reason": "no training state saved (the run used neither "
@@ -154,12 +274,20 @@ def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
     if not files.exists(data.effective_path(directory, last["path"])):
         return {"resumable": False, "reason": f"{last['path']} is recorded but missing"}
     epoch = int(last["epoch"])
-    saved = f"state of epoch {epoch + 1} in {last['path']}"
     if data.state.stopped:
-        return {"resumable": True, "next_epoch": None, "path": last["path"],
-                "reason": f"{saved}; the run stopped early, so resume=True restores it and trains no more epochs"}
-    return {"resumable": True, "next_epoch": epoch + 1, "path": last["path"],
-            "reason": f"{saved}; resume=True continues at epoch {epoch + 2}"}
+        return {"resumable": True, "epoch": epoch, "next_epoch": None, "path": last["path"],
+                "reason": "the run stopped early, so resume=True restores it and trains no more epochs"}
+    return {"resumable": True, "epoch": epoch, "next_epoch": epoch + 1, "path": last["path"],
+            "reason": "resume=True continues after the saved state"}
+
+
+def _resumable_text(res: Mapping[str, Any]) -> str:
+    if not res["resumable"]:
+        return f"no: {res['reason']}"
+    saved = f"yes: state of epoch {res['epoch'] + 1} in {res['path']}"
+    if res["next_epoch"] is None:
+        return f"{saved}; {res['reason']}"
+    return f"{saved}; resume=True continues at epoch {res['next_epoch'] + 1}"
 
 
 def _num(v: Any) -> float:
@@ -217,13 +345,7 @@ def _stop_text(summary: Mapping[str, Any]) -> str:
         if patience is None:
             return "no (early stopping off: patience=None)"
         return f"no (waited {summary.get('wait') or 0} of patience={patience})"
-    reason = stopped["reason"]
-    if reason == "patience_exhausted":
-        why = f"patience exhausted: {options.get('patience')} epochs without improvement"
-    elif reason == "non_finite_metric":
-        why = f"{_monitor_name(summary['monitor'])} was NaN or infinite (stop_on_non_finite=True)"
-    else:
-        why = reason
+    why = describe_stop(stopped["reason"], options, _monitor_name(summary["monitor"]))
     return f"yes, at epoch {_when(stopped['epoch'], stopped['step'])}: {why}"
 
 
@@ -243,7 +365,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     if best:
         best_text = f"{format_value(best['value'])} at epoch {_when(best['epoch'], best['step'])}  ({best['path']})"
     else:
-        best_text = "none yet (no epoch improved on the baseline)"
+        best_text = f"none yet ({summary.get('no_best') or 'no epoch improved'})"
     if summary["epochs_run"]:
         span = f"epochs {summary['first_epoch'] + 1}-{summary['last_epoch'] + 1}"
         ran = f"{summary['epochs_run']} ({span})"
@@ -261,12 +383,12 @@ def format_table(summary: Mapping[str, Any]) -> str:
         ("Best", best_text),
         ("Epochs run", ran),
         ("Early stopped", _stop_text(summary)),
-        ("Resumable", ("yes: " if res["resumable"] else "no: ") + res["reason"]),
+        ("Resumable", _resumable_text(res)),
         ("Save format", f"{summary['save_format']}  (filepath {summary['filepath']!r})"),
         ("Keep top k", "all" if keep is None else str(keep)),
     ]
     if summary.get("require"):
-        fields.append(("Require", str(summary["require"])))
+        fields.append(("Require", describe_require(summary["require"])))
     if summary.get("export"):
         fields.append(("Exported", str(summary["export"])))
     if summary.get("pending"):
@@ -274,11 +396,17 @@ def format_table(summary: Mapping[str, Any]) -> str:
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {printable(str(v))}" for k, v in fields]
 
+    lines += ["", *_kept_lines(summary)]
+    if summary.get("history") is not None:
+        lines += ["", *_history_lines(summary)]
+    return "\n".join(lines)
+
+
+def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
     kept = summary["kept"]
-    lines.append("")
     if not kept:
-        lines.append("Kept files: none")
-        return "\n".join(lines)
+        return ["Kept files: none"]
+    lines = []
     ranked_by = summary.get("ranked_by")
     if ranked_by:
         names = ranked_by if isinstance(ranked_by, list) else [ranked_by]
@@ -302,7 +430,47 @@ def format_table(summary: Mapping[str, Any]) -> str:
         ])
     right = set(range(0, 3 + len(others) + 1))
     lines.extend("  " + line for line in _table(rows, right))
-    return "\n".join(lines)
+    return lines
+
+
+def _history_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The per-update history as a table (`inspect --history`)."""
+    history = summary["history"]
+    if not history:
+        return ["History: none"]
+    primary = _names(summary["monitor"])[0]
+    others = sorted({k for h in history for k in h["metrics"]} - {primary})
+    best = summary["best"] and (summary["best"]["epoch"], summary["best"]["step"])
+    stopped = summary["stopped"] and (summary["stopped"]["epoch"], summary["stopped"]["step"])
+    kept = {(r["epoch"], r["step"]) for r in summary["kept"]}
+    rows = [[printable(h) for h in ["epoch", primary, *others, "wait", "saved", "note"]]]
+    for h in history:
+        at = (h["epoch"], h.get("step"))
+        notes = []
+        if at == best:
+            notes.append("best")
+        elif h.get("improved"):
+            notes.append("improved")
+        if not h.get("validated", True):
+            notes.append("no validation values")
+        elif not math.isfinite(h["value"]):
+            notes.append("not finite: not a candidate")
+        if not h.get("feasible", True):
+            notes.append("breaks require")
+        if at == stopped:
+            notes.append("early stop")
+        saved = printable(str(h["saved"])) if h.get("saved") else ""
+        if saved and at not in kept:
+            saved += " (not kept)"
+        value = format_value(h["value"]) if h.get("validated", True) else "-"
+        rows.append([_when(*at), value, *(format_value(h["metrics"].get(k)) for k in others),
+                     str(h.get("wait", "")), saved, ", ".join(notes)])
+    title = f"History ({len(history)} update{'s' if len(history) != 1 else ''}):"
+    return [title, *("  " + line for line in _table(rows, set(range(0, 3 + len(others)))))]
+
+
+def _names(monitor: Any) -> list[str]:
+    return [str(m) for m in monitor] if isinstance(monitor, list) else [str(monitor)]
 
 
 def printable(text: str) -> str:
@@ -315,4 +483,5 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-__all__ = ["RunNotFound", "format_table", "printable", "resolve_run_directory", "summarize"]
+__all__ = ["RunNotFound", "compare", "format_compare", "format_table", "printable", "resolve_run_directory",
+           "study_runs", "summarize", "why_no_best"]

@@ -14,7 +14,7 @@ from keras_best.monitor import Decision, StopReason
 from keras_best.objective import Objective
 from keras_best.options import Options, check_format, check_model, check_optimizer, integer
 from keras_best.paths import RunPath
-from keras_best.report import Reporter
+from keras_best.report import Reporter, restored_line, say
 from keras_best.retention import Record
 from keras_best.run import Run, SaveError, architecture_of
 
@@ -110,7 +110,7 @@ class BestWeightsTracker:
             )
         self._run = Run(self.path, o, self.objective, check_format(self.filepath, o))
         self.verbose = o.verbose
-        self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k)
+        self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k, o.recorded())
         self._checked = False
         self.model = None
         if model is not _LATER:
@@ -127,7 +127,17 @@ class BestWeightsTracker:
         check_model(model)
         check_optimizer(self.options.optimizer, model)
         self.model = model
+        if self.options.keeps_state and self.optimizer is None:
+            option = "resume=True" if self.options.resume else "save_last=True"
+            warnings.warn(
+                f"{option} saves the training state to continue from, but there is no optimizer to save "
+                "in it: the model is not compiled and no `optimizer=` was given. A resumed run would "
+                "start the optimizer afresh (Adam's moments and step count lost). Pass "
+                "optimizer=<the optimizer your train step applies>.", stacklevel=3)
         self._run.open(model, self.optimizer)
+        if self._run.resumed and self._run.chief and self.verbose:
+            say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
+                                            self._run.state.stopped))
 
     def mode_hint(self, direction: str | None, name: str | None = None) -> None:
         """Resolve `mode="auto"` of `name` (default: the primary metric) from a
@@ -227,7 +237,11 @@ class BestWeightsTracker:
                 "validation values, so no best was chosen or saved. Give validation data (in fit(): "
                 "validation_data= or validation_split=, and check validation_freq), or monitor a "
                 "training metric.", stacklevel=2)
-        self._run.finish(self.model)
+        def restored(epoch: int, step: int | None) -> None:
+            if self._run.chief and self.verbose:
+                say(restored_line(epoch, step))
+
+        self._run.finish(self.model, on_restore=restored)
 
     def flush(self) -> None:
         """Wait until every save so far is on disk and recorded (what `finish()`

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+import keras
 import pytest
 
 from keras_best import BestWeightsTracker, load_best
@@ -25,19 +26,49 @@ from tests.conftest import make_model, perturb, tensorflow_only
 VALUES = [1.0, 0.8, 0.9, 0.7, 0.75, 0.72, 0.71, 0.69]
 
 
-def make_run(directory, values=VALUES, patience=3, keep_top_k=3, save_last=True, **options):
-    """A real run: a tiny model whose weights change each epoch, scripted val_loss."""
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _metrics(v):
+    return {"val_loss": v, "val_acc": 1 - v / 2, "loss": v * 0.9}
+
+
+def make_run(directory, values=VALUES, patience=3, keep_top_k=3, save_last=True, metrics=_metrics, **options):
+    """A real run: a tiny model whose weights change each epoch, scripted val_loss
+    (`metrics(v)` gives each epoch's metrics)."""
     model = make_model()
+    options.setdefault("verbose", 0)
+    if save_last or options.get("resume"):
+        options.setdefault("optimizer", keras.optimizers.Adam())
     tracker = BestWeightsTracker(
         model, os.path.join(directory, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
-        keep_top_k=keep_top_k, patience=patience, save_last=save_last, verbose=0, **options)
+        keep_top_k=keep_top_k, patience=patience, save_last=save_last, **options)
     for epoch, v in enumerate(values):
         perturb(model, epoch)
-        decision = tracker.update(epoch, {"val_loss": v, "val_acc": 1 - v / 2, "loss": v * 0.9})
+        decision = tracker.update(epoch, metrics(v))
         if decision.should_stop:
             break
     tracker.finish()
     return str(directory)
+
+
+def keras_best_process(*argv, command=(sys.executable, "-m", "keras_best"), **options):
+    """The command line in a fresh process (`python -m keras_best ...`), importing this checkout."""
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, env=env, timeout=300,
+                          **options)
+
+
+def fields_of(text):
+    """The `Name  value` lines at the top of `inspect`'s text, as a dict."""
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in text.split("\n\n")[0].splitlines())
+
+
+def section(text, title):
+    """The table rows (split on 2+ spaces) under the line starting with `title`, header left out."""
+    lines = text.split("\n" + title)[1].split("\n\n")[0].splitlines()[2:]
+    return [re.split(r"\s{2,}", line.strip()) for line in lines]
 
 
 def run_cli(capsys, *argv):
@@ -57,7 +88,7 @@ def test_inspect_table_shows_the_run(tmp_path, capsys):
     # 1-based epochs, as Keras prints them and as {epoch} names the files.
     assert fields["Best"] == "0.7000 at epoch 4  (004-0.7000.weights.h5)"
     assert fields["Epochs run"] == "7 (epochs 1-7)"
-    assert fields["Early stopped"] == "yes, at epoch 7: patience exhausted: 3 epochs without improvement"
+    assert fields["Early stopped"] == "yes, at epoch 7: patience of 3 epochs exhausted"
     assert fields["Resumable"].startswith("yes: state of epoch 7 in keras_best_last.h5; the run stopped early")
     assert fields["Keep top k"] == "3"
     table = out.split("Kept files (best first, 3):\n")[1].splitlines()
@@ -127,7 +158,7 @@ def test_inspect_running_run_is_resumable_at_the_next_epoch(tmp_path, capsys):
     assert "resume=True continues at epoch 4" in out
     # ... and a resumed tracker does continue there.
     tracker = BestWeightsTracker(make_model(), os.path.join(run, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
-                                 keep_top_k=3, resume=True, verbose=0)
+                                 keep_top_k=3, resume=True, optimizer=keras.optimizers.Adam(), verbose=0)
     assert tracker.initial_epoch == data["resumable"]["next_epoch"]
     tracker.finish()
 
@@ -176,7 +207,7 @@ def test_plot_writes_a_labelled_png(tmp_path, capsys):
     labels = [t.get_text() for t in top.get_legend().get_texts()]
     assert "kept on disk (3 files, keep_top_k=3)" in labels
     assert "best: 0.7000 at epoch 4" in labels
-    assert "early stop at epoch 7 (patience exhausted)" in labels
+    assert "early stop at epoch 7 (patience of 3 epochs exhausted)" in labels
     # The monitored curve is the recorded val_loss, one point per epoch.
     xs, ys = top.get_lines()[0].get_data()
     assert list(xs) == [1, 2, 3, 4, 5, 6, 7] and list(ys) == VALUES[:7]
@@ -200,7 +231,9 @@ def test_plot_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypa
     assert code == 1 and out == ""
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("keras-best plot: error: Plotting needs matplotlib")
-    assert 'python -m pip install "keras-best[plot]"' in err
+    # keras-best is not on a package index: the hint names matplotlib, and the checkout form.
+    assert 'python -m pip install matplotlib (or, in a keras-best checkout: python -m pip install -e ".[plot]")' in err
+    assert "keras-best[" not in err
     assert not (tmp_path / "c.png").exists()
 
 
@@ -325,7 +358,7 @@ def test_demo_without_matplotlib_still_trains_and_says_how_to_get_plots(tmp_path
     code, out, err = run_cli(capsys, "demo", "--output", str(tmp_path / "d"), "--epochs", "1")
     assert code == 0, err
     assert 'No learning-curve plots: Plotting needs matplotlib' in out
-    assert 'python -m pip install "keras-best[plot]"' in out
+    assert 'python -m pip install -e ".[plot]"' in out
     assert summarize(tmp_path / "d" / "fit")["epochs_run"] == 1
     assert not list((tmp_path / "d").glob("*.png"))
 
@@ -402,3 +435,222 @@ def test_inspect_does_not_import_tensorflow(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Kept files" in done.stdout
+
+
+# ----------------------------------------- what the messages say (fresh processes)
+def test_inspect_says_every_epoch_broke_the_requirement(tmp_path):
+    run = make_run(tmp_path / "run", values=[1.0, 0.9], patience=None, require={"val_acc": (">=", 0.99)})
+    done = keras_best_process("inspect", run)
+    assert done.returncode == 0 and done.stderr == ""
+    fields = fields_of(done.stdout)
+    # Not "no epoch improved on the baseline": no baseline was set.
+    assert fields["Best"] == "none yet (every epoch broke the requirement val_acc >= 0.99)"
+    assert fields["Require"] == "val_acc >= 0.99"
+    assert "baseline" not in done.stdout
+    data = json.loads(keras_best_process("inspect", run, "--json").stdout)
+    assert data["best"] is None and data["no_best"] == "every epoch broke the requirement val_acc >= 0.99"
+
+
+def test_inspect_by_an_unknown_metric_suggests_the_recorded_one(tmp_path):
+    run = make_run(tmp_path / "run", values=[1.0, 0.8], patience=None,
+                   metrics=lambda v: {"val_loss": v, "val_accuracy": 1 - v / 2})
+    done = keras_best_process("inspect", run, "--by", "val_acc")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr == (
+        f"keras-best inspect: error: Cannot rank by 'val_acc': unknown metric (no kept file of the run in "
+        f"{run!r} recorded it). Recorded metrics: ['val_accuracy', 'val_loss']. Did you mean 'val_accuracy'?\n")
+    assert "edited by hand" not in done.stderr  # the file is fine: the argument is not
+
+
+def test_inspect_history_is_a_table(tmp_path):
+    run = make_run(tmp_path / "run")
+    done = keras_best_process("inspect", run, "--history")
+    assert done.returncode == 0 and done.stderr == ""
+    # The kept files' table, then one row per update; --history is no longer ignored without --json.
+    assert done.stdout.endswith("""
+History (7 updates):
+  epoch  val_loss    loss  val_acc  wait  saved                             note
+      1    1.0000  0.9000   0.5000     0  001-1.0000.weights.h5 (not kept)  improved
+      2    0.8000  0.7200   0.6000     0  002-0.8000.weights.h5 (not kept)  improved
+      3    0.9000  0.8100   0.5500     1  003-0.9000.weights.h5 (not kept)
+      4    0.7000  0.6300   0.6500     0  004-0.7000.weights.h5             best
+      5    0.7500  0.6750   0.6250     1  005-0.7500.weights.h5 (not kept)
+      6    0.7200  0.6480   0.6400     2  006-0.7200.weights.h5
+      7    0.7100  0.6390   0.6450     3  007-0.7100.weights.h5             early stop
+""")
+    assert "History" not in keras_best_process("inspect", run).stdout
+
+
+def test_inspect_history_marks_nan_unvalidated_and_infeasible_updates(tmp_path, capsys):
+    rows = [(math.nan, 0.9), (0.5, 0.1), (0.4, 0.9)]
+    model = make_model()
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), require={"val_recall": (">=", 0.5)},
+                                 verbose=0)
+    for epoch, (v, recall) in enumerate(rows):
+        perturb(model, epoch)
+        tracker.update(epoch, {"val_loss": v, "val_recall": recall})
+    tracker.update(3, {"loss": 0.3})  # no validation values this epoch
+    tracker.finish()
+    out = run_cli(capsys, "inspect", str(tmp_path), "--history")[1]
+    assert out.endswith("""
+History (4 updates):
+  epoch  val_loss    loss  val_recall  wait  saved            note
+      1       nan       -      0.9000     1                   not finite: not a candidate
+      2    0.5000       -      0.1000     2                   breaks require
+      3    0.4000       -      0.9000     0  best.weights.h5  best
+      4         -  0.3000           -     0                   no validation values
+""")
+
+
+def test_inspect_text_and_json_agree_on_epochs(tmp_path, capsys):
+    # Keras's convention: 0-based in code and JSON, 1-based for people. Every
+    # epoch a person reads (the tracker's lines, inspect's text, {epoch} in the
+    # file names) is the JSON's plus one, and the JSON's text names no epoch.
+    run = make_run(tmp_path / "run", verbose=1)
+    printed = capsys.readouterr().out
+    text = keras_best_process("inspect", run, "--history").stdout
+    data = json.loads(keras_best_process("inspect", run, "--json", "--history").stdout)
+    fields = fields_of(text)
+    best, stopped, res = data["best"], data["stopped"], data["resumable"]
+    assert best["epoch"] == load_best(make_model(), run).epoch == 3
+    assert fields["Best"] == f"0.7000 at epoch {best['epoch'] + 1}  ({best['path']})"
+    assert best["path"].startswith(f"{best['epoch'] + 1:03d}-")  # {epoch} counts from 1, as in Keras
+    assert f"Epoch {best['epoch'] + 1}: val_loss improved from 0.80000 to 0.70000" in printed
+    assert fields["Early stopped"] == f"yes, at epoch {stopped['epoch'] + 1}: patience of 3 epochs exhausted"
+    assert f"Epoch {stopped['epoch'] + 1}: early stopping: patience of 3 epochs exhausted" in printed
+    assert fields["Epochs run"] == f"7 (epochs {data['first_epoch'] + 1}-{data['last_epoch'] + 1})"
+    assert fields["Resumable"].startswith(f"yes: state of epoch {res['epoch'] + 1} in ")
+    assert res["epoch"] == stopped["epoch"] == data["last_epoch"] == 6
+    kept_rows = section(text, "Kept files")
+    assert [int(r[1]) for r in kept_rows] == [k["epoch"] + 1 for k in data["kept"]] == [4, 7, 6]
+    assert [r[-1][:3] for r in kept_rows] == [f"{k['epoch'] + 1:03d}" for k in data["kept"]]
+    history_rows = section(text, "History")
+    assert [int(r[0]) for r in history_rows] == [h["epoch"] + 1 for h in data["history"]] == list(range(1, 8))
+
+    def strings(x):
+        if isinstance(x, dict):
+            return [s for v in x.values() for s in strings(v)]
+        if isinstance(x, list):
+            return [s for v in x for s in strings(v)]
+        return [x] if isinstance(x, str) else []
+
+    assert not [s for s in strings(data) if re.search(r"epoch \d", s)]  # numbers live in fields only
+
+    # A run still going: where resume=True continues, in both, and in what the resumed tracker says.
+    going = make_run(tmp_path / "going", values=[1.0, 0.9, 0.95], patience=None)
+    text = keras_best_process("inspect", going).stdout
+    res = json.loads(keras_best_process("inspect", going, "--json").stdout)["resumable"]
+    assert fields_of(text)["Resumable"].endswith(f"resume=True continues at epoch {res['next_epoch'] + 1}")
+    tracker = BestWeightsTracker(make_model(), os.path.join(going, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
+                                 keep_top_k=3, resume=True, optimizer=keras.optimizers.Adam())
+    assert tracker.initial_epoch == res["next_epoch"] == 3
+    assert capsys.readouterr().out == f"Resuming {going} at epoch 4 (best val_loss 0.90000 at epoch 2)\n"
+    tracker.finish()
+
+
+@pytest.mark.parametrize("table", [False, True], ids=["json", "table"])
+def test_a_closed_pipe_ends_quietly(tmp_path, table):
+    # `keras-best inspect RUN | head`: the reader goes away before the output is written.
+    run = make_run(tmp_path / "run", values=[1.0 + i / 1000 for i in range(400)], patience=None,
+                   keep_top_k=1, save_last=False)
+    argv = ["inspect", run, "--history", *([] if table else ["--json"])]
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-m", "keras_best", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+    if table:
+        proc.stdout.close()  # long before the new interpreter has started writing
+    else:
+        assert proc.stdout.readline() == b"{\n"
+        proc.stdout.close()  # the rest is more than a pipe holds (64 KiB): the writer is blocked
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141, err  # as a command killed by SIGPIPE (`yes | head`)
+    assert err == ""  # no "[Errno 32] Broken pipe", no "Exception ignored"
+    if not table:
+        assert len(keras_best_process(*argv).stdout) > 70_000
+
+
+# ------------------------------------------------------------------ compare
+def test_compare_ranks_runs_best_first(tmp_path):
+    a = make_run(tmp_path / "a")  # best 0.70 at epoch 4, stopped at 7
+    b = make_run(tmp_path / "b", values=[0.9, 0.6, 0.65], patience=None)  # best 0.60 at epoch 2
+    c = make_run(tmp_path / "c", values=[1.0], patience=None, require={"val_acc": (">=", 0.99)})  # no best
+    script = os.path.join(os.path.dirname(sys.executable), "keras-best")
+    command = (script,) if os.path.exists(script) else (sys.executable, "-m", "keras_best")
+    done = keras_best_process("compare", a, b, c, command=command)  # the console script
+    assert done.returncode == 0 and done.stderr == ""
+    assert done.stdout == f"""\
+3 runs, best first by val_loss (lower is better):
+  rank  {'run'.ljust(len(a))}    best  at epoch  epochs  early stopped
+     1  {b}  0.6000         2       3  no
+     2  {a}  0.7000         4       7  at epoch 7: patience of 3 epochs exhausted
+     3  {c}    none         -       1  no
+
+  {c}: no best: every epoch broke the requirement val_acc >= 0.99
+"""
+    data = json.loads(keras_best_process("compare", a, b, c, "--json").stdout)
+    assert data["ranked_by"] == "val_loss"
+    assert [(r["directory"], r["rank"]) for r in data["runs"]] == [(b, 1), (a, 2), (c, 3)]
+    assert [r["best"] and r["best"]["epoch"] for r in data["runs"]] == [1, 3, None]  # 0-based in JSON
+    assert data["runs"][1]["stopped"] == {"epoch": 6, "step": None, "reason": "patience_exhausted"}
+
+
+def test_compare_plots_the_runs_on_one_axis(tmp_path):
+    from keras_best.plot import plot_compare
+
+    a = make_run(tmp_path / "a")
+    b = make_run(tmp_path / "b", values=[0.9, 0.6, 0.65], patience=None)
+    out_png = tmp_path / "cmp.png"
+    done = keras_best_process("compare", a, b, "--plot", out_png)
+    assert done.returncode == 0 and done.stdout.endswith(f"\nwrote {out_png}\n")
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_compare([a, b])
+    (ax,) = fig.axes
+    assert [ln.get_label() for ln in ax.get_lines()] == ["a: best 0.7000 at epoch 4", "b: best 0.6000 at epoch 2"]
+    xs, ys = ax.get_lines()[1].get_data()
+    assert list(xs) == [1, 2, 3] and list(ys) == [0.9, 0.6, 0.65]
+    assert sorted(tuple(c.get_offsets()[0]) for c in ax.collections) == [(2, 0.6), (4, 0.7)]  # the stars
+    assert ax.get_yscale() == "linear"
+
+
+def test_compare_runs_with_other_monitors_keeps_their_order(tmp_path):
+    a = make_run(tmp_path / "a", values=[0.9, 0.6], patience=None)
+    model = make_model()
+    tracker = BestWeightsTracker(model, str(tmp_path / "acc" / "best.weights.h5"), monitor="val_acc", verbose=0)
+    tracker.update(0, {"val_acc": 0.5})
+    tracker.finish()
+    acc = str(tmp_path / "acc")
+    out = keras_best_process("compare", acc, a).stdout
+    assert out.splitlines()[:2] == [
+        "2 runs, in the order given (their monitors or modes differ, so they are not ranked):",
+        f"  {'run'.ljust(len(acc))}  monitor     best  at epoch  epochs  early stopped",
+    ]
+    assert [line.split()[:3] for line in out.splitlines()[2:]] == [
+        [str(tmp_path / "acc"), "val_acc", "0.5000"], [a, "val_loss", "0.6000"]]
+
+
+def test_compare_errors_are_one_line(tmp_path):
+    done = keras_best_process("compare", tmp_path / "nope")
+    assert done.returncode == 1 and done.stderr.count("\n") == 1 and "does not exist" in done.stderr
+    assert keras_best_process("compare").returncode == 2  # at least one run
+
+
+# ---------------------------------------------------------------- log scale
+@pytest.mark.parametrize(
+    "values, scale",
+    [([10.0, 1.0, 0.5, 0.3], "log"), ([1.0, 0.5, 0.2], "linear"), ([-5.0, -0.1, -0.2], "linear")],
+    ids=["spans-33x", "spans-5x", "negative"],
+)
+def test_plot_uses_a_log_axis_for_values_spanning_more_than_10x(tmp_path, values, scale):
+    from keras_best.plot import plot_compare, plot_run
+
+    run = make_run(tmp_path / "run", values=values, patience=None, mode="min")
+    assert plot_run(run).axes[0].get_yscale() == scale
+    assert plot_compare([run]).axes[0].get_yscale() == scale
+
+
+def test_help_gives_the_checkout_install_form():
+    # keras-best is not on a package index: no "pip install keras-best[...]".
+    for command in ("plot", "compare"):
+        out = " ".join(keras_best_process(command, "--help").stdout.split())  # as argparse wraps it
+        assert 'python -m pip install matplotlib (or, in a keras-best checkout: python -m pip install -e' in out
+        assert "keras-best[" not in out

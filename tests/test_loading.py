@@ -86,7 +86,8 @@ def test_missing_directory(tmp_path):
 
 def test_run_without_a_best_yet(tmp_path):
     _run(tmp_path, [0.9, float("nan")], baseline=0.5)
-    with pytest.raises(FileNotFoundError, match=r"\(keras_best\.json\) has no saved best yet"):
+    with pytest.raises(FileNotFoundError, match=r"\(keras_best\.json\) has no saved best yet: no epoch beat "
+                                                r"the baseline 0\.5000\.$"):
         load_best(make_model(), str(tmp_path))
 
 

@@ -147,7 +147,9 @@ def test_every_epoch_failing_the_constraint_saves_nothing(tmp_path, front):
     assert tracker.best is None and tracker.best_epoch is None and tracker.best_path is None
     assert _names(tmp_path) == [] and not any(h["improved"] for h in tracker.history)
     assert [h["feasible"] for h in tracker.history] == [False, False, False]
-    with pytest.raises(FileNotFoundError, match="has no saved best yet"):
+    # It says why: not a baseline that was never set.
+    with pytest.raises(FileNotFoundError, match=r"has no saved best yet: every epoch broke the requirement "
+                                                r"val_recall >= 0\.9\.$"):
         load_best(make_model(), tmp_path)
 
 
@@ -377,13 +379,22 @@ def test_rank_kept_orders_every_kept_file(reranked_run):
     "by,by_mode,match",
     [
         ("val_f1", None, r"Cannot rank by 'val_f1'.*Recorded metrics: \['loss', 'val_acc', 'val_loss', 'val_recall'\]"),
-        ("val_q", None, r'Cannot infer whether \'val_q\'.*Pass `by_mode="min"`'),
+        ("val_recal", None, r"Cannot rank by 'val_recal': unknown metric .* Did you mean 'val_recall'\?$"),
         ("val_acc", "best", "Received: mode='best'"),
     ],
 )
 def test_load_best_by_errors(reranked_run, by, by_mode, match):
     with pytest.raises(ValueError, match=match):
         load_best(make_model(), reranked_run, by=by, by_mode=by_mode)
+
+
+def test_rank_by_a_recorded_metric_of_unknown_direction_asks_for_by_mode(tmp_path):
+    tracker = BestWeightsTracker(make_model(), str(tmp_path / "best.weights.h5"), verbose=0)
+    tracker.update(0, {"val_loss": 0.5, "val_q": 0.3})
+    tracker.finish()
+    with pytest.raises(ValueError, match=r'Cannot infer whether \'val_q\'.*Pass `by_mode="min"`'):
+        rank_kept(tmp_path, "val_q")
+    assert rank_kept(tmp_path, "val_q", by_mode="max")[0].value == 0.3
 
 
 # -------------------------------------------------------------- BestExporter

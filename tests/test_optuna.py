@@ -14,7 +14,7 @@ import pytest
 
 from keras_best import load_best
 from keras_best.optuna import USER_ATTR_PATH, StudyBest
-from tests.conftest import make_model
+from tests.conftest import make_model, perturb
 from tests.workers import optuna_worker
 from tests.workers.optuna_worker import SCHEDULE, ScheduleSampler, build, data, make_objective, val_loss
 
@@ -272,6 +272,55 @@ def test_trial_directory_is_a_run(tmp_path):
     tracker.finish()
     study.tell(trial, tracker.best)
     assert load_best(make_model(), best.trial_directory(trial)).value == 0.25
+
+
+@pytest.mark.parametrize("direction", ["minimize", "maximize"])
+def test_inspect_a_study_directory_shows_its_kept_trials_best_first(tmp_path, direction):
+    import json
+
+    from tests.test_cli import keras_best_process
+
+    finals = [0.5, 0.2, 0.9, 0.3, 0.1]  # each trial's best value, reached at its 2nd epoch
+    monitor = "val_loss" if direction == "minimize" else "val_acc"
+    study = optuna.create_study(study_name="s1", direction=direction, pruner=optuna.pruners.NopPruner())
+    best = StudyBest(tmp_path / "study", keep_top_k=3)
+
+    def objective(trial):
+        model = make_model()
+        tracker = best.tracker(trial, model, monitor=monitor, verbose=0)
+        v = finals[trial.number]
+        worse = 0.2 if direction == "minimize" else -0.2
+        for epoch, value in enumerate([v + worse, v, v + worse / 2]):
+            perturb(model, epoch)
+            tracker.update(epoch, {monitor: value})
+        tracker.finish()
+        return tracker.best
+
+    best.optimize(study, objective, n_trials=len(finals))
+    kept = sorted(top(study, 3), key=lambda n: study.trials[n].value, reverse=direction == "maximize")
+    assert kept[0] == study.best_trial.number
+    done = keras_best_process("inspect", best.directory)
+    assert done.returncode == 0 and done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"Optuna study 's1' in {best.directory} (keras_best_study.json): 3 kept trials"
+    better = "lower" if direction == "minimize" else "higher"
+    assert lines[1] == f"3 runs, best first by {monitor} ({better} is better):"
+    rows = [line.split() for line in lines[3:6]]
+    assert [r[:5] for r in rows] == [
+        [str(i), f"trial-{n:05d}", f"{finals[n]:.4f}", "2", "3"] for i, n in enumerate(kept, start=1)]
+    assert lines[-1] == f"One trial in full: keras-best inspect {best.trial_directory(study.best_trial)}"
+    data = json.loads(keras_best_process("inspect", best.directory, "--json").stdout)
+    assert data["study"] == "s1" and data["ranked_by"] == monitor
+    assert [r["directory"] for r in data["runs"]] == [best.trial_directory(n) for n in kept]
+    assert [r["best"]["epoch"] for r in data["runs"]] == [1, 1, 1]
+    # Where one run is needed, the error names the best trial, not the first by name.
+    done = keras_best_process("plot", best.directory, "-o", tmp_path / "x.png")
+    assert done.returncode == 1
+    assert (f"its best kept trial is {best.trial_directory(study.best_trial)!r} ({monitor} "
+            f"{study.best_value:.4f} at epoch 2): pass that") in done.stderr
+    # compare takes the study directory as its trials.
+    out = keras_best_process("compare", best.directory).stdout
+    assert [line.split()[1] for line in out.splitlines()[2:5]] == [best.trial_directory(n) for n in kept]
 
 
 # --------------------------------------------------------- shared storages

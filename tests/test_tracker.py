@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -331,8 +333,74 @@ def test_verbose_lines(tmp_path, model, capsys):
         f"Epoch 1: val_loss improved from None to 0.31200, saving model to {path}",
         f"Epoch 2: val_loss improved from 0.31200 to 0.29810, saving model to {path}",
         "Epoch 3: val_loss did not improve from 0.29810",
-        "Epoch 3: early stopping (patience_exhausted); best val_loss 0.29810 at epoch 2",
+        "Epoch 3: early stopping: patience of 1 epoch exhausted; best val_loss 0.29810 at epoch 2",
     ]
+
+
+def test_verbose_lines_say_why_an_epoch_is_no_candidate(tmp_path, model, capsys):
+    # NaN, a broken requirement and early stopping read as words, never "from None"
+    # or a raw enum value; restore_best_weights says so as Keras's EarlyStopping does.
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), patience=3, verbose=1,
+                                 require={"val_recall": (">=", 0.5)}, restore_best_weights=True)
+    rows = [(math.nan, 0.9), (0.4, 0.1), (0.3, 0.9), (math.nan, 0.9), (0.2, 0.1), (0.35, 0.9)]
+    for epoch, (v, recall) in enumerate(rows):
+        perturb(model, epoch)
+        tracker.update(epoch, {"val_loss": v, "val_recall": recall})
+    tracker.finish()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line]
+    assert lines[0] == "Epoch 1: val_loss is nan: not a candidate; no best yet"
+    assert lines[1] == "Epoch 2: val_loss=0.40000 breaks require (val_recall >= 0.5): not a candidate; no best yet"
+    assert lines[2].startswith("Epoch 3: val_loss improved from None to 0.30000, saving model to ")
+    assert lines[3] == "Epoch 4: val_loss is nan: not a candidate; best val_loss 0.30000 at epoch 3"
+    assert lines[4:] == [
+        "Epoch 5: val_loss did not improve from 0.30000 (this epoch breaks require: val_recall >= 0.5)",
+        "Epoch 6: val_loss did not improve from 0.30000",
+        "Epoch 6: early stopping: patience of 3 epochs exhausted; best val_loss 0.30000 at epoch 3",
+        "Restoring model weights from the end of the best epoch: 3.",
+    ]
+    assert "None" not in "\n".join(lines[3:]) and "patience_exhausted" not in "\n".join(lines)
+
+
+def test_resume_says_where_it_continues(tmp_path, capsys):
+    path = str(tmp_path / "best.weights.h5")
+    first = BestWeightsTracker(make_model(), path, save_last=True, optimizer=keras.optimizers.Adam(), verbose=0)
+    for epoch, v in enumerate([0.5, 0.1234, 0.3]):
+        first.update(epoch, {"val_loss": v})
+    first.finish()
+    capsys.readouterr()
+    again = BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=1)
+    assert capsys.readouterr().out == f"Resuming {tmp_path} at epoch 4 (best val_loss 0.12340 at epoch 2)\n"
+    assert again.initial_epoch == 3 and again.best_epoch == 1  # the line counts from 1, the API from 0
+    again.finish()
+    BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=0).finish()
+    assert capsys.readouterr().out == ""  # verbose=0: silent
+    # A run that had stopped early says there is nothing left to train.
+    stop_path = str(tmp_path / "stop" / "best.weights.h5")
+    stopped = BestWeightsTracker(make_model(), stop_path, patience=1, save_last=True,
+                                 optimizer=keras.optimizers.Adam(), verbose=0)
+    for epoch, v in enumerate([0.5, 0.6]):
+        stopped.update(epoch, {"val_loss": v})
+    stopped.finish()
+    BestWeightsTracker(make_model(), stop_path, resume=True, patience=1, optimizer=keras.optimizers.Adam()).finish()
+    assert capsys.readouterr().out == (
+        f"Resuming {tmp_path / 'stop'}: it stopped early at epoch 2 (patience of 1 epoch exhausted), so "
+        "there is nothing left to train (best val_loss 0.50000 at epoch 1)\n")
+
+
+@pytest.mark.parametrize("option", ["resume", "save_last"])
+def test_keeping_the_training_state_without_an_optimizer_warns(tmp_path, option):
+    # The training state would hold no optimizer: a restart would reset Adam silently.
+    with pytest.warns(UserWarning, match=rf"{option}=True saves the training state .* no optimizer .* Pass "
+                                         r"optimizer="):
+        BestWeightsTracker(make_model(), str(tmp_path / "a" / "b.weights.h5"), verbose=0, **{option: True})
+    compiled = make_model()
+    compiled.compile(optimizer="adam", loss="mse")  # model.optimizer is the one saved
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        BestWeightsTracker(make_model(), str(tmp_path / "c" / "b.weights.h5"), verbose=0,
+                           optimizer=keras.optimizers.Adam(), **{option: True}).finish()
+        BestWeightsTracker(compiled, str(tmp_path / "d" / "b.weights.h5"), verbose=0, **{option: True}).finish()
+        BestWeightsTracker(make_model(), str(tmp_path / "e" / "b.weights.h5"), verbose=0).finish()
 
 
 def test_verbose_with_baseline_and_silent(tmp_path, model, capsys):
