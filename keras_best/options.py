@@ -50,6 +50,8 @@ class Options:
     save_format: str | None = None
     export_at_finish: bool = False
     stop_on_non_finite: bool = False
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
     verbose: int = 1
     require: Any = None
     async_save: bool = True
@@ -62,6 +64,9 @@ class Options:
         self._set("start_from_epoch", integer("start_from_epoch", self.start_from_epoch, 0, allow_none=False))
         self._set("min_delta", real("min_delta", self.min_delta))
         self._set("baseline", None if self.baseline is None else real("baseline", self.baseline))
+        for name in ("stopping_threshold", "divergence_threshold"):
+            value = getattr(self, name)
+            self._set(name, None if value is None else real(name, value))
         verbose = self.verbose
         if _is_bool(verbose):
             verbose = int(verbose)
@@ -71,9 +76,11 @@ class Options:
         if self.save_format is not None and not isinstance(self.save_format, str):
             raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
         # Checked now, not at the first update: raises their own messages.
-        Monitor("min", min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
-                start_from_epoch=self.start_from_epoch)
-        Objective(self.monitor, self.mode, self.require)
+        objective = Objective(self.monitor, self.mode, self.require)
+        checks = self.monitor_options()
+        if objective.unresolved:  # the thresholds' order is checked once the mode is known
+            checks["divergence_threshold"] = None
+        Monitor(objective.engine_modes, **checks)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -93,12 +100,14 @@ class Options:
     def monitor_options(self) -> dict[str, Any]:
         """The keyword arguments of `Monitor`."""
         return dict(min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
-                    start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite)
+                    start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite,
+                    stopping_threshold=self.stopping_threshold, divergence_threshold=self.divergence_threshold)
 
     def recorded(self) -> dict[str, Any]:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
-                                              "keep_top_k", "save_best_only")}
+                                              "keep_top_k", "save_best_only", "stopping_threshold",
+                                              "divergence_threshold")}
 
     @classmethod
     def create(cls, owner: str, **options: Any) -> Options:

@@ -239,6 +239,11 @@ def _stop_text(summary: Mapping[str, Any]) -> str:
         why = f"patience exhausted: {options.get('patience')} epochs without improvement"
     elif reason == "non_finite_metric":
         why = f"{_monitor_name(summary['monitor'])} was NaN or infinite (stop_on_non_finite=True)"
+    elif reason == "stopping_threshold":
+        why = f"{_monitor_name(summary['monitor'])} reached stopping_threshold={options.get('stopping_threshold')}"
+    elif reason == "divergence_threshold":
+        why = (f"{_monitor_name(summary['monitor'])} was worse than "
+               f"divergence_threshold={options.get('divergence_threshold')}")
     else:
         why = reason
     return f"yes, at epoch {_when(stopped['epoch'], stopped['step'])}: {why}"

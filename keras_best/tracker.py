@@ -66,6 +66,11 @@ class BestWeightsTracker:
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        stopping_threshold: stop as soon as a (feasible) monitored value
+            reaches this one (`<=` with mode "min", `>=` with "max"); that
+            epoch is saved first when it is the best.
+        divergence_threshold: stop as soon as the monitored value is worse
+            than this one (`>` with mode "min", `<` with "max"), or NaN.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
         require: constraints an epoch must meet to be best or enter the top
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
