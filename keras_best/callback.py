@@ -122,6 +122,12 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._save_on_batch(batch, logs)
+        if self.tracker.preempted:
+            self.tracker.model = self.model  # on JAX: the variables' values are put back
+            self.tracker.stop_if_preempted(self._epoch, batch)
+
+    def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:
         if self.save_freq == "epoch":
             return
         if self._last_batch is None or batch <= self._last_batch:
@@ -138,6 +144,9 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self.save_freq == "epoch":
             self._resolve_mode()
             self._act(self.tracker.update(epoch, self._checked(logs)))
+        if self.tracker.preempted:
+            self.tracker.model = self.model
+            self.tracker.stop_if_preempted(epoch)
 
     def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
         """The logs, or a `fit()`-worded error when a monitored key is missing.

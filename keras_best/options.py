@@ -23,7 +23,7 @@ import math
 import numbers
 from typing import Any
 
-from keras_best import savers
+from keras_best import preemption, savers
 from keras_best.monitor import Monitor
 from keras_best.objective import Objective
 
@@ -55,6 +55,7 @@ class Options:
     verbose: int = 1
     require: Any = None
     async_save: bool = True
+    preempt_signals: Any = "auto"
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -76,6 +77,7 @@ class Options:
         if self.save_format is not None and not isinstance(self.save_format, str):
             raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
         # Checked now, not at the first update: raises their own messages.
+        preemption.signals_of(self.preempt_signals, self.keeps_state)  # its own messages
         objective = Objective(self.monitor, self.mode, self.require)
         checks = self.monitor_options()
         if objective.unresolved:  # the thresholds' order is checked once the mode is known

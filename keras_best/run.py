@@ -64,6 +64,7 @@ class Run:
         self.best_weights: list[Any] | None = None
         self.architecture: str | None = None
         self.initial_epoch = 0
+        self.initial_step = 0
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -165,8 +166,9 @@ class Run:
             if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
                 self.best_weights = _read_weights_of(model, weights)
-            epoch, _ = state.load(files.join(self.directory, last["path"]), model, optimizer)
-            self.initial_epoch = epoch + 1
+            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer)
+            # A state saved mid-epoch continues in that epoch, at the next batch.
+            self.initial_epoch, self.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
         elif self.history:
             self.initial_epoch = self.history[-1]["epoch"] + 1
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import warnings
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from keras_best import distribute, retention
 from keras_best.manifest import RunRecord
@@ -14,6 +14,7 @@ from keras_best.monitor import Decision, StopReason
 from keras_best.objective import Objective
 from keras_best.options import Options, check_format, check_model, check_optimizer, integer
 from keras_best.paths import RunPath
+from keras_best.preemption import Preempted, SignalWatch, signals_of
 from keras_best.report import Reporter
 from keras_best.retention import Record
 from keras_best.run import Run, SaveError, architecture_of
@@ -76,6 +77,16 @@ class BestWeightsTracker:
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
             count as not improving for `patience`.
+        preempt_signals: the signals that announce a preemption (Slurm,
+            Kubernetes, spot VMs send SIGTERM before killing a job): on one,
+            the training state is written at the next safe point (the end of
+            the batch in `fit()`, `batches()` and `run()`; or where your loop
+            checks `preempted`) and `Preempted` ends the process with status
+            128 + signal (143 for SIGTERM). Rerun with `resume=True` to go on.
+            "auto" (default): SIGTERM when the run keeps a training state
+            (`resume` or `save_last`), else none; a list such as
+            `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
+            the process at once, as it would have without keras-best.
         async_save: write `.weights.h5` files and the record in a background
             thread (default): `update()` only waits for a host copy of the
             weights, and a write error is raised from the next `update()` or
@@ -117,6 +128,7 @@ class BestWeightsTracker:
         self.verbose = o.verbose
         self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k)
         self._checked = False
+        self._signals: SignalWatch | None = None
         self.model = None
         if model is not _LATER:
             self.bind(model)
@@ -133,6 +145,8 @@ class BestWeightsTracker:
         check_optimizer(self.options.optimizer, model)
         self.model = model
         self._run.open(model, self.optimizer)
+        if self._signals is None:
+            self._signals = SignalWatch(signals_of(self.options.preempt_signals, self.options.keeps_state))
 
     def mode_hint(self, direction: str | None, name: str | None = None) -> None:
         """Resolve `mode="auto"` of `name` (default: the primary metric) from a
@@ -177,8 +191,84 @@ class BestWeightsTracker:
 
     @property
     def initial_epoch(self) -> int:
-        """The epoch to continue at (after `resume=True`; 0 for a new run)."""
+        """The epoch to continue at (after `resume=True`; 0 for a new run).
+        After a state saved mid-epoch, that epoch: see `initial_step`."""
         return self._run.initial_epoch
+
+    @property
+    def initial_step(self) -> int:
+        """The batch of `initial_epoch` to continue at: 0, or after a training
+        state saved mid-epoch (`update(..., step=)`, a preemption) the batch
+        after it. `batches()` skips the batches before it."""
+        return self._run.initial_step
+
+    @property
+    def preempted(self) -> bool:
+        """True once a preemption signal came (see `preempt_signals`). A loop
+        that does not use `batches()` checks it after each batch:
+        `if tracker.preempted: tracker.save_state(epoch, step); break`, then
+        `tracker.finish()` raises `Preempted`."""
+        return self._signals is not None and self._signals.received is not None
+
+    def save_state(self, epoch: int, step: int | None = None) -> str:
+        """Write the training state now, as of `epoch` (and `step`, the last
+        batch done), and wait until it is durable; return its path. Decides
+        nothing: recorded in the history as an update without validation
+        values. Needs `resume=True` or `save_last=True`."""
+        if not self.options.keeps_state:
+            raise ValueError("save_state() writes the training state, which this run does not keep: pass "
+                             "resume=True (or save_last=True) to the tracker.")
+        epoch = integer("epoch", epoch, 0, allow_none=False)
+        step = integer("step", step, 0)
+        if self._run.state.at != (epoch, step):  # else that update already wrote it
+            self._run.update(self.model, self.optimizer, epoch, step, {}, None)
+        self.flush()
+        return self.path.shown(self._run.state.last["path"])
+
+    def batches(self, epoch: int, data: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        """`enumerate(data)` for one epoch, made resumable and preemptible.
+
+        In the resumed epoch it skips the batches a mid-epoch training state
+        already covers (`initial_step`); after each batch, on a preemption
+        signal, it writes the training state and raises `Preempted`.
+
+        ```python
+        for epoch in tracker.epochs(100):
+            for step, (x, y) in tracker.batches(epoch, train_batches):
+                train_step(x, y)
+            tracker.update(epoch, {"val_loss": val_loss})
+        tracker.finish()
+        ```
+        """
+        start = self.initial_step if epoch == self.initial_epoch else 0
+        self.stop_if_preempted()
+        for step, batch in enumerate(data):
+            if step < start:
+                continue
+            yield step, batch
+            self.stop_if_preempted(epoch, step)
+
+    def stop_if_preempted(self, epoch: int | None = None, step: int | None = None) -> None:
+        """A safe point: after a preemption signal, write the training state
+        as of `epoch` and `step` (the last batch done; no `epoch`: the state
+        written last is current), release the run and raise `Preempted`.
+        Nothing happens without a signal. `batches()` and `fit()` call it
+        after every batch; a hand-written loop may call it there itself."""
+        if not self.preempted:
+            return
+        if epoch is not None:
+            self.save_state(epoch, step)
+        self._end_preempted()
+
+    def _end_preempted(self) -> None:
+        last = self._run.state.last or {}
+        try:
+            self._run.close()
+        finally:
+            self._signals.close()
+        if self.verbose and self._run.chief:
+            print(f"keras-best: {Preempted(self._signals.received, last.get('epoch'), last.get('step'))}")
+        raise Preempted(self._signals.received, last.get("epoch"), last.get("step"))
 
     @property
     def stopped(self) -> bool:
@@ -232,7 +322,15 @@ class BestWeightsTracker:
                 "validation values, so no best was chosen or saved. Give validation data (in fit(): "
                 "validation_data= or validation_split=, and check validation_freq), or monitor a "
                 "training metric.", stacklevel=2)
-        self._run.finish(self.model)
+        if self.preempted:  # the run is not over: nothing restored or exported
+            self._end_preempted()
+        try:
+            self._run.finish(self.model)
+        finally:
+            if self._signals is not None:
+                self._signals.close()
+        if self.preempted:  # a signal during finish(): the state written last is current
+            self._end_preempted()
 
     def flush(self) -> None:
         """Wait until every save so far is on disk and recorded (what `finish()`
@@ -246,7 +344,11 @@ class BestWeightsTracker:
         """Abandon the run without finishing it: wait for background writes and
         release the run directory's lock; no weights restored, nothing exported
         (`finish()` is the normal end). Raises `SaveError` if a write failed."""
-        self._run.close()
+        try:
+            self._run.close()
+        finally:
+            if self._signals is not None:
+                self._signals.close()
 
     def run(
         self,
