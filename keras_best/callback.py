@@ -108,6 +108,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         for name in self.tracker.objective.unresolved:
             self.tracker.mode_hint(_direction_from_model(self.model, name), name)
+        self.tracker._live_model = lambda: self.model  # on JAX, puts the variables' values back
         if self.tracker.model is not self.model:
             self.tracker.bind(self.model)
             # What keras.callbacks.BackupAndRestore does (there is no public way):
@@ -123,9 +124,8 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._save_on_batch(batch, logs)
-        if self.tracker.preempted:
-            self.tracker.model = self.model  # on JAX: the variables' values are put back
-            self.tracker.stop_if_preempted(self._epoch, batch)
+        if self.tracker.options.keeps_state:
+            self.tracker.after_batch(self._epoch, batch)
 
     def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:
         if self.save_freq == "epoch":
@@ -144,9 +144,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self.save_freq == "epoch":
             self._resolve_mode()
             self._act(self.tracker.update(epoch, self._checked(logs)))
-        if self.tracker.preempted:
+        if self.tracker.preempted:  # after the epoch's update, or when there was none
             self.tracker.model = self.model
-            self.tracker.stop_if_preempted(epoch)
+            self.tracker.save_state(epoch)
+            self.tracker.finish()  # raises Preempted
 
     def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
         """The logs, or a `fit()`-worded error when a monitored key is missing.

@@ -56,6 +56,10 @@ class Options:
     require: Any = None
     async_save: bool = True
     preempt_signals: Any = "auto"
+    keep_last: int = 1
+    archive_every: int | None = None
+    save_state_every: float | None = None
+    save_state_every_batches: int | None = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -77,6 +81,20 @@ class Options:
         if self.save_format is not None and not isinstance(self.save_format, str):
             raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
         # Checked now, not at the first update: raises their own messages.
+        self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
+        self._set("archive_every", integer("archive_every", self.archive_every, 1, " (epochs) or None"))
+        self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
+                                                      1, " or None"))
+        if self.save_state_every is not None:
+            seconds = real("save_state_every", self.save_state_every)
+            if not 0 < seconds < math.inf:
+                raise ValueError("`save_state_every` is in seconds and must be > 0, or None. "
+                                 f"Received: save_state_every={self.save_state_every!r}")
+            self._set("save_state_every", seconds)
+        for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None)):
+            if getattr(self, name) != default and not self.keeps_state:
+                raise ValueError(f"`{name}` is about training states, and this run keeps none: pass "
+                                 f"resume=True (or save_last=True) too. Received: {name}={getattr(self, name)!r}")
         preemption.signals_of(self.preempt_signals, self.keeps_state)  # its own messages
         objective = Objective(self.monitor, self.mode, self.require)
         checks = self.monitor_options()
@@ -109,7 +127,7 @@ class Options:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
                                               "keep_top_k", "save_best_only", "stopping_threshold",
-                                              "divergence_threshold")}
+                                              "divergence_threshold", "keep_last", "archive_every")}
 
     @classmethod
     def create(cls, owner: str, **options: Any) -> Options:

@@ -210,7 +210,7 @@ class Run:
         return plan
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo) -> None:
-        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict))
+        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot = None, None
         if plan.save_as is not None:
             rel = plan.save_as
@@ -225,11 +225,12 @@ class Run:
         if plan.keep_host_copy:
             self.best_weights = host_copies(model.weights, reuse)
         if plan.write_state:
-            tmp_rel = files.tmp_path(files.LAST_NAME)
+            state_rel = plan.state.last["path"]
+            tmp_rel = files.tmp_path(state_rel)
             arrays = (host_copies(model.weights, reuse),
                       host_copies(state.optimizer_variables(optimizer, model), reuse))
             self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step), True)
-            txn.renames.append((tmp_rel, files.LAST_NAME))
+            txn.renames.append((tmp_rel, state_rel))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state
         self.history.append(plan.entry)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -52,6 +53,14 @@ class BestWeightsTracker:
         save_best_only: if False, save at every update (as ModelCheckpoint).
         save_last: also keep the latest training state (model, optimizer,
             epoch and tracker state) to resume from.
+        keep_last: how many training states to keep (newest resumes; the
+            older ones are named `keras_best_state-EPOCH[-STEP].h5`).
+        archive_every: also save the model every this many epochs, in
+            `filepath`'s format, and never delete those files (with top-k:
+            a file kept by either rule stays). Needs a placeholder.
+        save_state_every: also write the training state every so many
+            seconds, at the end of a batch (`fit()`, `batches()`).
+        save_state_every_batches: ... or every so many batches.
         patience: stop after this many updates in a row without improvement
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
@@ -124,11 +133,19 @@ class BestWeightsTracker:
                 "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
                 f"Received: filepath={self.filepath}"
             )
+        if o.archive_every is not None and not self.path.fields:
+            raise ValueError(
+                f"archive_every={o.archive_every} keeps a file every {o.archive_every} epochs besides the "
+                "best, so `filepath` needs a placeholder that differs per epoch, e.g. "
+                f"'{{epoch:03d}}.weights.h5'. Received: filepath={self.filepath}"
+            )
         self._run = Run(self.path, o, self.objective, check_format(self.filepath, o))
         self.verbose = o.verbose
         self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k)
         self._checked = False
         self._signals: SignalWatch | None = None
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
+        self._live_model: Callable[[], Any] | None = None  # set by BestCheckpoint
         self.model = None
         if model is not _LATER:
             self.bind(model)
@@ -221,7 +238,7 @@ class BestWeightsTracker:
         epoch = integer("epoch", epoch, 0, allow_none=False)
         step = integer("step", step, 0)
         if self._run.state.at != (epoch, step):  # else that update already wrote it
-            self._run.update(self.model, self.optimizer, epoch, step, {}, None)
+            self._update_state_only(epoch, step)
         self.flush()
         return self.path.shown(self._run.state.last["path"])
 
@@ -229,8 +246,8 @@ class BestWeightsTracker:
         """`enumerate(data)` for one epoch, made resumable and preemptible.
 
         In the resumed epoch it skips the batches a mid-epoch training state
-        already covers (`initial_step`); after each batch, on a preemption
-        signal, it writes the training state and raises `Preempted`.
+        already covers (`initial_step`); after each batch it calls
+        `after_batch()` (periodic training states, preemption).
 
         ```python
         for epoch in tracker.epochs(100):
@@ -241,24 +258,41 @@ class BestWeightsTracker:
         ```
         """
         start = self.initial_step if epoch == self.initial_epoch else 0
-        self.stop_if_preempted()
+        if self.preempted:  # came between epochs: the state written last is current
+            self._end_preempted()
         for step, batch in enumerate(data):
             if step < start:
                 continue
             yield step, batch
-            self.stop_if_preempted(epoch, step)
+            self.after_batch(epoch, step)
 
-    def stop_if_preempted(self, epoch: int | None = None, step: int | None = None) -> None:
-        """A safe point: after a preemption signal, write the training state
-        as of `epoch` and `step` (the last batch done; no `epoch`: the state
-        written last is current), release the run and raise `Preempted`.
-        Nothing happens without a signal. `batches()` and `fit()` call it
-        after every batch; a hand-written loop may call it there itself."""
-        if not self.preempted:
+    def after_batch(self, epoch: int, step: int) -> None:
+        """A safe point, after training batch `step` of `epoch` (`batches()` and
+        `fit()` call it; a hand-written loop may call it itself). Writes the
+        training state when `save_state_every` / `save_state_every_batches`
+        say it is due (in the background); after a preemption signal writes
+        it, waits until it is durable, and raises `Preempted`."""
+        o = self.options
+        self._batches_since_state += 1
+        due = (o.save_state_every_batches is not None and self._batches_since_state >= o.save_state_every_batches) or (
+            o.save_state_every is not None and time.monotonic() - self._state_clock >= o.save_state_every)
+        if not (due or self.preempted):
             return
-        if epoch is not None:
+        if self._live_model is not None:
+            self.model = self._live_model()  # fit() on JAX: the variables' values put back
+        if self.preempted:
             self.save_state(epoch, step)
-        self._end_preempted()
+            self._end_preempted()
+        if self._run.state.at != (epoch, step):
+            self._update_state_only(epoch, step)
+
+    def _update_state_only(self, epoch: int, step: int | None) -> None:
+        """Record an update that writes the training state and decides nothing."""
+        self._run.update(self.model, self.optimizer, epoch, step, {}, None)
+        self._state_written()
+
+    def _state_written(self) -> None:
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
 
     def _end_preempted(self) -> None:
         last = self._run.state.last or {}
@@ -299,6 +333,8 @@ class BestWeightsTracker:
         previous_best = self.best
         plan = self._run.update(self.model, self.optimizer, epoch, step, values,
                                 self.objective.score(values) if validated else None)
+        if plan.write_state:
+            self._state_written()
         shown = self.path.shown
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and shown(plan.save_as),
                                        evicted=tuple(shown(p) for p in plan.evict))
