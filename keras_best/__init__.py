@@ -20,6 +20,7 @@ _PUBLIC = {
     "BestRecord": "keras_best.loading",
     "BestWeightsTracker": "keras_best.tracker",
     "Decision": "keras_best.monitor",
+    "Preempted": "keras_best.preemption",
     "RunDirectoryLocked": "keras_best.lock",
     "SaveError": "keras_best.tracker",
     "StopReason": "keras_best.monitor",
@@ -31,6 +32,7 @@ __all__ = [
     "BestRecord",
     "BestWeightsTracker",
     "Decision",
+    "Preempted",
     "RunDirectoryLocked",
     "SaveError",
     "StopReason",
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
     from keras_best.loading import BestRecord, load_best
     from keras_best.lock import RunDirectoryLocked
     from keras_best.monitor import Decision, StopReason
+    from keras_best.preemption import Preempted
     from keras_best.tracker import BestWeightsTracker, SaveError
 
 

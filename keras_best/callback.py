@@ -108,6 +108,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         for name in self.tracker.objective.unresolved:
             self.tracker.mode_hint(_direction_from_model(self.model, name), name)
+        self.tracker._live_model = lambda: self.model  # on JAX, puts the variables' values back
         if self.tracker.model is not self.model:
             self.tracker.bind(self.model)
             # What keras.callbacks.BackupAndRestore does (there is no public way):
@@ -122,6 +123,11 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._save_on_batch(batch, logs)
+        if self.tracker.options.keeps_state:
+            self.tracker.after_batch(self._epoch, batch)
+
+    def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:
         if self.save_freq == "epoch":
             return
         if self._last_batch is None or batch <= self._last_batch:
@@ -138,6 +144,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         if self.save_freq == "epoch":
             self._resolve_mode()
             self._act(self.tracker.update(epoch, self._checked(logs)))
+        if self.tracker.preempted:  # after the epoch's update, or when there was none
+            self.tracker.model = self.model
+            self.tracker.save_state(epoch)
+            self.tracker.finish()  # raises Preempted
 
     def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
         """The logs, or a `fit()`-worded error when a monitored key is missing.

@@ -32,6 +32,16 @@ HISTORY_NAME = "keras_best_history.jsonl"
 LOCK_NAME = ".keras_best.lock"
 LAST_NAME = "keras_best_last.h5"
 RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
+STATE_PREFIX = "keras_best_state-"  # training states kept by keep_last > 1
+
+
+def state_name(epoch: int, step: int | None) -> str:
+    """The name of the training state of `(epoch, step)` when several are kept.
+
+    >>> state_name(3, None), state_name(3, 120)
+    ('keras_best_state-0003.h5', 'keras_best_state-0003-000120.h5')
+    """
+    return f"{STATE_PREFIX}{epoch:04d}{'' if step is None else f'-{step:06d}'}.h5"
 
 
 class DamagedFileError(ValueError):
@@ -140,11 +150,12 @@ def is_tmp_name(name: str) -> bool:
     return bool(_TMP_RE.match(name))
 
 
-def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES) -> str | None:
+def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES, state: bool = False) -> str | None:
     """Why `name` is not a plain file name inside a run directory (`None` if it is).
 
     A plain name has no directory part (no separator, not `.` or `..`, not
-    absolute, not empty) and is neither a temp name nor one of `reserved`.
+    absolute, not empty) and is neither a temp name nor one of `reserved`, nor
+    (unless `state`) a training state's name.
 
     >>> name_problem("best.weights.h5") is None, name_problem("../x"), name_problem("keras_best.json")
     (True, 'it has a directory part', 'it is the name of keras_best.json')
@@ -161,6 +172,8 @@ def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES) -> st
         return "it is a temp file name"
     if name in reserved:
         return f"it is the name of {name}"
+    if name.startswith(STATE_PREFIX) and not state:
+        return f"it starts with {STATE_PREFIX!r}, the names of the kept training states"
     return None
 
 

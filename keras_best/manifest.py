@@ -96,7 +96,8 @@ class RunRecord:
 
     def named_files(self) -> set[str]:
         """The files the record names (kept, training state, export)."""
-        named = {r.path for r in self.state.kept}
+        named = {r.path for r in self.state.kept + self.state.archived}
+        named.update(s["path"] for s in self.state.states)
         if self.state.last:
             named.add(self.state.last["path"])
         if self.state.export:
@@ -127,7 +128,9 @@ class RunRecord:
             "engine": dict(s.engine) if s.engine is not None else None,
             "options": dict(self.options),
             "kept": [r.to_json() for r in s.kept],
+            "archived": [r.to_json() for r in s.archived],
             "last": None if s.last is None else dict(s.last),
+            "states": [dict(x) for x in s.states],
             "stopped": None if s.stopped is None else dict(s.stopped),
             "export": s.export,
             "history_count": self.history_count,
@@ -164,9 +167,25 @@ class RunRecord:
                 raise check.error("best", f"names {best_rec.path!r} (epoch {best_rec.epoch + 1}), which is not "
                                           "among the kept files")
         engine = check.engine(data.get("engine"))
+        archived = tuple(check.record(r, f"archived[{i}]") for i, r in enumerate(check.items(data, "archived")))
+        by_name = {r.path: (r.epoch, r.step) for r in archived}
+        if len(by_name) != len(archived):
+            raise check.error("archived", f"names a file twice: {[r.path for r in archived]}")
+        for r in kept:
+            if by_name.get(r.path, (r.epoch, r.step)) != (r.epoch, r.step):
+                raise check.error("archived", f"names {r.path!r} for another epoch than `kept` does")
         last = check.entry(data, "last", {"path": str, "epoch": int})
         if last is not None:
-            check.name(last["path"], "last.path", reserved=_BOOKKEEPING)
+            check.name(last["path"], "last.path", reserved=_BOOKKEEPING, state=True)
+        states = tuple(check.entry({f"states[{i}]": x}, f"states[{i}]", {"path": str, "epoch": int})
+                       for i, x in enumerate(check.items(data, "states")))
+        for i, x in enumerate(states):
+            if x is None:
+                raise check.error(f"states[{i}]", "is null")
+            check.name(x["path"], f"states[{i}].path", reserved=_BOOKKEEPING, state=True)
+        state_names = [x["path"] for x in ((last,) if last else ()) + states]
+        if len(set(state_names)) != len(state_names) or set(state_names) & (set(names) | set(by_name)):
+            raise check.error("states", f"names a file twice, or a saved model: {state_names}")
         stopped = check.entry(data, "stopped", {"epoch": int, "reason": str})
         export = check.optional(data, "export", str)
         if export is not None:
@@ -179,7 +198,8 @@ class RunRecord:
         else:
             count = check.integer(data, "history_count")
             nbytes = check.integer(data, "history_bytes")
-        state = RunState(engine=engine, kept=kept, best_at=best_at, last=last, stopped=stopped, export=export)
+        state = RunState(engine=engine, kept=kept, best_at=best_at, last=last, stopped=stopped, export=export,
+                         archived=archived, states=states)
         return cls(
             monitor=data.get("monitor"),
             mode=data.get("mode"),
@@ -318,10 +338,11 @@ class _Checker:
         return ManifestError(f"{self.where}: field {field!r} {problem}. Was it edited by hand, or "
                              "written by another tool? Nothing in it was acted upon.")
 
-    def name(self, value: Any, field: str, reserved: tuple[str, ...] = files.RESERVED_NAMES, tmp: bool = False) -> str:
+    def name(self, value: Any, field: str, reserved: tuple[str, ...] = files.RESERVED_NAMES, tmp: bool = False,
+             state: bool = False) -> str:
         if tmp and isinstance(value, str) and files.is_tmp_name(value):
             return value
-        problem = files.name_problem(value, reserved)
+        problem = files.name_problem(value, reserved, state=state)
         if problem is not None:
             raise self.error(field, f"is {value!r}, not a plain file name in the run directory ({problem})")
         return value
@@ -409,9 +430,9 @@ class _Checker:
         for i, pair in enumerate(renames):
             if not isinstance(pair, list) or len(pair) != 2 or not files.is_tmp_name(str(pair[0])):
                 raise self.error(f"pending.renames[{i}]", f"is {pair!r}, not a [temp name, final name] pair")
-            self.name(pair[1], f"pending.renames[{i}]", reserved=_BOOKKEEPING)
+            self.name(pair[1], f"pending.renames[{i}]", reserved=_BOOKKEEPING, state=True)
         for i, rel in enumerate(deletes):
-            self.name(rel, f"pending.deletes[{i}]", reserved=_BOOKKEEPING, tmp=True)
+            self.name(rel, f"pending.deletes[{i}]", reserved=_BOOKKEEPING, tmp=True, state=True)
         return {"renames": [list(p) for p in renames], "deletes": list(deletes)}
 
 

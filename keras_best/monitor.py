@@ -27,6 +27,8 @@ class StopReason(str, enum.Enum):
     NONE = ""
     PATIENCE_EXHAUSTED = "patience_exhausted"
     NON_FINITE_METRIC = "non_finite_metric"
+    STOPPING_THRESHOLD = "stopping_threshold"
+    DIVERGENCE_THRESHOLD = "divergence_threshold"
 
     def __str__(self) -> str:
         return self.value
@@ -48,6 +50,10 @@ def describe_stop(reason: Any, options: Mapping[str, Any], monitor: str = "the m
         return f"patience of {patience} epoch{'' if patience == 1 else 's'} exhausted"
     if reason == StopReason.NON_FINITE_METRIC:
         return f"{monitor} was NaN or infinite (stop_on_non_finite=True)"
+    if reason == StopReason.STOPPING_THRESHOLD:
+        return f"{monitor} reached stopping_threshold={options.get('stopping_threshold')}"
+    if reason == StopReason.DIVERGENCE_THRESHOLD:
+        return f"{monitor} was worse than divergence_threshold={options.get('divergence_threshold')} (or NaN)"
     return str(reason)
 
 
@@ -133,6 +139,12 @@ class Monitor:
             towards patience nor set the value patience must beat. They
             still count for `best` (what gets saved).
         stop_on_non_finite: stop at once when the value is NaN or infinite.
+        stopping_threshold: stop as soon as an eligible value reaches this
+            (`<=` in "min" mode, `>=` in "max" mode): good enough, as
+            Lightning's `EarlyStopping(stopping_threshold=...)`. The epoch
+            that reaches it is still saved when it is the best.
+        divergence_threshold: stop as soon as a value is worse than this
+            (`>` in "min" mode, `<` in "max" mode) or NaN: training diverged.
 
     Example:
     >>> m = Monitor("min", patience=2)
@@ -151,6 +163,8 @@ class Monitor:
         patience: int | None = None,
         start_from_epoch: int = 0,
         stop_on_non_finite: bool = False,
+        stopping_threshold: float | None = None,
+        divergence_threshold: float | None = None,
     ) -> None:
         modes = (mode,) if isinstance(mode, str) else tuple(mode)
         if not modes or any(m not in ("min", "max") for m in modes):
@@ -170,6 +184,20 @@ class Monitor:
                 "`start_from_epoch` must be an int >= 0. "
                 f"Received: start_from_epoch={start_from_epoch!r}"
             )
+        for name, value in (("stopping_threshold", stopping_threshold), ("divergence_threshold", divergence_threshold)):
+            if value is not None and (not _is_number(value) or not math.isfinite(value)):
+                raise ValueError(f"`{name}` must be a finite number or None. Received: {name}={value!r}")
+        if stopping_threshold is not None and divergence_threshold is not None and not (
+            _signed(stopping_threshold, modes[0]) < _signed(divergence_threshold, modes[0])
+        ):
+            raise ValueError(
+                f"`stopping_threshold` must be a better value than `divergence_threshold` for mode="
+                f"{modes[0]!r} ({'lower' if modes[0] == 'min' else 'higher'}), or no epoch could train "
+                f"on. Received: stopping_threshold={stopping_threshold!r}, "
+                f"divergence_threshold={divergence_threshold!r}"
+            )
+        self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
+        self.divergence_threshold = None if divergence_threshold is None else float(divergence_threshold)
         self.mode = modes[0]
         self.modes = modes
         self.min_delta = float(min_delta)
@@ -229,8 +257,17 @@ class Monitor:
             else:
                 patience_exhausted = self.patience is not None and self.wait >= self.patience
         reason = StopReason.NONE
+        signed = _signed(score.primary, self.mode)
         if self.stop_on_non_finite and not math.isfinite(score.primary):
             reason = StopReason.NON_FINITE_METRIC
+        elif self.stopping_threshold is not None and score.eligible and (
+            signed <= _signed(self.stopping_threshold, self.mode)
+        ):
+            reason = StopReason.STOPPING_THRESHOLD
+        elif self.divergence_threshold is not None and (
+            math.isnan(signed) or signed > _signed(self.divergence_threshold, self.mode)
+        ):
+            reason = StopReason.DIVERGENCE_THRESHOLD
         elif patience_exhausted:
             reason = StopReason.PATIENCE_EXHAUSTED
         return Decision(
@@ -284,3 +321,8 @@ def _stored_score(primary: Any, ties: Any) -> Score | None:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _signed(value: float, mode: str) -> float:
+    """`value` as a quantity to minimise."""
+    return value if mode == "min" else -value

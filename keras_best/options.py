@@ -23,7 +23,7 @@ import math
 import numbers
 from typing import Any
 
-from keras_best import savers
+from keras_best import preemption, savers
 from keras_best.extras import install_hint
 from keras_best.monitor import Monitor
 from keras_best.objective import Objective
@@ -51,9 +51,16 @@ class Options:
     save_format: str | None = None
     export_at_finish: bool = False
     stop_on_non_finite: bool = False
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
     verbose: int = 1
     require: Any = None
     async_save: bool = True
+    preempt_signals: Any = "auto"
+    keep_last: int = 1
+    archive_every: int | None = None
+    save_state_every: float | None = None
+    save_state_every_batches: int | None = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -63,6 +70,9 @@ class Options:
         self._set("start_from_epoch", integer("start_from_epoch", self.start_from_epoch, 0, allow_none=False))
         self._set("min_delta", real("min_delta", self.min_delta))
         self._set("baseline", None if self.baseline is None else real("baseline", self.baseline))
+        for name in ("stopping_threshold", "divergence_threshold"):
+            value = getattr(self, name)
+            self._set(name, None if value is None else real(name, value))
         verbose = self.verbose
         if _is_bool(verbose):
             verbose = int(verbose)
@@ -72,9 +82,26 @@ class Options:
         if self.save_format is not None and not isinstance(self.save_format, str):
             raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
         # Checked now, not at the first update: raises their own messages.
-        Monitor("min", min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
-                start_from_epoch=self.start_from_epoch)
-        Objective(self.monitor, self.mode, self.require)
+        self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
+        self._set("archive_every", integer("archive_every", self.archive_every, 1, " (epochs) or None"))
+        self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
+                                                      1, " or None"))
+        if self.save_state_every is not None:
+            seconds = real("save_state_every", self.save_state_every)
+            if not 0 < seconds < math.inf:
+                raise ValueError("`save_state_every` is in seconds and must be > 0, or None. "
+                                 f"Received: save_state_every={self.save_state_every!r}")
+            self._set("save_state_every", seconds)
+        for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None)):
+            if getattr(self, name) != default and not self.keeps_state:
+                raise ValueError(f"`{name}` is about training states, and this run keeps none: pass "
+                                 f"resume=True (or save_last=True) too. Received: {name}={getattr(self, name)!r}")
+        preemption.signals_of(self.preempt_signals, self.keeps_state)  # its own messages
+        objective = Objective(self.monitor, self.mode, self.require)
+        checks = self.monitor_options()
+        if objective.unresolved:  # the thresholds' order is checked once the mode is known
+            checks["divergence_threshold"] = None
+        Monitor(objective.engine_modes, **checks)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
@@ -94,12 +121,14 @@ class Options:
     def monitor_options(self) -> dict[str, Any]:
         """The keyword arguments of `Monitor`."""
         return dict(min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
-                    start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite)
+                    start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite,
+                    stopping_threshold=self.stopping_threshold, divergence_threshold=self.divergence_threshold)
 
     def recorded(self) -> dict[str, Any]:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
-                                              "keep_top_k", "save_best_only")}
+                                              "keep_top_k", "save_best_only", "stopping_threshold",
+                                              "divergence_threshold", "keep_last", "archive_every")}
 
     @classmethod
     def create(cls, owner: str, **options: Any) -> Options:

@@ -53,6 +53,11 @@ class RunState:
         export: the SavedModel exported at `finish()`, if any.
         at: `(epoch, step)` of the last update (`None` at the start and right
             after a resume): updates must move forward.
+        archived: the records of the files `archive_every` keeps for good
+            (a file may be kept by top-k and archived: one file, kept while
+            any rule keeps it).
+        states: the older training states `keep_last` keeps, newest first
+            (`last` is the newest).
     """
 
     engine: Mapping[str, Any] | None = None
@@ -62,6 +67,8 @@ class RunState:
     stopped: Mapping[str, Any] | None = None
     export: str | None = None
     at: Position | None = None
+    archived: tuple[Record, ...] = ()
+    states: tuple[Mapping[str, Any], ...] = ()
 
     def best_record(self) -> Record | None:
         """The kept record of the best epoch (`None` before the first best)."""
@@ -78,6 +85,14 @@ class RunState:
         assert len(set(names)) == len(names), f"two kept records share a name: {names}"
         assert all(files.name_problem(n) is None for n in names), names
         assert keep_top_k is None or len(self.kept) <= keep_top_k, (len(self.kept), keep_top_k)
+        archived = {r.path: (r.epoch, r.step) for r in self.archived}
+        assert len(archived) == len(self.archived), f"two archived records share a name: {self.archived}"
+        assert all(files.name_problem(n) is None for n in archived), archived
+        for r in self.kept:  # one name, one file: kept and archived only as the same epoch
+            assert archived.get(r.path, (r.epoch, r.step)) == (r.epoch, r.step), (r, archived)
+        state_names = [s["path"] for s in ((self.last,) if self.last else ()) + tuple(self.states)]
+        assert len(set(state_names)) == len(state_names), state_names
+        assert not set(state_names) & (set(names) | set(archived)), state_names
         best = (self.engine or {}).get("best")
         assert (best is None) == (self.best_at is None), (best, self.best_at)
         if self.best_at is not None:
@@ -104,6 +119,7 @@ class Plan:
     write_state: bool
     entry: dict[str, Any]
     state: RunState
+    drop_states: tuple[str, ...] = ()
 
 
 class Policy:
@@ -151,7 +167,18 @@ class Policy:
             best_at = position if decision.improved else state.best_at
             kept, save_as, evict = self._retain(state, engine, decision, score, values, position, best_at, name)
         o = self.options
-        last = {"path": files.LAST_NAME, "epoch": epoch, "step": step} if o.keeps_state else state.last
+        archived = state.archived
+        archive = o.archive_every is not None and step is None and (epoch + 1) % o.archive_every == 0
+        if archive:  # every archive_every epochs, a file no rule deletes
+            if save_as is None:
+                save_as = _free_name(name, {r.path for r in kept + state.archived})
+            replaced = [r.path for r in archived if (r.epoch, r.step) == position and r.path != save_as]
+            evict += tuple(p for p in replaced if p not in {r.path for r in kept})  # after a resume
+            archived = tuple(r for r in archived if (r.epoch, r.step) != position) + (
+                Record(epoch, math.nan if score is None else score.primary, save_as, dict(values), step,
+                       () if score is None else score.ties, True if score is None else score.feasible),)
+        evict = tuple(p for p in evict if p not in {r.path for r in archived})
+        last, states, drop_states = self._states(state, epoch, step)
         stopped = state.stopped
         if decision.should_stop:
             stopped = {"epoch": epoch, "step": step, "reason": decision.stop_reason.value}
@@ -166,6 +193,7 @@ class Policy:
             **({"validated": False} if score is None else {}),
             **({"ties": list(score.ties)} if score is not None and score.ties else {}),
             **({} if score is None or score.feasible else {"feasible": False}),
+            **({"archived": True} if archive else {}),
         }
         return Plan(
             decision=dataclasses.replace(decision, saved_path=save_as, evicted=evict),
@@ -175,8 +203,20 @@ class Policy:
             write_state=o.keeps_state,
             entry=entry,
             state=dataclasses.replace(state, engine=engine.state_dict(), kept=kept, best_at=best_at,
-                                      last=last, stopped=stopped, at=position),
+                                      last=last, stopped=stopped, at=position, archived=archived, states=states),
+            drop_states=drop_states,
         )
+
+    def _states(self, state: RunState, epoch: int, step: int | None):
+        """`(last, states, drop)`: the training state this update writes, the
+        older ones `keep_last` keeps (newest first), and those it drops."""
+        o = self.options
+        if not o.keeps_state:
+            return state.last, state.states, ()
+        new = files.LAST_NAME if o.keep_last == 1 else files.state_name(epoch, step)
+        older = [s for s in ((state.last,) if state.last else ()) + tuple(state.states) if s["path"] != new]
+        return ({"path": new, "epoch": epoch, "step": step}, tuple(older[: o.keep_last - 1]),
+                tuple(s["path"] for s in older[o.keep_last - 1:]))
 
     def _retain(self, state, engine, decision, score, values, position, best_at, name):
         """`(kept, save_as, evict)`: whether this update enters the kept set, under which name."""
@@ -195,14 +235,19 @@ class Policy:
         kept, evicted, _ = retention.retain(others, new, o.keep_top_k, modes, best_at)
         if all(r is not new for r in kept):
             return state.kept, None, ()  # would be evicted at once: not written
-        taken = {r.path for r in kept if r is not new}
-        version = 0
-        while name(version) in taken:  # never overwrite a kept file of another epoch
-            version += 1
-        save_as = name(version)
+        taken = {r.path for r in kept if r is not new} | {r.path for r in state.archived if (r.epoch, r.step) != position}
+        save_as = _free_name(name, taken)  # never overwrite a kept file of another epoch
         named = dataclasses.replace(new, path=save_as)
         evict = tuple(dict.fromkeys(r.path for r in evicted + same if r.path != save_as))
         return tuple(retention.ranked([named if r is new else r for r in kept], modes)), save_as, evict
+
+
+def _free_name(name: Callable[[int], str], taken: set[str]) -> str:
+    """`name(0)`, or `name(v)` for the first version `v` not in `taken`."""
+    version = 0
+    while name(version) in taken:
+        version += 1
+    return name(version)
 
 
 def _order(position: Position) -> tuple[int, float]:

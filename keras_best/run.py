@@ -65,6 +65,7 @@ class Run:
         self.architecture: str | None = None
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
+        self.initial_step = 0
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -167,8 +168,9 @@ class Run:
             if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
                 self.best_weights = _read_weights_of(model, weights)
-            epoch, _ = state.load(files.join(self.directory, last["path"]), model, optimizer)
-            self.initial_epoch = epoch + 1
+            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer)
+            # A state saved mid-epoch continues in that epoch, at the next batch.
+            self.initial_epoch, self.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
         elif self.history:
             self.initial_epoch = self.history[-1]["epoch"] + 1
 
@@ -210,7 +212,7 @@ class Run:
         return plan
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo) -> None:
-        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict))
+        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot = None, None
         if plan.save_as is not None:
             rel = plan.save_as
@@ -225,11 +227,12 @@ class Run:
         if plan.keep_host_copy:
             self.best_weights = host_copies(model.weights, reuse)
         if plan.write_state:
-            tmp_rel = files.tmp_path(files.LAST_NAME)
+            state_rel = plan.state.last["path"]
+            tmp_rel = files.tmp_path(state_rel)
             arrays = (host_copies(model.weights, reuse),
                       host_copies(state.optimizer_variables(optimizer, model), reuse))
             self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step), True)
-            txn.renames.append((tmp_rel, files.LAST_NAME))
+            txn.renames.append((tmp_rel, state_rel))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state
         self.history.append(plan.entry)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 import warnings
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from keras_best import distribute, retention
 from keras_best.manifest import RunRecord
@@ -14,6 +15,7 @@ from keras_best.monitor import Decision, StopReason
 from keras_best.objective import Objective
 from keras_best.options import Options, check_format, check_model, check_optimizer, integer
 from keras_best.paths import RunPath
+from keras_best.preemption import Preempted, SignalWatch, signals_of
 from keras_best.report import Reporter, restored_line, say
 from keras_best.retention import Record
 from keras_best.run import Run, SaveError, architecture_of
@@ -51,6 +53,14 @@ class BestWeightsTracker:
         save_best_only: if False, save at every update (as ModelCheckpoint).
         save_last: also keep the latest training state (model, optimizer,
             epoch and tracker state) to resume from.
+        keep_last: how many training states to keep (newest resumes; the
+            older ones are named `keras_best_state-EPOCH[-STEP].h5`).
+        archive_every: also save the model every this many epochs, in
+            `filepath`'s format, and never delete those files (with top-k:
+            a file kept by either rule stays). Needs a placeholder.
+        save_state_every: also write the training state every so many
+            seconds, at the end of a batch (`fit()`, `batches()`).
+        save_state_every_batches: ... or every so many batches.
         patience: stop after this many updates in a row without improvement
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
@@ -66,11 +76,26 @@ class BestWeightsTracker:
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        stopping_threshold: stop as soon as a (feasible) monitored value
+            reaches this one (`<=` with mode "min", `>=` with "max"); that
+            epoch is saved first when it is the best.
+        divergence_threshold: stop as soon as the monitored value is worse
+            than this one (`>` with mode "min", `<` with "max"), or NaN.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
         require: constraints an epoch must meet to be best or enter the top
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
             count as not improving for `patience`.
+        preempt_signals: the signals that announce a preemption (Slurm,
+            Kubernetes, spot VMs send SIGTERM before killing a job): on one,
+            the training state is written at the next safe point (the end of
+            the batch in `fit()`, `batches()` and `run()`; or where your loop
+            checks `preempted`) and `Preempted` ends the process with status
+            128 + signal (143 for SIGTERM). Rerun with `resume=True` to go on.
+            "auto" (default): SIGTERM when the run keeps a training state
+            (`resume` or `save_last`), else none; a list such as
+            `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
+            the process at once, as it would have without keras-best.
         async_save: write `.weights.h5` files and the record in a background
             thread (default): `update()` only waits for a host copy of the
             weights, and a write error is raised from the next `update()` or
@@ -108,10 +133,19 @@ class BestWeightsTracker:
                 "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
                 f"Received: filepath={self.filepath}"
             )
+        if o.archive_every is not None and not self.path.fields:
+            raise ValueError(
+                f"archive_every={o.archive_every} keeps a file every {o.archive_every} epochs besides the "
+                "best, so `filepath` needs a placeholder that differs per epoch, e.g. "
+                f"'{{epoch:03d}}.weights.h5'. Received: filepath={self.filepath}"
+            )
         self._run = Run(self.path, o, self.objective, check_format(self.filepath, o))
         self.verbose = o.verbose
         self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k, o.recorded())
         self._checked = False
+        self._signals: SignalWatch | None = None
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
+        self._live_model: Callable[[], Any] | None = None  # set by BestCheckpoint
         self.model = None
         if model is not _LATER:
             self.bind(model)
@@ -138,6 +172,8 @@ class BestWeightsTracker:
         if self._run.resumed and self._run.chief and self.verbose:
             say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
                                             self._run.state.stopped))
+        if self._signals is None:
+            self._signals = SignalWatch(signals_of(self.options.preempt_signals, self.options.keeps_state))
 
     def mode_hint(self, direction: str | None, name: str | None = None) -> None:
         """Resolve `mode="auto"` of `name` (default: the primary metric) from a
@@ -182,8 +218,101 @@ class BestWeightsTracker:
 
     @property
     def initial_epoch(self) -> int:
-        """The epoch to continue at (after `resume=True`; 0 for a new run)."""
+        """The epoch to continue at (after `resume=True`; 0 for a new run).
+        After a state saved mid-epoch, that epoch: see `initial_step`."""
         return self._run.initial_epoch
+
+    @property
+    def initial_step(self) -> int:
+        """The batch of `initial_epoch` to continue at: 0, or after a training
+        state saved mid-epoch (`update(..., step=)`, a preemption) the batch
+        after it. `batches()` skips the batches before it."""
+        return self._run.initial_step
+
+    @property
+    def preempted(self) -> bool:
+        """True once a preemption signal came (see `preempt_signals`). A loop
+        that does not use `batches()` checks it after each batch:
+        `if tracker.preempted: tracker.save_state(epoch, step); break`, then
+        `tracker.finish()` raises `Preempted`."""
+        return self._signals is not None and self._signals.received is not None
+
+    def save_state(self, epoch: int, step: int | None = None) -> str:
+        """Write the training state now, as of `epoch` (and `step`, the last
+        batch done), and wait until it is durable; return its path. Decides
+        nothing: recorded in the history as an update without validation
+        values. Needs `resume=True` or `save_last=True`."""
+        if not self.options.keeps_state:
+            raise ValueError("save_state() writes the training state, which this run does not keep: pass "
+                             "resume=True (or save_last=True) to the tracker.")
+        epoch = integer("epoch", epoch, 0, allow_none=False)
+        step = integer("step", step, 0)
+        if self._run.state.at != (epoch, step):  # else that update already wrote it
+            self._update_state_only(epoch, step)
+        self.flush()
+        return self.path.shown(self._run.state.last["path"])
+
+    def batches(self, epoch: int, data: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        """`enumerate(data)` for one epoch, made resumable and preemptible.
+
+        In the resumed epoch it skips the batches a mid-epoch training state
+        already covers (`initial_step`); after each batch it calls
+        `after_batch()` (periodic training states, preemption).
+
+        ```python
+        for epoch in tracker.epochs(100):
+            for step, (x, y) in tracker.batches(epoch, train_batches):
+                train_step(x, y)
+            tracker.update(epoch, {"val_loss": val_loss})
+        tracker.finish()
+        ```
+        """
+        start = self.initial_step if epoch == self.initial_epoch else 0
+        if self.preempted:  # came between epochs: the state written last is current
+            self._end_preempted()
+        for step, batch in enumerate(data):
+            if step < start:
+                continue
+            yield step, batch
+            self.after_batch(epoch, step)
+
+    def after_batch(self, epoch: int, step: int) -> None:
+        """A safe point, after training batch `step` of `epoch` (`batches()` and
+        `fit()` call it; a hand-written loop may call it itself). Writes the
+        training state when `save_state_every` / `save_state_every_batches`
+        say it is due (in the background); after a preemption signal writes
+        it, waits until it is durable, and raises `Preempted`."""
+        o = self.options
+        self._batches_since_state += 1
+        due = (o.save_state_every_batches is not None and self._batches_since_state >= o.save_state_every_batches) or (
+            o.save_state_every is not None and time.monotonic() - self._state_clock >= o.save_state_every)
+        if not (due or self.preempted):
+            return
+        if self._live_model is not None:
+            self.model = self._live_model()  # fit() on JAX: the variables' values put back
+        if self.preempted:
+            self.save_state(epoch, step)
+            self._end_preempted()
+        if self._run.state.at != (epoch, step):
+            self._update_state_only(epoch, step)
+
+    def _update_state_only(self, epoch: int, step: int | None) -> None:
+        """Record an update that writes the training state and decides nothing."""
+        self._run.update(self.model, self.optimizer, epoch, step, {}, None)
+        self._state_written()
+
+    def _state_written(self) -> None:
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
+
+    def _end_preempted(self) -> None:
+        last = self._run.state.last or {}
+        try:
+            self._run.close()
+        finally:
+            self._signals.close()
+        if self.verbose and self._run.chief:
+            print(f"keras-best: {Preempted(self._signals.received, last.get('epoch'), last.get('step'))}")
+        raise Preempted(self._signals.received, last.get("epoch"), last.get("step"))
 
     @property
     def stopped(self) -> bool:
@@ -214,6 +343,8 @@ class BestWeightsTracker:
         previous_best = self.best
         plan = self._run.update(self.model, self.optimizer, epoch, step, values,
                                 self.objective.score(values) if validated else None)
+        if plan.write_state:
+            self._state_written()
         shown = self.path.shown
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and shown(plan.save_as),
                                        evicted=tuple(shown(p) for p in plan.evict))
@@ -237,11 +368,20 @@ class BestWeightsTracker:
                 "validation values, so no best was chosen or saved. Give validation data (in fit(): "
                 "validation_data= or validation_split=, and check validation_freq), or monitor a "
                 "training metric.", stacklevel=2)
+        if self.preempted:  # the run is not over: nothing restored or exported
+            self._end_preempted()
+
         def restored(epoch: int, step: int | None) -> None:
             if self._run.chief and self.verbose:
                 say(restored_line(epoch, step))
 
-        self._run.finish(self.model, on_restore=restored)
+        try:
+            self._run.finish(self.model, on_restore=restored)
+        finally:
+            if self._signals is not None:
+                self._signals.close()
+        if self.preempted:  # a signal during finish(): the state written last is current
+            self._end_preempted()
 
     def flush(self) -> None:
         """Wait until every save so far is on disk and recorded (what `finish()`
@@ -255,7 +395,11 @@ class BestWeightsTracker:
         """Abandon the run without finishing it: wait for background writes and
         release the run directory's lock; no weights restored, nothing exported
         (`finish()` is the normal end). Raises `SaveError` if a write failed."""
-        self._run.close()
+        try:
+            self._run.close()
+        finally:
+            if self._signals is not None:
+                self._signals.close()
 
     def run(
         self,

@@ -1,0 +1,152 @@
+"""Preemption: a signal asks the run to save its training state and exit.
+
+Slurm, Kubernetes and spot/preemptible cloud machines send SIGTERM (some
+setups SIGUSR1) some seconds before they kill a job. While a tracker that
+keeps a training state (`resume=True` or `save_last=True`) is open, it
+watches those signals: the handler only notes the signal (nothing is written
+inside a signal handler), and the loop acts at its next safe point: the end
+of the current batch in `fit()` and in `tracker.batches()` /
+`tracker.run()`, or where a hand-written loop checks `tracker.preempted`.
+There the training state is written and made durable, and `Preempted` is
+raised: a `SystemExit` whose status is 128 + the signal number (143 for
+SIGTERM), what a scheduler sees from a process ended by that signal. Running
+the same script again with `resume=True` continues from that state.
+
+>>> import signal
+>>> signals_of("auto", keeps_state=True) == (signal.SIGTERM,)
+True
+>>> signals_of(["SIGUSR1"], keeps_state=True) == (signal.SIGUSR1,)
+True
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import warnings
+from typing import Any
+
+AUTO = "auto"
+_UNCATCHABLE = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP") if hasattr(signal, n)}
+
+
+class Preempted(SystemExit):
+    """Raised at the safe point after a preemption signal, once the training
+    state is on disk. Uncaught, the process exits with status 128 + signal
+    number (143 for SIGTERM), without a traceback.
+
+    Attributes:
+        signum: the signal received.
+        epoch, step: where the saved training state stands.
+    """
+
+    def __init__(self, signum: int, epoch: int | None = None, step: int | None = None) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+    def __str__(self) -> str:
+        where = "" if self.epoch is None else f" at epoch {self.epoch + 1}" + (
+            "" if self.step is None else f", batch {self.step + 1}")
+        return (f"Preempted by {signal.Signals(self.signum).name}: the training state{where} is saved; "
+                "run the same script again with resume=True to continue.")
+
+
+def signals_of(value: Any, keeps_state: bool) -> tuple[int, ...]:
+    """The signals `preempt_signals=value` asks to watch, or a `ValueError`.
+
+    `"auto"`: SIGTERM when the run keeps a training state, else none. `None`
+    or `()`: none. Otherwise signal names ("SIGTERM", "SIGUSR1") or numbers.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str) and value == AUTO:
+        return (signal.SIGTERM,) if keeps_state else ()
+    items = [value] if isinstance(value, (str, int, signal.Signals)) else value
+    try:
+        items = list(items)
+    except TypeError:
+        items = [value]
+    out = []
+    for item in items:
+        signum = _signal_number(item)
+        if signum is None:
+            raise ValueError(
+                '`preempt_signals` must be "auto", None, or signal names or numbers such as '
+                f'["SIGTERM", "SIGUSR1"]. Received: preempt_signals={value!r}'
+            )
+        if signum in _UNCATCHABLE:
+            raise ValueError(
+                f"{signal.Signals(signum).name} cannot be caught by any process, so it cannot announce a "
+                f"preemption; schedulers send SIGTERM first. Received: preempt_signals={value!r}"
+            )
+        out.append(signum)
+    if out and not keeps_state:
+        raise ValueError(
+            "`preempt_signals` saves the training state when a signal comes, but this run keeps none: "
+            f"pass resume=True (or save_last=True) too. Received: preempt_signals={value!r}"
+        )
+    return tuple(dict.fromkeys(out))
+
+
+def _signal_number(item: Any) -> int | None:
+    if isinstance(item, signal.Signals):
+        return int(item)
+    if isinstance(item, str):
+        name = item.upper() if item.upper().startswith("SIG") else "SIG" + item.upper()
+        number = getattr(signal, name, None)
+        return int(number) if isinstance(number, signal.Signals) else None
+    if isinstance(item, int) and not isinstance(item, bool):
+        try:
+            return int(signal.Signals(item))
+        except ValueError:
+            return None
+    return None
+
+
+class SignalWatch:
+    """Notes the first of `signals` received until `close()`, which puts the
+    previous handlers back. A previous Python handler is still called.
+
+    Handlers can only be installed from the main thread; elsewhere the watch
+    warns once and watches nothing (the default handlers stay).
+    """
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        if not signals:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            warnings.warn(
+                "keras-best watches preemption signals only when the tracker is created in the main "
+                "thread; this one is not, so a SIGTERM ends the process at once (the last saved "
+                "training state stays). Pass preempt_signals=None to silence this.",
+                stacklevel=4,
+            )
+            return
+        for signum in signals:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    @property
+    def watching(self) -> bool:
+        return bool(self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        previous = self._previous.get(signum)
+        if self.received is not None:  # a second signal: what it would have done without us, now
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        if callable(previous):
+            previous(signum, frame)
+
+    def close(self) -> None:
+        """Restore the handlers that were there before (from the main thread)."""
+        if not self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
