@@ -219,6 +219,13 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
             "size_bytes": _size(data.effective_path(directory, r.path)),
             **({} if r.feasible else {"feasible": False}),
         })
+    kept_at = {(r.epoch, r.step) for r in data.kept}
+    archived = [{"epoch": r.epoch, "step": r.step, "value": r.value, "path": r.path, "metrics": dict(r.metrics),
+                 "size_bytes": _size(data.effective_path(directory, r.path)), "also_best_k": (r.epoch, r.step) in kept_at}
+                for r in data.state.archived]
+    states = [{"path": x["path"], "epoch": int(x["epoch"]), "step": x.get("step"),
+               "size_bytes": _size(data.effective_path(directory, x["path"]))}
+              for x in ((data.state.last,) if data.state.last else ()) + tuple(data.state.states)]
     epochs = sorted({int(h["epoch"]) for h in history})
     stopped = data.state.stopped
     if stopped:
@@ -246,6 +253,8 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
         "stopped": stopped or None,
         "resumable": _resumable(directory, data),
         "kept": kept,
+        "archived": archived,
+        "states": states,
         "export": data.state.export,
         "pending": bool(data.pending),
         "updated_at": data.updated_at,
@@ -277,6 +286,10 @@ def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
     if data.state.stopped:
         return {"resumable": True, "epoch": epoch, "next_epoch": None, "path": last["path"],
                 "reason": "the run stopped early, so resume=True restores it and trains no more epochs"}
+    if last.get("step") is not None:  # saved mid-epoch: that epoch goes on at the next batch
+        return {"resumable": True, "epoch": epoch, "step": last["step"], "next_epoch": epoch,
+                "next_step": last["step"] + 1, "path": last["path"],
+                "reason": "resume=True continues in the saved epoch, at the batch after the saved one"}
     return {"resumable": True, "epoch": epoch, "next_epoch": epoch + 1, "path": last["path"],
             "reason": "resume=True continues after the saved state"}
 
@@ -284,10 +297,10 @@ def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
 def _resumable_text(res: Mapping[str, Any]) -> str:
     if not res["resumable"]:
         return f"no: {res['reason']}"
-    saved = f"yes: state of epoch {res['epoch'] + 1} in {res['path']}"
+    saved = f"yes: state of epoch {_when(res['epoch'], res.get('step'))} in {res['path']}"
     if res["next_epoch"] is None:
         return f"{saved}; {res['reason']}"
-    return f"{saved}; resume=True continues at epoch {res['next_epoch'] + 1}"
+    return f"{saved}; resume=True continues at epoch {_when(res['next_epoch'], res.get('next_step'))}"
 
 
 def _num(v: Any) -> float:
@@ -396,7 +409,7 @@ def format_table(summary: Mapping[str, Any]) -> str:
     width = max(len(k) for k, _ in fields)
     lines = [f"{k.ljust(width)}  {printable(str(v))}" for k, v in fields]
 
-    lines += ["", *_kept_lines(summary)]
+    lines += ["", *_kept_lines(summary), *_archived_lines(summary), *_state_lines(summary)]
     if summary.get("history") is not None:
         lines += ["", *_history_lines(summary)]
     return "\n".join(lines)
@@ -417,9 +430,15 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
         primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
         key = "value"
     others = sorted({k for r in kept for k in r["metrics"]} - {primary})
-    header = [printable(h) for h in ["rank", "epoch", primary, *others, "size", "file"]]
+    header = [printable(h) for h in ["rank", "epoch", primary, *others, "size", "file", "kept by"]]
     rows = [header]
+    keep = summary["options"].get("keep_top_k", 1)
+    archived = {r["path"] for r in summary.get("archived", ())}
+    every = summary["options"].get("archive_every")
     for r in kept:
+        rule = "best " + ("(all kept)" if keep is None else f"{keep}")
+        if r["path"] in archived:
+            rule += f", every {every} epochs"
         rows.append([
             str(r["rank"]),
             _when(r["epoch"], r["step"]),
@@ -427,10 +446,35 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
             *(format_value(r["metrics"].get(k)) for k in others),
             format_size(r["size_bytes"]),
             printable(r["path"]),
+            rule,
         ])
     right = set(range(0, 3 + len(others) + 1))
     lines.extend("  " + line for line in _table(rows, right))
     return lines
+
+
+def _archived_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The files `archive_every` keeps that are not among the best k."""
+    only = [r for r in summary.get("archived", ()) if not r["also_best_k"]]
+    if not only:
+        return []
+    every = summary["options"].get("archive_every")
+    rows = [["epoch", _names(summary["monitor"])[0], "size", "file", "kept by"]]
+    rows += [[_when(r["epoch"], r["step"]), format_value(r["value"]), format_size(r["size_bytes"]),
+              printable(r["path"]), f"every {every} epochs"] for r in only]
+    return ["", f"Archived files ({len(only)} more, never deleted):", *("  " + x for x in _table(rows, {0, 1, 2}))]
+
+
+def _state_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The training states kept (`keep_last`), newest first."""
+    states = summary.get("states") or []
+    if len(states) < 2:
+        return []  # the one state is the "Resumable" line
+    rows = [["epoch", "size", "file", "kept by"]]
+    rows += [[_when(x["epoch"], x["step"]), format_size(x["size_bytes"]), printable(x["path"]),
+              "newest: resume=True continues from it" if i == 0 else f"last {len(states)} states"]
+             for i, x in enumerate(states)]
+    return ["", f"Training states (newest first, {len(states)}):", *("  " + x for x in _table(rows, {0, 1}))]
 
 
 def _history_lines(summary: Mapping[str, Any]) -> list[str]:
