@@ -207,6 +207,18 @@ def optimizer_fits(optimizer: Any, model: Any) -> bool:
     return shapes == [tuple(v.shape) for v in model.trainable_variables]
 
 
+def global_seed_generator(create: bool = False) -> Any:
+    """Keras's global `SeedGenerator` (what unseeded `keras.random` calls draw
+    from), or `None` when none was made yet and not `create`. Private in
+    Keras: `keras.src.random.seed_generator` and its global-state key."""
+    from keras.src.backend.common import global_state
+    from keras.src.random import seed_generator
+
+    if create:
+        return seed_generator.global_seed_generator()
+    return global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
+
+
 def host_copies(variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
     """One host copy of each variable, reusing the arrays of `reuse` (a
     snapshot's `by_variable`) when it already holds them."""

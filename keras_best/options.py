@@ -29,7 +29,7 @@ from keras_best.monitor import Monitor
 from keras_best.objective import Objective
 
 _FLAGS = ("save_best_only", "save_last", "restore_best_weights", "resume", "export_at_finish",
-          "stop_on_non_finite", "async_save")
+          "stop_on_non_finite", "async_save", "save_random_state")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Options:
     archive_every: int | None = None
     save_state_every: float | None = None
     save_state_every_batches: int | None = None
+    save_random_state: bool = True
 
     def __post_init__(self) -> None:
         for name in _FLAGS:

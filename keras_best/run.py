@@ -20,7 +20,7 @@ import json
 import warnings
 from typing import Any, Callable, Mapping
 
-from keras_best import distribute, files, manifest, savers, state
+from keras_best import distribute, files, manifest, rng, savers, state
 from keras_best.h5_layout import host_copies
 from keras_best.lock import DirectoryLock
 from keras_best.manifest import RunRecord
@@ -168,7 +168,8 @@ class Run:
             if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
                 self.best_weights = _read_weights_of(model, weights)
-            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer)
+            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer,
+                                     random=self.options.save_random_state)
             # A state saved mid-epoch continues in that epoch, at the next batch.
             self.initial_epoch, self.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
         elif self.history:
@@ -231,7 +232,9 @@ class Run:
             tmp_rel = files.tmp_path(state_rel)
             arrays = (host_copies(model.weights, reuse),
                       host_copies(state.optimizer_variables(optimizer, model), reuse))
-            self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step), True)
+            saved_random = rng.capture(model) if self.options.save_random_state else None
+            self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step,
+                                                                 random=saved_random), True)
             txn.renames.append((tmp_rel, state_rel))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state

@@ -8,12 +8,12 @@ hold an optimizer that the model does not own (custom loops).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
 
-from keras_best import files
+from keras_best import files, rng
 
 LAST_NAME = files.LAST_NAME
 
@@ -27,12 +27,13 @@ def optimizer_variables(optimizer: Any, model: Any) -> list[Any]:
     return list(optimizer.variables)
 
 
-def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int, step: int | None) -> None:
-    files.write_h5(path, lambda f: _fill(f, model_arrays, optimizer_arrays, epoch, step))
+def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int,
+          step: int | None, random: Mapping[str, np.ndarray] | None = None) -> None:
+    files.write_h5(path, lambda f: _fill(f, model_arrays, optimizer_arrays, epoch, step, random or {}))
 
 
 def _fill(f: Any, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int,
-          step: int | None) -> None:
+          step: int | None, random: Mapping[str, np.ndarray]) -> None:
     f.attrs["epoch"] = epoch
     f.attrs["step"] = -1 if step is None else step
     for group_name, arrays in (("model", model_arrays), ("optimizer", optimizer_arrays)):
@@ -40,10 +41,15 @@ def _fill(f: Any, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence
         group.attrs["count"] = len(arrays)
         for i, a in enumerate(arrays):
             group.create_dataset(str(i), data=a)
+    if random:
+        group = f.create_group("random")
+        for name, a in random.items():
+            group.create_dataset(name, data=a)
 
 
-def load(path: str, model: Any, optimizer: Any) -> tuple[int, int | None]:
-    """Assign the saved variables to `model` and `optimizer`; return (epoch, step).
+def load(path: str, model: Any, optimizer: Any, random: bool = True) -> tuple[int, int | None]:
+    """Assign the saved variables to `model` and `optimizer` (and, if
+    `random`, the saved random state: `keras_best.rng`); return (epoch, step).
 
     Everything is read and checked first: when the file is damaged or does
     not fit, nothing is assigned (the model keeps its weights)."""
@@ -53,6 +59,7 @@ def load(path: str, model: Any, optimizer: Any) -> tuple[int, int | None]:
             arrays = [_read(f[what], variables, what, path) for variables, what in targets]
             step = int(f.attrs["step"])
             epoch = int(f.attrs["epoch"])
+            saved_random = {k: d[()] for k, d in f["random"].items()} if "random" in f else {}
     except (OSError, KeyError, TypeError) as e:
         raise files.DamagedFileError(
             f"Cannot resume from {path}: the training state there is damaged or incomplete ({e}). "
@@ -61,6 +68,8 @@ def load(path: str, model: Any, optimizer: Any) -> tuple[int, int | None]:
     for (variables, _), values in zip(targets, arrays):
         for v, a in zip(variables, values):
             v.assign(a)
+    if random:
+        rng.restore(model, saved_random)
     return epoch, (None if step < 0 else step)
 
 

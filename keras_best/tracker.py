@@ -61,6 +61,11 @@ class BestWeightsTracker:
         save_state_every: also write the training state every so many
             seconds, at the end of a batch (`fit()`, `batches()`).
         save_state_every_batches: ... or every so many batches.
+        save_random_state: save the random state with the training state and
+            restore it on resume (the model's `SeedGenerator`s, e.g.
+            `Dropout`'s; Keras's global one; Python's `random`; NumPy's
+            global `np.random`; torch's CPU generator), so a resumed run
+            draws what an uninterrupted one would (see `keras_best.rng`).
         patience: stop after this many updates in a row without improvement
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.

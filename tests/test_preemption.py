@@ -134,7 +134,9 @@ def test_fit_saves_the_state_at_the_batch_and_reruns_the_interrupted_epoch(tmp_p
     got = _arrays(out)
     # As keras.callbacks.BackupAndRestore: the interrupted epoch runs again, from the saved state.
     assert int(got["iterations"]) == EPOCHS * STEPS + step + 1
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    from tests.workers.preempt_worker import build
+
+    model = build()
     model.load_weights(os.path.join(run, record["best"]["path"]))
 
 

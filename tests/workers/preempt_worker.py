@@ -32,7 +32,8 @@ def data():
 
 def build() -> keras.Model:
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.2),
+                              keras.layers.Dense(1)])  # Dropout: a SeedGenerator whose state must come back
     return model
 
 
@@ -49,7 +50,8 @@ def loop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optimizer
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, SAMPLES, BATCH)]
     for epoch in range(tracker.initial_epoch, 0 if tracker.stopped else EPOCHS):
         for step, (bx, by) in tracker.batches(epoch, batches):
-            step_fn(bx, by)
+            noise = np.random.normal(scale=0.01, size=bx.shape).astype("float32")  # the global stream
+            step_fn(bx + noise, by)
             print(f"BATCH {epoch} {step}", flush=True)
             time.sleep(PAUSE)
         val_loss = ops.mean(ops.square(ops.subtract(model(x), y)))  # a tensor (on torch, one that carries a gradient)
