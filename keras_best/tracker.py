@@ -279,8 +279,10 @@ class BestWeightsTracker:
         Calls `train_step(*batch)` for each training batch and
         `validation_step(*batch)` for each validation batch, resets `metrics`
         (Keras Metric objects, keyed by their `name`) at the start of each
-        epoch, shows a `keras.utils.Progbar`, and calls `finish()`. Starts at
-        `initial_epoch` (so a resumed run continues). Returns `history`.
+        epoch, shows a `keras.utils.Progbar` line per epoch, and calls
+        `finish()`. Loops over `epochs(epochs)`: a resumed run continues at
+        `initial_epoch`, one that already stopped trains nothing. Returns
+        `history`.
 
         ```python
         tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestWeightsTracker
+from keras_best import BestWeightsTracker, load_best
 from tests.conftest import make_model, perturb, run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,7 +27,7 @@ STOP = 4
 # The user's script, run again after each interruption: `python - RUN_DIR [STOP_AFTER]`.
 SCRIPT = f"""
 import sys
-from keras_best import BestWeightsTracker
+from keras_best import BestWeightsTracker, load_best
 from tests.conftest import make_model, perturb
 
 VALUES = {VALUES!r}
@@ -148,7 +148,7 @@ RUN_SCRIPT = f"""
 import sys
 import keras
 import numpy as np
-from keras_best import BestWeightsTracker
+from keras_best import BestWeightsTracker, load_best
 from tests.conftest import make_model
 
 assert sys.stdout.isatty() == (sys.argv[2] == "tty")
@@ -156,15 +156,17 @@ model = make_model()
 rng = np.random.default_rng(0)
 data = [(rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 1)).astype("float32")) for _ in range(3)]
 loss, val_loss = keras.metrics.Mean(name="loss"), keras.metrics.Mean(name="val_loss")
+loss_fn = keras.losses.MeanSquaredError()
 
 
 def train_step(x, y):
-    model.layers[0].bias.assign(model.layers[0].bias + 0.01)  # stands in for training
-    loss.update_state(keras.ops.mean((model(x) - y) ** 2))
+    bias = model.layers[0].bias
+    bias.assign(keras.ops.convert_to_numpy(bias) + 0.01)  # stands in for training
+    loss.update_state(loss_fn(y, model(x)))
 
 
 def val_step(x, y):
-    val_loss.update_state(keras.ops.mean((model(x) - y) ** 2))
+    val_loss.update_state(loss_fn(y, model(x)))
 
 
 tracker = BestWeightsTracker(model, sys.argv[1] + "/best.weights.h5", verbose=1)
@@ -216,3 +218,27 @@ def test_run_shows_one_progress_bar_line_per_epoch(tmp_path, tty):
         assert bar.lstrip().startswith("3/3 ")
         # The line ends with the epoch's training and validation values, as recorded.
         assert f"loss: {h['metrics']['loss']:.4f}" in bar and f"val_loss: {h['metrics']['val_loss']:.4f}" in bar
+
+
+# ------------------------------------------------------------------- README
+@pytest.mark.slow
+def test_readme_custom_loop_runs_on_this_backend(tmp_path):
+    with open(os.path.join(ROOT, "README.md")) as f:
+        section = f.read().split("## Every Keras 3 backend")[1].split("\n## ")[0]
+    heading = {"tensorflow": "# TensorFlow:", "jax": "# JAX:", "torch": "# PyTorch:"}[keras.backend.backend()]
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if b.startswith(heading)]
+    assert len(blocks) == 1, f"the README has no custom loop starting with {heading!r}"
+    code = blocks[0].replace("tracker.epochs(100)", "tracker.epochs(EPOCHS)")
+    assert "tracker.epochs(EPOCHS)" in code
+    env = dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=keras.backend.backend())
+    for epochs in (2, 4):  # the second run resumes after epoch 2
+        done = subprocess.run([sys.executable, "-c", f"EPOCHS = {epochs}\n{code}"], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()
+    history = run_json(run)["history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    losses = [h["value"] for h in history]
+    assert losses[-1] < losses[0]  # it trained (the state written back, on JAX), and resumed
+    model = make_model(units=16, inputs=8)
+    assert load_best(model, str(run)).epoch == int(np.argmin(losses))
