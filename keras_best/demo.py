@@ -3,7 +3,9 @@
 Trains a small classifier on scikit-learn's bundled digits (1,797 8x8 images
 of handwritten digits; nothing is downloaded) twice:
 
-1. a custom `tf.GradientTape` loop with `BestWeightsTracker`;
+1. a custom loop with `BestWeightsTracker`, written the Keras backend's own
+   way (TensorFlow: `tf.GradientTape`; JAX: `jax.value_and_grad` with
+   `stateless_call`; PyTorch: `loss.backward()`), on numpy batches;
 2. `model.fit()` with `BestCheckpoint` (a drop-in for `ModelCheckpoint`);
 
 both with early stopping (`patience=5`) and the 3 best files kept. Each run
@@ -104,35 +106,109 @@ class Progress:
 
 
 # ---------------------------------------------------------------------- runs
-def run_custom_loop(data: dict[str, Any], run_dir: str, epochs: int) -> Any:
-    """A GradientTape loop; `BestWeightsTracker.update()` once per epoch."""
-    import keras
+def batches(x: Any, y: Any, size: int, rng: Any = None) -> Any:
+    """Numpy batches of `(x, y)`, shuffled by `rng` when given."""
+    import numpy as np
+
+    order = np.arange(len(x)) if rng is None else rng.permutation(len(x))
+    for i in range(0, len(x), size):
+        yield x[order[i:i + size]], y[order[i:i + size]]
+
+
+def tensorflow_trainer(model: Any, optimizer: Any, loss_fn: Any, loss: Any) -> Callable[..., None]:
+    """TensorFlow: `tf.GradientTape` in a `tf.function`."""
     import tensorflow as tf
+
+    @tf.function(reduce_retracing=True)
+    def train_step(x: Any, y: Any) -> None:
+        with tf.GradientTape() as tape:
+            batch_loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(batch_loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+        loss.update_state(batch_loss)
+
+    def train_epoch(data: Any) -> None:
+        for x, y in data:
+            train_step(x, y)
+
+    return train_epoch
+
+
+def jax_trainer(model: Any, optimizer: Any, loss_fn: Any, loss: Any) -> Callable[..., None]:
+    """JAX: `model.stateless_call` + `jax.value_and_grad` + `optimizer.stateless_apply`,
+    jitted; the epoch's new state goes back into the variables before `update()`."""
+    import jax
+
+    def loss_of(trainable: Any, non_trainable: Any, x: Any, y: Any) -> Any:
+        logits, non_trainable = model.stateless_call(trainable, non_trainable, x, training=True)
+        return loss_fn(y, logits), non_trainable
+
+    @jax.jit
+    def train_step(state: Any, x: Any, y: Any) -> Any:
+        trainable, non_trainable, optimizer_vars = state
+        (batch_loss, non_trainable), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            trainable, non_trainable, x, y)
+        trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        return (trainable, non_trainable, optimizer_vars), batch_loss
+
+    def train_epoch(data: Any) -> None:
+        variables = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
+        state = tuple([v.value for v in vs] for vs in variables)
+        for x, y in data:
+            state, batch_loss = train_step(state, x, y)
+            loss.update_state(batch_loss)
+        for vs, values in zip(variables, state):  # the tracker saves what the variables hold
+            for v, value in zip(vs, values):
+                v.assign(value)
+
+    return train_epoch
+
+
+def torch_trainer(model: Any, optimizer: Any, loss_fn: Any, loss: Any) -> Callable[..., None]:
+    """PyTorch: `loss.backward()`, then `optimizer.apply` with the gradients."""
+
+    def train_epoch(data: Any) -> None:
+        for x, y in data:
+            model.zero_grad()
+            batch_loss = loss_fn(y, model(x, training=True))
+            batch_loss.backward()
+            optimizer.apply([v.value.grad for v in model.trainable_variables], model.trainable_variables)
+            loss.update_state(batch_loss.detach())
+
+    return train_epoch
+
+
+TRAINERS = {"tensorflow": (tensorflow_trainer, "tf.GradientTape"),
+            "jax": (jax_trainer, "jax.value_and_grad"),
+            "torch": (torch_trainer, "torch backward()")}
+
+
+def trainer_of_backend() -> tuple[Callable[..., Any], str]:
+    """This Keras backend's way to train one epoch, and its name."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend not in TRAINERS:
+        raise ValueError(f"keras-best demo trains on the {', '.join(TRAINERS)} backends. "
+                         f"Set KERAS_BACKEND to one of them. Received: KERAS_BACKEND={backend!r}")
+    return TRAINERS[backend]
+
+
+def run_custom_loop(data: dict[str, Any], run_dir: str, epochs: int) -> Any:
+    """A custom loop written the backend's own way; `BestWeightsTracker.update()` once per epoch."""
+    import keras
+    import numpy as np
 
     from keras_best import BestWeightsTracker
 
     model, optimizer = build_model(), keras.optimizers.Adam(1e-2)
+    optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     loss = keras.metrics.Mean(name="loss")
     val_loss = keras.metrics.Mean(name="val_loss")
     val_acc = keras.metrics.SparseCategoricalAccuracy(name="val_accuracy")
-    x, y = data["train"]
-    train_ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).batch(BATCH)
-    val_ds = tf.data.Dataset.from_tensor_slices(data["val"]).batch(256)
-
-    @tf.function
-    def train_step(xb: Any, yb: Any) -> None:
-        with tf.GradientTape() as tape:
-            batch_loss = loss_fn(yb, model(xb, training=True))
-        grads = tape.gradient(batch_loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        loss.update_state(batch_loss)
-
-    @tf.function
-    def validation_step(xb: Any, yb: Any) -> None:
-        logits = model(xb, training=False)
-        val_loss.update_state(loss_fn(yb, logits))
-        val_acc.update_state(yb, logits)
+    train_epoch = trainer_of_backend()[0](model, optimizer, loss_fn, loss)
+    rng = np.random.default_rng(0)
 
     tracker = BestWeightsTracker(
         model, os.path.join(run_dir, FILENAME),
@@ -140,17 +216,16 @@ def run_custom_loop(data: dict[str, Any], run_dir: str, epochs: int) -> Any:
         restore_best_weights=True, optimizer=optimizer, save_last=True, verbose=0,
     )
     progress = Progress(tracker, epochs)
-    for epoch in range(epochs):
+    for epoch in tracker.epochs(epochs):  # ends at the early stop
         for metric in (loss, val_loss, val_acc):
             metric.reset_state()
-        for xb, yb in train_ds:
-            train_step(xb, yb)
-        for xb, yb in val_ds:
-            validation_step(xb, yb)
-        decision = tracker.update(epoch, {"loss": loss, "val_loss": val_loss, "val_accuracy": val_acc})
+        train_epoch(batches(*data["train"], BATCH, rng))
+        for x, y in batches(*data["val"], 256):
+            logits = model(x, training=False)
+            val_loss.update_state(loss_fn(y, logits))
+            val_acc.update_state(y, logits)
+        tracker.update(epoch, {"loss": loss, "val_loss": val_loss, "val_accuracy": val_acc})
         progress.epoch_end()
-        if decision.should_stop:
-            break
     tracker.finish()  # waits for background writes; puts the best weights back
     return tracker, progress.elapsed()
 
@@ -236,18 +311,22 @@ def report(title: str, run_dir: str, data: dict[str, Any], seconds: float) -> di
 
 def main(output: str = "keras-best-demo", epochs: int = 60, plot: bool = True) -> int:
     """Run the demo into `output`; returns 0 (errors raise, the CLI prints them)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow loads: no C++ log lines
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"--epochs must be an int >= 1. Received: {epochs!r}")
     data = load_data()  # first: a missing scikit-learn fails before anything is written
+    _, how = trainer_of_backend()  # (and a backend that cannot train)
     output = prepare_output(output)
+    import keras
+
     n = {k: len(v[1]) for k, v in data.items()}
     print(f"keras-best demo: scikit-learn's digits, {n['train']} train / {n['val']} validation / "
-          f"{n['test']} test images (8x8, 10 classes), a 2-layer MLP.")
+          f"{n['test']} test images (8x8, 10 classes), a 2-layer MLP, {keras.backend.backend()} backend.")
     print(f"Monitor val_loss, keep the {KEEP} best files, stop after {PATIENCE} epochs without "
           f"improvement, at most {epochs} epochs. Output: {output}\n")
 
     runs: list[tuple[str, str, Callable[..., Any]]] = [
-        ("custom_loop", "1/2 custom GradientTape loop + BestWeightsTracker", run_custom_loop),
+        ("custom_loop", f"1/2 custom {how} loop + BestWeightsTracker", run_custom_loop),
         ("fit", "2/2 model.fit() + BestCheckpoint (drop-in for ModelCheckpoint)", run_fit),
     ]
     results = []

@@ -14,21 +14,23 @@ def run_epochs(
     epochs: int,
     metrics: Iterable[Any] | Mapping[str, Any] = (),
 ) -> None:
-    """Run epochs `tracker.initial_epoch` to `epochs` (none once the run
-    stopped), resetting `metrics` each epoch, with a Keras progress bar."""
+    """Run `tracker.epochs(epochs)`, resetting `metrics` each epoch, with one
+    Keras progress bar line per epoch (as `fit()` shows it)."""
     import keras
 
     named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
-    for epoch in range(tracker.initial_epoch, 0 if tracker.stopped else epochs):
+    for epoch in tracker.epochs(epochs):
         for m in named.values():
             m.reset_state()
         if tracker.verbose:
             print(f"Epoch {epoch + 1}/{epochs}")
-        progbar = keras.utils.Progbar(_length(train_data), verbose=1 if tracker.verbose else 0)
+        # Metric results are shown as they are (not averaged again), as in fit().
+        progbar = keras.utils.Progbar(_length(train_data), verbose=1 if tracker.verbose else 0,
+                                      stateless_metrics=set())
         seen = 0
         for seen, batch in enumerate(train_data, start=1):
             _call(train_step, batch)
-            progbar.update(seen, [(k, float(v.result())) for k, v in named.items() if not k.startswith("val_")])
+            progbar.update(seen, _results(named, validation=False), finalize=False)
         validated = sum(1 for batch in validation_data if _call(validation_step, batch) or True)
         for what, count, data in (("training", seen, train_data), ("validation", validated, validation_data)):
             if not count:
@@ -38,9 +40,16 @@ def run_epochs(
                     "Pass data that can be iterated once per epoch: a list, a tf.data.Dataset, a "
                     "keras.utils.PyDataset or a torch DataLoader."
                 )
-        progbar.update(progbar._seen_so_far, [(k, float(v.result())) for k, v in named.items()], finalize=True)
-        if tracker.update(epoch, named).should_stop:
-            break
+        progbar.target = seen  # (known now, also for data without a length)
+        progbar.update(seen, _results(named, validation=True), finalize=True)  # the same line, with val_*
+        tracker.update(epoch, named)
+
+
+def _results(named: Mapping[str, Any], validation: bool) -> list[tuple[str, float]]:
+    import keras
+
+    return [(k, float(keras.ops.convert_to_numpy(v.result())))
+            for k, v in named.items() if validation or not k.startswith("val_")]
 
 
 def _length(data: Any) -> int | None:

@@ -17,10 +17,9 @@ best = StudyBest("runs/study", keep_top_k=3)
 def objective(trial):
     model = build_model(trial.suggest_float("lr", 1e-4, 1e-1, log=True))
     tracker = best.tracker(trial, model, monitor="val_loss", patience=3)
-    for epoch in range(20):
+    for epoch in tracker.epochs(20):   # ends at early stop (or when pruned: TrialPruned)
         train_one_epoch(model)
-        if tracker.update(epoch, {"val_loss": evaluate(model)}).should_stop:
-            break
+        tracker.update(epoch, {"val_loss": evaluate(model)})
     tracker.finish()
     return tracker.best          # the value whose weights were saved
 

@@ -155,7 +155,7 @@ class Policy:
             raise ValueError(
                 f"update() for {_describe(position)} came after an update for {_describe(state.at)}: "
                 "epochs (and steps within an epoch) must move forward. Pass each epoch once, in "
-                "order (after resume=True, start at tracker.initial_epoch)."
+                "order (after resume=True, loop over tracker.epochs(n): it starts at tracker.initial_epoch)."
             )
         engine = self.engine(state)
         if score is None:  # no validation values in this update: nothing decided, patience untouched

@@ -118,11 +118,9 @@ class BestWeightsTracker:
     ```python
     tracker = BestWeightsTracker(model, "runs/exp1/best.weights.h5",
                                  monitor="val_loss", patience=5)
-    for epoch in range(tracker.initial_epoch, 100):
+    for epoch in tracker.epochs(100):  # resumes where the run left off; ends at early stop
         train_one_epoch()
-        decision = tracker.update(epoch, {"val_loss": val_loss_metric})
-        if decision.should_stop:
-            break
+        tracker.update(epoch, {"val_loss": val_loss_metric})
     tracker.finish()
     ```
     """
@@ -329,6 +327,30 @@ class BestWeightsTracker:
         stopped = self._run.state.stopped
         return StopReason(stopped["reason"]) if stopped else StopReason.NONE
 
+    def epochs(self, epochs: int) -> Iterator[int]:
+        """The epochs left to train, up to `epochs`: from `initial_epoch` (0
+        for a new run, the next one after `resume=True`), none once the run
+        has stopped, and no more after an `update()` that said `should_stop`.
+
+        The loop to write, which a rerun of the same script cannot get wrong:
+
+        ```python
+        for epoch in tracker.epochs(100):
+            train_one_epoch()
+            tracker.update(epoch, {"val_loss": val_loss})
+        tracker.finish()
+        ```
+        """
+        end = integer("epochs", epochs, 0, allow_none=False)
+
+        def left(start: int) -> Iterator[int]:
+            for epoch in range(start, end):
+                if self.stopped:
+                    return
+                yield epoch
+
+        return left(self.initial_epoch)
+
     def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
         """Read `metrics`, decide, save if better; return the `Decision`.
 
@@ -420,8 +442,10 @@ class BestWeightsTracker:
         Calls `train_step(*batch)` for each training batch and
         `validation_step(*batch)` for each validation batch, resets `metrics`
         (Keras Metric objects, keyed by their `name`) at the start of each
-        epoch, shows a `keras.utils.Progbar`, and calls `finish()`. Starts at
-        `initial_epoch` (so a resumed run continues). Returns `history`.
+        epoch, shows a `keras.utils.Progbar` line per epoch, and calls
+        `finish()`. Loops over `epochs(epochs)`: a resumed run continues at
+        `initial_epoch`, one that already stopped trains nothing. Returns
+        `history`.
 
         ```python
         tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,

@@ -12,11 +12,11 @@ import pytest  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
-# Modules that train with tf.GradientTape / tf.data, use tf.distribute, or run
-# the TensorFlow demo and notebooks: run on the TensorFlow backend only. Every
-# other module runs on JAX and torch too (CI runs them in venvs without
-# TensorFlow; test_remote.py runs its ram:// cases on TensorFlow only).
-TENSORFLOW_ONLY = ["test_distribute.py", "test_metrics.py", "test_multi_metric.py", "test_notebooks.py",
+# Modules that train with tf.GradientTape / tf.data or use tf.distribute: run on
+# the TensorFlow backend only. Every other module (the demo and the notebooks
+# too) runs on JAX and torch as well (CI runs them in venvs without TensorFlow;
+# test_remote.py runs its ram:// cases on TensorFlow only).
+TENSORFLOW_ONLY = ["test_distribute.py", "test_metrics.py", "test_multi_metric.py",
                    "test_optuna.py", "test_resume.py", "test_savers.py", "test_tracker.py",
                    "workers/mirrored_worker.py", "workers/multiworker_worker.py", "workers/optuna_worker.py"]
 collect_ignore = [] if BACKEND == "tensorflow" else TENSORFLOW_ONLY
