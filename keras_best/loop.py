@@ -15,7 +15,13 @@ def run_epochs(
     metrics: Iterable[Any] | Mapping[str, Any] = (),
 ) -> None:
     """Run `tracker.epochs(epochs)`, resetting `metrics` each epoch, with one
-    Keras progress bar line per epoch (as `fit()` shows it)."""
+    Keras progress bar line per epoch (as `fit()` shows it). Batches go
+    through `tracker.batches()`: a resumed epoch continues at the next batch,
+    and a preemption signal saves the state and exits after the current one.
+
+    In a resumed epoch the training metrics cover only the batches after the
+    saved one; validation metrics, weights and decisions on them are as in
+    an uninterrupted run."""
     import keras
 
     named = dict(metrics) if isinstance(metrics, Mapping) else {m.name: m for m in metrics}
@@ -27,12 +33,14 @@ def run_epochs(
         # Metric results are shown as they are (not averaged again), as in fit().
         progbar = keras.utils.Progbar(_length(train_data), verbose=1 if tracker.verbose else 0,
                                       stateless_metrics=set())
-        seen = 0
-        for seen, batch in enumerate(train_data, start=1):
+        seen = tracker.initial_step if epoch == tracker.initial_epoch else 0  # > 0: resumed mid-epoch
+        for step, batch in tracker.batches(epoch, train_data):  # preemption: the state of this batch, exit
             _call(train_step, batch)
+            seen = step + 1
             progbar.update(seen, _results(named, validation=False), finalize=False)
         validated = sum(1 for batch in validation_data if _call(validation_step, batch) or True)
-        for what, count, data in (("training", seen, train_data), ("validation", validated, validation_data)):
+        for what, count, data in (("training", seen, train_data),
+                                  ("validation", validated, validation_data)):
             if not count:
                 raise ValueError(
                     f"Epoch {epoch + 1} saw no {what} batches: `{what}_data` gave nothing"

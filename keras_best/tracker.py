@@ -347,6 +347,8 @@ class BestWeightsTracker:
             for epoch in range(start, end):
                 if self.stopped:
                     return
+                if self.preempted:  # the state written by the last update is current
+                    self._end_preempted()
                 yield epoch
 
         return left(self.initial_epoch)

@@ -92,14 +92,15 @@ def test_inspect_table_shows_the_run(tmp_path, capsys):
     assert fields["Resumable"].startswith("yes: state of epoch 7 in keras_best_last.h5; the run stopped early")
     assert fields["Keep top k"] == "3"
     table = out.split("Kept files (best first, 3):\n")[1].splitlines()
-    assert table[0].split() == ["rank", "epoch", "val_loss", "loss", "val_acc", "size", "file"]
+    assert table[0].split() == ["rank", "epoch", "val_loss", "loss", "val_acc", "size", "file", "kept", "by"]
     rows = [line.split() for line in table[1:]]
     assert [r[1] for r in rows] == ["4", "7", "6"]
-    assert [r[-1] for r in rows] == ["004-0.7000.weights.h5", "007-0.7100.weights.h5", "006-0.7200.weights.h5"]
+    assert [r[-3] for r in rows] == ["004-0.7000.weights.h5", "007-0.7100.weights.h5", "006-0.7200.weights.h5"]
+    assert all(r[-2:] == ["best", "3"] for r in rows)  # the rule that keeps each file
     for r, line in zip(rows, table[1:]):
-        size = os.path.getsize(os.path.join(run, r[-1]))
-        assert " ".join(r[-3:-1]) == format_size(size)
-        assert line.index(r[-1]) == table[0].index("file")  # aligned columns
+        size = os.path.getsize(os.path.join(run, r[-3]))
+        assert " ".join(r[-5:-3]) == format_size(size)
+        assert line.index(r[-3]) == table[0].index("file")  # aligned columns
 
 
 def test_inspect_ranked_by_another_metric(tmp_path, capsys):
@@ -524,7 +525,7 @@ def test_inspect_text_and_json_agree_on_epochs(tmp_path, capsys):
     assert res["epoch"] == stopped["epoch"] == data["last_epoch"] == 6
     kept_rows = section(text, "Kept files")
     assert [int(r[1]) for r in kept_rows] == [k["epoch"] + 1 for k in data["kept"]] == [4, 7, 6]
-    assert [r[-1][:3] for r in kept_rows] == [f"{k['epoch'] + 1:03d}" for k in data["kept"]]
+    assert [r[-2][:3] for r in kept_rows] == [f"{k['epoch'] + 1:03d}" for k in data["kept"]]
     history_rows = section(text, "History")
     assert [int(r[0]) for r in history_rows] == [h["epoch"] + 1 for h in data["history"]] == list(range(1, 8))
 
