@@ -296,7 +296,7 @@ def test_unbuilt_model_is_refused_as_keras_refuses_it():
 
 
 def test_layout_failure_falls_back_to_save_weights(tmp_path, monkeypatch):
-    def broken(model):
+    def broken(model, *args):
         raise h5_layout.LayoutError("simulated: Keras's walker changed")
 
     monkeypatch.setattr(h5_layout, "_capture_owners", broken)
