@@ -23,6 +23,25 @@ median reported:
                 (what `finish()` waits for). Compare with `h5py+fsync`.
 - kb sync       `update()` with `async_save=False` (writes, fsyncs, records).
 
+A second table, the same rounds, for whole-model files and Orbax:
+
+- MC .keras     `ModelCheckpoint(save_best_only=True)` to a `.keras` file: the
+                training loop waits this long (`model.save`, in place, no fsync).
+- kb .keras     `BestWeightsTracker.update()` to a `.keras` file: blocked (config
+                JSON and host copies) and the background write (the zip file,
+                fsynced, renamed, recorded), as for kb blocked / kb write.
+- orbax         `keras.callbacks.OrbaxCheckpoint(save_on_background=True,
+                save_best_only=True)`, when `orbax-checkpoint` is installed and
+                works on this backend (else the reason is printed): blocked in
+                `on_epoch_end`, and the write until `wait_until_finished()`.
+
+Ratios: kb .keras blocked / snapshot, MC .keras / kb .keras blocked, h5py+fsync
+/ kb .keras write, orbax blocked / snapshot, orbax blocked / kb blocked (the
+`.weights.h5` row above), MC blocked (`.weights.h5`) / orbax blocked.
+
+The models are compiled with plain SGD (no slot variables; OrbaxCheckpoint
+needs an optimizer), so every file also holds the optimizer's two scalars.
+
 Ratios: blocked/snapshot (target <= 1.5); h5py / kb file (the file writer
 relative to raw h5py on a flat file: Keras's layout has a group per layer);
 h5py+fsync / kb write (the durable write relative to raw h5py, target >= 0.8;
@@ -61,15 +80,35 @@ from keras_best.h5_layout import WeightsWriter  # noqa: E402
 SIZES = {1: (512, 1), 34: (2048, 2), 134: (4096, 2), 537: (4096, 8)}  # MB -> (width, layers)
 
 
+def compiled(model: keras.Model) -> keras.Model:
+    model.compile(keras.optimizers.SGD(), "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
 def dense_model(mb: int) -> keras.Model:
     width, layers = SIZES[mb]
-    return keras.Sequential(
+    return compiled(keras.Sequential(
         [keras.Input((width,))] + [keras.layers.Dense(width, use_bias=False) for _ in range(layers)]
-    )
+    ))
 
 
 def mobilenet() -> keras.Model:
-    return keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3))
+    return compiled(keras.applications.MobileNetV2(weights=None, input_shape=(224, 224, 3)))
+
+
+def orbax_callback(directory: str) -> tuple[keras.callbacks.Callback | None, str]:
+    """Keras's OrbaxCheckpoint saving in the background, or `None` and why not."""
+    try:
+        import orbax.checkpoint  # noqa: F401
+    except Exception as e:  # noqa: BLE001 - any reason: say it
+        return None, f"orbax-checkpoint is not importable here ({e!r}); pip install orbax-checkpoint"
+    try:
+        return keras.callbacks.OrbaxCheckpoint(
+            directory, monitor="val_loss", mode="min", save_best_only=True, save_on_background=True,
+            max_to_keep=1), ""
+    except Exception as e:  # noqa: BLE001
+        return None, f"OrbaxCheckpoint does not work on the {keras.backend.backend()} backend: {e!r}"
 
 
 DROP_CACHES = False
@@ -113,10 +152,26 @@ class Case:
         self.kb = BestWeightsTracker(model, os.path.join(self.dir, "kb", "best.weights.h5"), verbose=0)
         self.kb_sync = BestWeightsTracker(model, os.path.join(self.dir, "sync", "best.weights.h5"), verbose=0,
                                           async_save=False)
+        self.mc_keras = keras.callbacks.ModelCheckpoint(
+            os.path.join(self.dir, "mc-keras", "best.keras"), monitor="val_loss", mode="min",
+            save_best_only=True, verbose=0,
+        )
+        os.makedirs(os.path.join(self.dir, "mc-keras"))
+        self.mc_keras.set_model(model)
+        self.kb_keras = BestWeightsTracker(model, os.path.join(self.dir, "kb-keras", "best.keras"), verbose=0)
+        self.orbax, self.orbax_missing = orbax_callback(os.path.join(self.dir, "orbax"))
+        if self.orbax is not None:
+            self.orbax.set_model(model)
         self.writer = WeightsWriter()
         self.nbytes = sum(v.numpy().nbytes for v in model.weights)
         for method in self.methods():  # warm-up: tracing, layout capture, first allocations
-            method()
+            try:
+                method()
+            except Exception as e:  # noqa: BLE001 - only Orbax is optional
+                if method != self.orbax_save:
+                    raise
+                self.orbax, self.orbax_missing = None, f"OrbaxCheckpoint failed on the " \
+                    f"{keras.backend.backend()} backend: {e!r}"
         self.times.clear()
 
     def value(self) -> float:
@@ -127,7 +182,9 @@ class Case:
         self.times.setdefault(key, []).append(seconds)
 
     def methods(self):
-        return [self.snapshot, self.raw, self.file, self.model_checkpoint, self.keras_best, self.keras_best_sync]
+        methods = [self.snapshot, self.raw, self.file, self.model_checkpoint, self.keras_best, self.keras_best_sync,
+                   self.model_checkpoint_keras, self.keras_best_keras]
+        return methods + ([self.orbax_save] if self.orbax is not None else [])
 
     def snapshot(self) -> None:
         self.arrays = None  # as the tracker's previous snapshot is gone by now
@@ -186,12 +243,42 @@ class Case:
         self.record("kb sync", time.perf_counter() - t)
         settle()
 
+    def model_checkpoint_keras(self) -> None:
+        t = time.perf_counter()
+        self.mc_keras.on_epoch_end(self.epoch, {"val_loss": self.value()})
+        self.record("MC .keras", time.perf_counter() - t)
+        settle()
+
+    def keras_best_keras(self) -> None:
+        t = time.perf_counter()
+        decision = self.kb_keras.update(self.epoch, {"val_loss": self.value()})
+        t1 = time.perf_counter()
+        self.kb_keras.flush()
+        t2 = time.perf_counter()
+        assert decision.saved_path, decision
+        self.record("kb .keras blocked", t1 - t)
+        self.record("kb .keras write", t2 - t1)
+        settle()
+
+    def orbax_save(self) -> None:
+        t = time.perf_counter()
+        self.orbax.on_epoch_end(self.epoch, {"val_loss": self.value()})  # the epoch is its step
+        t1 = time.perf_counter()
+        self.orbax.wait_until_finished()
+        t2 = time.perf_counter()
+        self.record("orbax blocked", t1 - t)
+        self.record("orbax write", t2 - t1)
+        settle()
+
     def median(self, key: str) -> float:
         return statistics.median(self.times[key])
 
     def close(self) -> None:
         self.kb.finish()
         self.kb_sync.finish()
+        self.kb_keras.finish()
+        if self.orbax is not None:
+            self.orbax.on_train_end()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -239,7 +326,10 @@ def main() -> None:
     header = (f"{'model':<14}{'MB':>7}{'vars':>6}{'snapshot':>10}{'h5py':>8}{'kb file':>8}{'h5py+fs':>9}"
               f"{'MC blk':>8}{'kb blk':>8}{'kb write':>9}{'kb sync':>9} |{'blk/snap':>9}{'h5py/file':>10}"
               f"{'raw/write':>10}{'MC/kb':>7}")
-    rows = []
+    header2 = (f"{'model':<14}{'MB':>7}{'snapshot':>10}{'MC .keras':>10}{'kb .keras':>10}{'kb write':>9}"
+               f"{'orbax blk':>10}{'orbax wr':>9} |{'blk/snap':>9}{'MC/kb':>7}{'raw/write':>10}"
+               f"{'orbax/snap':>11}{'orbax/kb':>9}{'MC/orbax':>9}")
+    rows, rows2, notes = [], [], []
     try:
         for name, build in builders:
             model = build()
@@ -261,9 +351,24 @@ def main() -> None:
                 f"{m('MC blocked') / m('kb blocked'):>7.1f}"
             )
             print("\n".join(["", "times in ms", header] + rows) if len(rows) == 1 else rows[-1], flush=True)
+            orbax = case.orbax is not None
+            o = m if orbax else (lambda key: float("nan"))
+            rows2.append(
+                f"{name:<14}{case.nbytes / 1e6:>7.1f}{ms(m('snapshot')):>10.1f}{ms(m('MC .keras')):>10.1f}"
+                f"{ms(m('kb .keras blocked')):>10.1f}{ms(m('kb .keras write')):>9.1f}"
+                f"{ms(o('orbax blocked')):>10.1f}{ms(o('orbax write')):>9.1f} |"
+                f"{m('kb .keras blocked') / m('snapshot'):>9.2f}{m('MC .keras') / m('kb .keras blocked'):>7.1f}"
+                f"{m('h5py+fsync') / m('kb .keras write'):>10.2f}{o('orbax blocked') / m('snapshot'):>11.2f}"
+                f"{o('orbax blocked') / m('kb blocked'):>9.2f}{m('MC blocked') / o('orbax blocked'):>9.1f}"
+            )
+            if not orbax and case.orbax_missing not in notes:
+                notes.append(case.orbax_missing)
             case.close()
             del model, case
             keras.backend.clear_session()
+        print("\n".join(["", ".keras files and Orbax, same rounds, times in ms", header2] + rows2), flush=True)
+        for note in notes:
+            print(f"orbax: {note}")
         update_ms, read_ms = non_improving_cost(root, args.repeats)
         print(f"\nnon-improving update(): {update_ms:.3f} ms median, of which reading the metric "
               f"{read_ms:.3f} ms: {update_ms - read_ms:.3f} ms beyond it (target <= 1 ms)")

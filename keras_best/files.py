@@ -10,12 +10,14 @@ Remote paths go through `remote.filesystem`: fsspec (`gs://` with gcsfs,
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import io
 import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import uuid
 from typing import Any, Callable, Iterator
@@ -213,6 +215,9 @@ def write_durably(path: str, write: Callable[[str], None]) -> None:
     """Run `write(local_path)` so that a complete, fsynced file (or directory)
     ends up at `path`. `path` must not be read by anyone until renamed: it is a
     temp name. Remote paths are written locally and copied.
+
+    The one place a written file is fsynced (once: `write_h5`,
+    `write_new_file` and `archive.write_archive` leave it to this function).
     """
     if not is_remote(path):
         try:
@@ -321,50 +326,94 @@ def open_own_file(path: str, flags: int) -> int:
 
 def write_new_file(path: str, data: bytes | memoryview) -> None:
     """Create the local file `path` (never through a symlink, never over an
-    existing file) holding `data`, and fsync it."""
+    existing file) holding `data` (`write_durably` fsyncs it)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     try:
         view = memoryview(data).cast("B")
         while view:
             view = view[os.write(fd, view):]
-        os.fsync(fd)
     finally:
         os.close(fd)
 
 
 def write_h5(path: str, fill: Callable[[object], None]) -> None:
     """Write an HDF5 file at the local `path` (a new file, never through a
-    symlink): `fill(h5py_file)` builds it, then it is fsynced.
+    symlink): `fill(h5py_file)` builds it (`write_durably` fsyncs it).
 
-    h5py writes through `_ErrorProofFile`, so a write error (full disk, quota,
+    h5py writes through `ErrorProofFile`, so a write error (full disk, quota,
     removed directory) never reaches HDF5: after a failed write, HDF5's state is
     corrupt ("Can't decrement id ref count", a SIGSEGV at a later close). The
     first error is kept, HDF5 is told every write succeeded, and the error is
     raised once the file is closed. Writes go straight to the file (no copy in
     memory).
     """
-    import h5py
-
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = create_new_file(path)
     try:
-        target = _ErrorProofFile(fd)
-        with h5py.File(target, "w") as f:
-            fill(f)
-        if target.error is not None:
-            raise target.error
-        os.fsync(fd)
+        fill_h5(ErrorProofFile(fd), fill)
     finally:
         os.close(fd)
 
 
-class _ErrorProofFile(io.RawIOBase):
-    """A file-like object over `fd` for h5py that never reports a write error
-    to HDF5: the first one is kept in `error`, and later writes are dropped."""
+def create_new_file(path: str) -> int:
+    """Open a new local file for reading and writing (never over an existing
+    file, never through a symlink); the caller closes the descriptor."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
 
-    def __init__(self, fd: int) -> None:
+
+def fill_h5(target: ErrorProofFile, fill: Callable[[object], None]) -> None:
+    """Build an HDF5 file through `target` with `fill(h5py_file)`; raise the
+    first write error once HDF5 has closed it."""
+    import h5py
+
+    with h5py.File(target, "w") as f:
+        fill(f)
+    if target.error is not None:
+        raise target.error
+
+
+# Large writes go to the file in pieces of WRITEBACK_BYTES, each handed to the
+# disk at once (`start_writeback`): the disk writes one piece while the next is
+# copied into the page cache, and the final fsync waits only for the last
+# ones, where write-then-fsync would copy everything first and then wait for
+# all of it. Smaller writes (HDF5's headers) are left to the fsync.
+WRITEBACK_BYTES = 8 << 20
+WRITEBACK_MIN_BYTES = 1 << 20
+_SYNC_FILE_RANGE: list[Callable[[int, int, int, int], int] | None] = []
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> None:
+    """Start writing `nbytes` of `fd` at `offset` to disk without waiting for
+    it (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`; elsewhere nothing).
+    Durability still comes from the fsync that follows; errors are its to report."""
+    if not _SYNC_FILE_RANGE:
+        function = None
+        if sys.platform.startswith("linux"):
+            try:
+                function = ctypes.CDLL(None, use_errno=True).sync_file_range  # releases the GIL
+                function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                function.restype = ctypes.c_int
+            except (OSError, AttributeError):
+                function = None
+        _SYNC_FILE_RANGE.append(function)
+    function = _SYNC_FILE_RANGE[0]
+    if function is not None:
+        function(fd, offset, nbytes, 2)  # SYNC_FILE_RANGE_WRITE
+
+
+class ErrorProofFile(io.RawIOBase):
+    """A file-like object over `fd` for h5py that never reports a write error
+    to HDF5: the first one is kept in `error`, and later writes are dropped.
+
+    Its position 0 is byte `base` of the file (an HDF5 file written inside
+    another, e.g. a zip member). With `skip_writes` set, `write` only moves
+    the position: for a writer (zipfile) handed bytes that are in place already.
+    """
+
+    def __init__(self, fd: int, base: int = 0) -> None:
         super().__init__()
-        self.fd, self.pos, self.end = fd, 0, 0
+        self.fd, self.base, self.pos, self.end = fd, base, 0, 0
         self.error: OSError | None = None
+        self.skip_writes = False
 
     def readable(self) -> bool:
         return True
@@ -377,11 +426,13 @@ class _ErrorProofFile(io.RawIOBase):
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         view = memoryview(data).cast("B")
-        size, offset = len(view), self.pos
-        if self.error is None:
+        size, offset = len(view), self.base + self.pos
+        if self.error is None and not self.skip_writes:
             try:
                 while view:
-                    written = os.pwrite(self.fd, view, offset)
+                    written = os.pwrite(self.fd, view[:WRITEBACK_BYTES], offset)
+                    if written >= WRITEBACK_MIN_BYTES:
+                        start_writeback(self.fd, offset, written)
                     view, offset = view[written:], offset + written
             except OSError as e:
                 self.error = e
@@ -391,7 +442,7 @@ class _ErrorProofFile(io.RawIOBase):
 
     def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
         size = max(0, min(len(buffer), self.end - self.pos))
-        data = os.pread(self.fd, size, self.pos) if self.error is None else b""
+        data = os.pread(self.fd, size, self.base + self.pos) if self.error is None else b""
         buffer[:size] = data + bytes(size - len(data))
         self.pos += size
         return size
@@ -407,15 +458,16 @@ class _ErrorProofFile(io.RawIOBase):
         size = self.pos if size is None else size
         if self.error is None:
             try:
-                os.ftruncate(self.fd, size)
+                os.ftruncate(self.fd, self.base + size)
             except OSError as e:
                 self.error = e
         self.end = size
         return size
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write `data` to `path` atomically: temp file, fsync, rename."""
+def write_bytes_atomic(path: str, data: bytes, sync_dir: bool = True) -> None:
+    """Write `data` to `path` atomically: temp file, fsync, rename (and fsync
+    the directory, unless `sync_dir=False`: see `replace`)."""
     tmp = tmp_path(path)
 
     def _write(local: str) -> None:
@@ -423,7 +475,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
 
     try:
         write_durably(tmp, _write)
-        replace(tmp, path)
+        replace(tmp, path, sync_dir)
     except BaseException:
         remove(tmp, missing_ok=True)
         raise
@@ -437,8 +489,11 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
-def replace(src: str, dst: str) -> None:
-    """Atomically move `src` over `dst` (a file, or a directory over a directory)."""
+def replace(src: str, dst: str, sync_dir: bool = True) -> None:
+    """Atomically move `src` over `dst` (a file, or a directory over a directory),
+    then fsync the directory so that the move survives a crash. With
+    `sync_dir=False` the move may be lost in a crash (either name then holds a
+    complete file): for a rename that a durable journal would redo."""
     if is_remote(src):
         with _remote(src) as fs:
             if fs.isdir(src):
@@ -454,7 +509,8 @@ def replace(src: str, dst: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(src, dst)
-    fsync_dir(os.path.dirname(dst))
+    if sync_dir:
+        fsync_dir(os.path.dirname(dst))
 
 
 def remove(path: str, missing_ok: bool = False) -> None:

@@ -17,10 +17,14 @@ are split:
    exactly as `H5IOStore` does. It touches no Keras object, so it can run in
    another thread while training goes on.
 
-Every Keras internal used by keras-best's weights files is in this module, and
-`tests/test_h5_layout.py` pins it against the installed Keras: the files must
-have the same groups, attributes, datasets and values as `save_weights`'s, and
-load with stock `model.load_weights`.
+Every Keras internal used by keras-best is in this module (the weights
+layout, and for `.keras` archives the model's config and metadata JSON and
+the member names, see `archive`), and `tests/test_h5_layout.py` and
+`tests/test_archive.py` pin it against the installed Keras: the files must
+have the same groups, attributes, datasets and values as `save_weights`'s
+(and the archives the members of `model.save`'s), and load with stock
+`model.load_weights` / `keras.models.load_model`; `tests/test_archive.py`
+also checks that no other module imports `keras.src`.
 """
 
 from __future__ import annotations
@@ -77,16 +81,18 @@ class WeightsSnapshot:
 
         A `recyclable` snapshot is written once: its arrays are reused after."""
         try:
-            self._write(path)
+            files.write_h5(path, self.fill)
         finally:
-            if self.recyclable and self._read is not None and self._spare is not None:
-                self._spare[:] = [self._read]  # the next snapshot of this layout copies into them
-                self._read = self.groups = self.by_variable = None  # type: ignore[assignment]
+            self.release()
 
-    def _write(self, path: str) -> None:
-        files.write_h5(path, self._fill)
+    def release(self) -> None:
+        """Once written: lend a `recyclable` snapshot's arrays to the next one."""
+        if self.recyclable and self._read is not None and self._spare is not None:
+            self._spare[:] = [self._read]  # the next snapshot of this layout copies into them
+            self._read = self.groups = self.by_variable = None  # type: ignore[assignment]
 
-    def _fill(self, f: Any) -> None:
+    def fill(self, f: Any) -> None:
+        """Write the groups, attributes and datasets into the open h5py file `f`."""
         for group_path, attrs, entries in self.groups:
             group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
             for k, v in (attrs or {}).items():
@@ -108,23 +114,26 @@ class Layout:
     its optimizer or its variables (see `fingerprint`).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, refuse_assets: bool = False) -> None:
         self.model = model
         self.fingerprint = fingerprint(model)
-        self.owners = _capture_owners(model)
+        self.owners = _capture_owners(model, refuse_assets)
         self._read = _BatchReader()
         self._spare: list[list[np.ndarray]] = []  # arrays of a written snapshot, to reuse
 
     @classmethod
-    def capture(cls, model: Any) -> Layout:
-        """The model's layout; `LayoutError` when Keras's walker cannot be used."""
+    def capture(cls, model: Any, refuse_assets: bool = False) -> Layout:
+        """The model's layout; `LayoutError` when Keras's walker cannot be used
+        or, with `refuse_assets` (for `.keras` archives), when an object of the
+        model saves assets (files beside the weights, e.g. a `StringLookup`'s
+        vocabulary)."""
         if not getattr(model, "built", False):
             raise ValueError(
                 "You are saving a model that has not yet been built. Try building the "
                 "model first by calling it on some data or by using `build()`."
             )
         try:
-            return cls(model)
+            return cls(model, refuse_assets)
         except LayoutError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure means: use save_weights
@@ -158,12 +167,14 @@ class WeightsWriter:
     """Snapshots of one model's weights, its layout captured once.
 
     Falls back to `model.save_weights` (in the calling thread) when the layout
-    cannot be captured, with one warning.
+    cannot be captured, with one warning. `WeightsWriter(refuse_assets=True,
+    fallback="model.save")` is the one of `.keras` archives (see `archive`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, refuse_assets: bool = False, fallback: str = "model.save_weights") -> None:
         self._layout: Layout | None = None
         self._failed_for: int | None = None
+        self._refuse_assets, self._fallback = refuse_assets, fallback
 
     def snapshot(self, model: Any) -> WeightsSnapshot | None:
         """A detached snapshot of `model`, or `None` if it must be saved with
@@ -173,16 +184,20 @@ class WeightsWriter:
         layout = self._layout
         if layout is None or layout.model is not model or not layout.is_current():
             try:
-                layout = self._layout = Layout.capture(model)
+                layout = self._layout = Layout.capture(model, self._refuse_assets)
             except LayoutError as e:
-                self._failed_for, self._layout = id(model), None
-                warnings.warn(
-                    f"keras-best saves this model with `model.save_weights` in the training "
-                    f"thread ({e}); background writes are off for it.",
-                    stacklevel=3,
-                )
+                self.refuse(model, e)
                 return None
         return layout.snapshot()
+
+    def refuse(self, model: Any, reason: BaseException) -> None:
+        """From now on, `model` is saved in the calling thread: warn once."""
+        self._failed_for, self._layout = id(model), None
+        warnings.warn(
+            f"keras-best saves this model with `{self._fallback}` in the training "
+            f"thread ({reason}); background writes are off for it.",
+            stacklevel=4,
+        )
 
 
 def save_weights(model: Any, path: str) -> None:
@@ -233,12 +248,15 @@ def _saving_lib():
     return saving_lib
 
 
-def _capture_owners(model: Any) -> list[tuple[Any, str, dict[str, Any] | None]]:
+def _capture_owners(model: Any, refuse_assets: bool = False) -> list[tuple[Any, str, dict[str, Any] | None]]:
     """Run Keras's own walker with a store that records each `make()` call
-    together with the `save_own_variables` of the object that receives it."""
+    together with the `save_own_variables` of the object that receives it
+    (and, with `refuse_assets`, an assets store that fails at the first object
+    that would save assets)."""
     saving_lib = _saving_lib()
     store = _capturing_store_class()()
-    saving_lib._save_state(model, weights_store=store, assets_store=None, inner_path="", visited_saveables=set())
+    assets = _refusing_assets_store_class()() if refuse_assets else None
+    saving_lib._save_state(model, weights_store=store, assets_store=assets, inner_path="", visited_saveables=set())
     if not store.owners:
         raise LayoutError("Keras's walker visited nothing")
     return store.owners
@@ -285,6 +303,39 @@ def _capturing_store_class() -> type:
 
     _CAPTURING_STORE = _CapturingStore
     return _CapturingStore
+
+
+_REFUSING_ASSETS_STORE = None
+
+
+def _refusing_assets_store_class() -> type:
+    """A `DiskIOStore` subclass (Keras's walker checks the type) whose
+    `make()`, called for each object with `save_assets`, raises `LayoutError`."""
+    global _REFUSING_ASSETS_STORE
+    if _REFUSING_ASSETS_STORE is None:
+        class _RefusingAssetsStore(_saving_lib().DiskIOStore):
+            def __init__(self) -> None:  # no temp directory
+                pass
+
+            def make(self, path: str) -> Any:
+                owner = sys._getframe(1).f_locals.get("saveable")
+                raise LayoutError(f"{type(owner).__name__} at {path or 'the model'!r} saves assets")
+
+        _REFUSING_ASSETS_STORE = _RefusingAssetsStore
+    return _REFUSING_ASSETS_STORE
+
+
+def model_json(model: Any) -> tuple[str, str]:
+    """`(config.json, metadata.json)` of `model`'s `.keras` archive, as
+    `model.save` writes them (`saving_lib._serialize_model_as_json`)."""
+    return _saving_lib()._serialize_model_as_json(model)
+
+
+def archive_names() -> tuple[str, str, str]:
+    """The names of a `.keras` archive's members, in `model.save`'s order:
+    metadata, config, weights (Keras's own constants)."""
+    lib = _saving_lib()
+    return lib._METADATA_FILENAME, lib._CONFIG_FILENAME, lib._VARS_FNAME_H5
 
 
 class _Unread:

@@ -237,10 +237,11 @@ class RunRecord:
                                 "hand.") from e
         return cls.from_json(data, path)
 
-    def write(self, directory: str) -> None:
-        """Atomically write this record as keras_best.json of `directory`."""
+    def write(self, directory: str, sync_dir: bool = True) -> None:
+        """Atomically write this record as keras_best.json of `directory`
+        (`sync_dir=False`: see `files.replace`)."""
         text = json.dumps(_jsonable(self.to_json()), indent=1, allow_nan=False)
-        files.write_bytes_atomic(manifest_path(directory), text.encode("utf-8"))
+        files.write_bytes_atomic(manifest_path(directory), text.encode("utf-8"), sync_dir)
 
     def history(self, directory: str) -> list[dict[str, Any]]:
         """The history entries this record covers, oldest first."""

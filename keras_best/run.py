@@ -56,7 +56,8 @@ class Run:
         self.options, self.objective = options, objective
         self.policy = Policy(options, objective)
         self.save_format = save_format
-        self.saver = savers.saver_for(savers.WEIGHTS if options.export_at_finish else save_format)
+        self.saver = savers.saver_for(savers.WEIGHTS if options.export_at_finish else save_format,
+                                     path.template)
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0

@@ -18,9 +18,16 @@ Which formats are written in the background:
   whose layout cannot be captured falls back to `model.save_weights` in the
   training thread, with a warning; so does, silently, a model class that
   overrides `save_weights` (its own method is called).
-- `.keras` and SavedModel export: no, they are written by `model.save` /
-  `model.export` in the training thread (they serialize the model's config and
-  trace its functions, which need the live model).
+- `.keras`: yes. The snapshot adds the model's config and metadata JSON to
+  the host copies of the `.weights.h5` snapshot (the archive's
+  `model.weights.h5` member has the same layout); the zip file is written
+  with zipfile and h5py (see `archive`). A model that cannot be captured so
+  (an object saving assets, such as a `StringLookup`, or any capture error)
+  falls back to `model.save` in the training thread, with a warning; so do,
+  silently, a model class that overrides `save` and legacy `.h5` full-model
+  files.
+- SavedModel export: no, written by `model.export` in the training thread (it
+  traces the model's functions, which need the live model).
 """
 
 from __future__ import annotations
@@ -141,11 +148,38 @@ class WeightsSaver(Saver):
         self.snapshot(model).write(path)
 
 
-class KerasSaver(Saver):
+class _Save(Saver):
     format = KERAS
 
     def write(self, model: Any, path: str) -> None:
         model.save(path)
+
+
+class KerasSaver(Saver):
+    """`.keras` archives, written from host copies (see `archive`); legacy
+    `.h5` full-model files (`legacy_h5=True`) with `model.save`."""
+
+    format = KERAS
+
+    def __init__(self, legacy_h5: bool = False) -> None:
+        from keras_best.archive import ArchiveWriter
+
+        self._legacy_h5 = legacy_h5
+        self._archive = ArchiveWriter()
+
+    def snapshot(self, model: Any) -> Snapshot:
+        import keras
+
+        if self._legacy_h5 or type(model).save is not keras.Model.save:
+            return LiveSnapshot(_Save(), model)  # legacy format, or the model's own save
+        snap = self._archive.snapshot(model)
+        return LiveSnapshot(_Save(), model) if snap is None else snap
+
+    def write(self, model: Any, path: str) -> None:
+        if not path.endswith(".keras"):
+            model.save(path)
+            return
+        self.snapshot(model).write(path)
 
 
 class SavedModelSaver(Saver):
@@ -156,8 +190,11 @@ class SavedModelSaver(Saver):
         model.save_weights(os.path.join(path, EXPORT_WEIGHTS_NAME))
 
 
-def saver_for(fmt: str) -> Saver:
-    return {WEIGHTS: WeightsSaver, KERAS: KerasSaver, SAVEDMODEL: SavedModelSaver}[fmt]()
+def saver_for(fmt: str, filepath: str = "") -> Saver:
+    """The saver of format `fmt` for files named like `filepath`."""
+    if fmt == KERAS:
+        return KerasSaver(legacy_h5=str(filepath).endswith(".h5"))
+    return {WEIGHTS: WeightsSaver, SAVEDMODEL: SavedModelSaver}[fmt]()
 
 
 def weights_file(path: str, fmt: str) -> str:

@@ -506,16 +506,18 @@ def test_fit_with_background_writes(tmp_path, data):
     assert BestCheckpoint(str(tmp_path / "x.weights.h5"), async_save=False).tracker.async_save is False
 
 
-def test_a_keras_file_is_written_in_the_training_thread(tmp_path):
+def test_a_keras_file_is_written_in_the_background(tmp_path):
     model = make_model()
     tracker = BestWeightsTracker(model, str(tmp_path / "best.keras"), verbose=0)
+    model.set_weights(pattern(model, 0))
     with slow_disk(tracker):
         tracker.update(0, {"val_loss": 1.0})
-        # The .keras file exists under its temp name already; its rename waits.
-        assert any(files.is_tmp_name(n) and n.endswith("best.keras") for n in os.listdir(tmp_path))
+        # Not even under its temp name: the writer is still busy.
+        assert not any(n.endswith("best.keras") for n in os.listdir(tmp_path))
+        model.set_weights(pattern(model, 1))  # training goes on
     tracker.finish()
     loaded = keras.models.load_model(str(tmp_path / "best.keras"))
-    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), model.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.get_weights(), pattern(model, 0)))
 
 
 # ------------------------------------------------------- interpreter exit

@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import h5_layout, savers
+from keras_best import files, h5_layout, savers
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
@@ -296,7 +296,7 @@ def test_unbuilt_model_is_refused_as_keras_refuses_it():
 
 
 def test_layout_failure_falls_back_to_save_weights(tmp_path, monkeypatch):
-    def broken(model):
+    def broken(model, *args):
         raise h5_layout.LayoutError("simulated: Keras's walker changed")
 
     monkeypatch.setattr(h5_layout, "_capture_owners", broken)
@@ -325,3 +325,19 @@ def test_a_model_that_overrides_save_weights_is_saved_with_it(tmp_path):
     assert not snapshot.detached
     snapshot.write(str(tmp_path / "m.weights.h5"))
     assert calls == [str(tmp_path / "m.weights.h5")]
+
+
+def test_large_datasets_are_handed_to_the_disk_piece_by_piece(tmp_path, monkeypatch):
+    # The final fsync then waits only for the last pieces (see files.start_writeback).
+    calls = []
+    real = files.start_writeback
+    monkeypatch.setattr(files, "start_writeback", lambda fd, offset, n: (calls.append((offset, n)), real(fd, offset, n)))
+    model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4096, use_bias=False)])  # 16 MiB
+    randomize(model, 7)
+    path = str(tmp_path / "m.weights.h5")
+    files.write_durably(path, h5_layout.WeightsWriter().snapshot(model).write)
+    assert len(calls) == 2 and all(n == files.WRITEBACK_BYTES for _, n in calls)
+    assert calls[1][0] == calls[0][0] + files.WRITEBACK_BYTES  # consecutive pieces of one dataset
+    fresh = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4096, use_bias=False)])
+    fresh.load_weights(path)
+    assert np.array_equal(fresh.get_weights()[0], model.get_weights()[0])
