@@ -8,6 +8,7 @@ from typing import Any
 import keras
 
 from keras_best import files, savers
+from keras_best.ema import EmaWatch
 from keras_best.monitor import Decision
 from keras_best.options import Options, flag
 from keras_best.paths import RunPath
@@ -89,6 +90,7 @@ class BestCheckpoint(keras.callbacks.Callback):
             _LATER, filepath, monitor, verbose=verbose, save_best_only=save_best_only, mode=mode,
             baseline=initial_value_threshold, keep_top_k=keep_top_k, **options)
         self._batches_since_save = 0
+        self._ema: EmaWatch | None = None
         self._last_batch = None
         self._epoch = 0
 
@@ -123,9 +125,25 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        ema = self._ema_watch()
+        steps = (self.params or {}).get("steps")
+        if ema.active and (steps is None or batch == steps - 1):
+            self.tracker.model = self.model
+            ema.saw_training()
         self._save_on_batch(batch, logs)
         if self.tracker.options.keeps_state:
             self.tracker.after_batch(self._epoch, batch)
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if batch == 0 and self._ema is not None and self._ema.active:
+            self.tracker.model = self.model
+            self._ema.saw_validation()
+
+    def _ema_watch(self) -> EmaWatch:
+        """The EMA fingerprints (`keras_best.ema`), once the optimizer is built."""
+        if self._ema is None or (not self._ema.active and getattr(self.model.optimizer, "built", False)):
+            self._ema = EmaWatch(getattr(self.model, "optimizer", None))
+        return self._ema
 
     def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:
         if self.save_freq == "epoch":
@@ -143,7 +161,18 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if self.save_freq == "epoch":
             self._resolve_mode()
-            self._act(self.tracker.update(epoch, self._checked(logs)))
+            logs = self._checked(logs)
+            ema = self._ema_watch()
+            swap, exchange = ema.arrangement() if ema.active else (False, False)
+            if swap:  # the evaluated (EMA) weights into the model for the save, and back
+                ema.swap()
+            self.tracker._run.exchanged = ema.pairs if exchange else []
+            try:
+                self._act(self.tracker.update(epoch, logs))
+            finally:
+                self.tracker._run.exchanged = []
+                if swap:
+                    ema.swap()
         if self.tracker.preempted:  # after the epoch's update, or when there was none
             self.tracker.model = self.model
             self.tracker.save_state(epoch)

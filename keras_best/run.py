@@ -67,6 +67,7 @@ class Run:
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
         self.initial_step = 0
+        self.exchanged: list[tuple[Any, Any]] = []  # see keras_best.ema
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -231,8 +232,10 @@ class Run:
         if plan.write_state:
             state_rel = plan.state.last["path"]
             tmp_rel = files.tmp_path(state_rel)
-            arrays = (host_copies(model.weights, reuse),
-                      host_copies(state.optimizer_variables(optimizer, model), reuse))
+            # `exchanged`: pairs whose values trade places in the state (EMA weights swapped in).
+            trade = {id(a): b for pair in self.exchanged for a, b in (pair, pair[::-1])}
+            arrays = (host_copies([trade.get(id(v), v) for v in model.weights], reuse),
+                      host_copies([trade.get(id(v), v) for v in state.optimizer_variables(optimizer, model)], reuse))
             saved_random = rng.capture(model) if self.options.save_random_state else None
             self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step,
                                                                  random=saved_random), True)
