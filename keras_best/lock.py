@@ -1,11 +1,17 @@
 """One writer per run directory: an advisory lock file held while a run writes.
 
+The file exists only while a run holds it: `release()` removes it before
+unlocking, and `acquire()` checks after locking that the file it locked is
+still the one in the directory (else it was removed by a releasing holder
+in between, and it tries again), so two writers can never both hold it.
+
 The kernel drops the lock when the process dies (even by SIGKILL), so a crash
 never leaves a stale lock behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -71,17 +77,23 @@ class DirectoryLock:
             self._fd, other._fd, other.stolen = other._fd, None, True
             _HELD[key] = self
             return
-        fd = open_own_file(self.path, os.O_RDWR)  # its content is rewritten
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_holder(fd)
-            os.close(fd)
-            raise RunDirectoryLocked(
-                f"Another keras-best tracker ({holder}) is writing the run directory "
-                f"{self.directory!r}. Two runs must not write one directory: stop the other "
-                "run, or give this one another `filepath` directory."
-            ) from None
+        for _ in range(100):
+            fd = open_own_file(self.path, os.O_RDWR)  # its content is rewritten
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunDirectoryLocked(
+                    f"Another keras-best tracker ({holder}) is writing the run directory "
+                    f"{self.directory!r}. Two runs must not write one directory: stop the other "
+                    "run, or give this one another `filepath` directory."
+                ) from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # locked a file its releasing holder had just removed: again
+        else:  # pragma: no cover - a hundred releases in a row in between
+            raise RunDirectoryLocked(f"Could not take the lock of {self.directory!r}: it kept changing.")
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         self._fd = fd
@@ -92,15 +104,15 @@ class DirectoryLock:
         (the directory was removed, and maybe created again)."""
         if self._fd is None:
             return False
-        try:
-            return os.fstat(self._fd).st_ino != os.stat(self.path, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            return True
+        return not _same_file(self._fd, self.path)
 
     def release(self) -> None:
         if self._fd is None:
             return
         try:
+            if _same_file(self._fd, self.path):  # removed while locked: see the module docstring
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             os.close(self._fd)
@@ -113,6 +125,15 @@ class DirectoryLock:
             self.release()
         except Exception:  # noqa: BLE001
             pass
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether `path` (not followed if a link) is the file open as `fd`."""
+    try:
+        here, there = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _read_holder(fd: int) -> str:

@@ -407,8 +407,9 @@ def test_readme_commands_and_cited_tests_exist():
     root = os.path.join(os.path.dirname(__file__), "..")
     with open(os.path.join(root, "README.md")) as f:
         readme = f.read()
-    assert 'python -m pip install -e ".[tensorflow,demo]" && keras-best demo' in readme
-    assert 'python -m pip install -e ".[tensorflow,test]" && python -m pytest -n 2' in readme
+    venv = "python3 -m venv .venv && . .venv/bin/activate && "
+    assert venv + 'python -m pip install -e ".[tensorflow,demo]" && keras-best demo' in readme
+    assert venv + 'python -m pip install -e ".[tensorflow,test]" && python -m pytest -n 2' in readme
     # Every test the claims table names exists (a renamed test must update the README).
     table = readme.split("## What it adds to")[1].split("\n## ")[0]
     cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`|`(test_\w+)`", table)

@@ -80,3 +80,52 @@ def test_non_chief_worker_takes_no_lock(tmp_path, model, monkeypatch):
     worker = BestWeightsTracker(model, str(tmp_path / "run" / "best.weights.h5"), verbose=0)
     assert worker._run.lock is None
     assert not (tmp_path / "run").exists(), "a non-chief worker must leave nothing in the run directory"
+
+
+def test_the_lock_file_is_gone_once_the_run_is_finished(tmp_path):
+    from keras_best import BestWeightsTracker
+    from tests.conftest import make_model
+
+    tracker = BestWeightsTracker(make_model(), str(tmp_path / "b.weights.h5"), verbose=0)
+    tracker.update(0, {"val_loss": 0.5})
+    assert (tmp_path / ".keras_best.lock").exists()
+    tracker.finish()
+    assert not (tmp_path / ".keras_best.lock").exists()
+    tracker.update(1, {"val_loss": 0.4})  # a later update takes it again
+    assert (tmp_path / ".keras_best.lock").exists()
+    tracker.finish()
+    assert sorted(os.listdir(tmp_path)) == ["b.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
+
+
+_CONTENDER = """
+import os, sys, time
+from keras_best.lock import DirectoryLock, RunDirectoryLocked
+directory, rounds = sys.argv[1], int(sys.argv[2])
+marker = os.path.join(directory, "holder")
+held = 0
+for _ in range(rounds):
+    lock = DirectoryLock(directory)
+    try:
+        lock.acquire()
+    except RunDirectoryLocked:
+        continue
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # fails if the other holds it too
+    except FileExistsError:
+        print("BOTH"); sys.exit(1)
+    os.close(fd)
+    os.unlink(marker)
+    lock.release()
+    held += 1
+print("HELD", held)
+"""
+
+
+def test_processes_taking_and_releasing_it_never_hold_it_at_once(tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(tmp_path), "3000"], stdout=subprocess.PIPE,
+                              text=True, env=env) for _ in range(4)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outs
+    assert all(int(o.split()[-1]) > 0 for o in outs), outs
+    assert not (tmp_path / ".keras_best.lock").exists()
