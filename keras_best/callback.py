@@ -10,6 +10,7 @@ import keras
 from keras_best import files, savers
 from keras_best.ema import EmaWatch
 from keras_best.monitor import Decision
+from keras_best.objective import MonitorSpec
 from keras_best.options import Options, flag
 from keras_best.paths import RunPath
 from keras_best.tracker import _LATER, BestWeightsTracker
@@ -53,7 +54,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     def __init__(
         self,
         filepath: str | os.PathLike,
-        monitor: Any = "val_loss",
+        monitor: MonitorSpec = "val_loss",
         verbose: int = 0,
         save_best_only: bool = False,
         save_weights_only: bool = False,
@@ -98,6 +99,16 @@ class BestCheckpoint(keras.callbacks.Callback):
     @property
     def best(self) -> float | None:
         return self.tracker.best
+
+    @property
+    def best_epoch(self) -> int | None:
+        """The epoch of `best` (0-based, as in Keras callbacks)."""
+        return self.tracker.best_epoch
+
+    @property
+    def best_path(self) -> str | None:
+        """The path of the best file kept on disk (`None` before the first)."""
+        return self.tracker.best_path
 
     @property
     def filepath(self) -> str:

@@ -32,6 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 from keras_best import monitor as _monitor  # monitor imports us: use it at call time
 
+# What `monitor=` takes: a metric name, names compared in order, or a function of the metrics.
+MonitorSpec = str | Sequence[str] | Callable[[Mapping[str, float]], float]
+
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     ">": operator.gt,

@@ -12,7 +12,7 @@ from keras_best import distribute, retention
 from keras_best.manifest import RunRecord
 from keras_best.metrics import direction_of, read_all
 from keras_best.monitor import Decision, StopReason
-from keras_best.objective import Objective
+from keras_best.objective import MonitorSpec, Objective
 from keras_best.options import Options, check_format, check_model, check_optimizer, integer
 from keras_best.paths import RunPath
 from keras_best.preemption import Preempted, SignalWatch, signals_of
@@ -125,7 +125,7 @@ class BestWeightsTracker:
     ```
     """
 
-    def __init__(self, model: Any, filepath: str, monitor: Any = "val_loss", **options: Any) -> None:
+    def __init__(self, model: Any, filepath: str, monitor: MonitorSpec = "val_loss", **options: Any) -> None:
         o = self.options = Options.create(type(self).__name__, monitor=monitor, **options)
         self.path = RunPath(filepath)
         self.filepath, self.directory = self.path.filepath, self.path.directory

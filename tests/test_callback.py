@@ -434,3 +434,15 @@ def test_a_monitor_typo_in_fit_names_the_logs(tmp_path, fit_data):
     with pytest.raises(ValueError, match=r"BestCheckpoint monitors 'val_los', which is not among the fit\(\) "
                                          r"logs: \['loss', 'val_loss'\]"):
         _compiled().fit(x, y, validation_data=(vx, vy), epochs=1, batch_size=32, verbose=0, callbacks=[cb])
+
+
+def test_best_epoch_and_best_path_as_the_tracker_has_them(tmp_path, data):
+    x, y = data
+    model = make_model()
+    model.compile(optimizer="adam", loss="mse")
+    cb = BestCheckpoint(str(tmp_path / "{epoch:02d}.weights.h5"), save_best_only=True)
+    assert cb.best_epoch is None and cb.best_path is None
+    model.fit(x, y, validation_data=(x, y), epochs=3, batch_size=16, verbose=0, callbacks=[cb])
+    record = run_json(tmp_path)
+    assert cb.best_epoch == record["best"]["epoch"] and cb.best == record["best"]["value"]
+    assert cb.best_path == str(tmp_path / record["best"]["path"])
