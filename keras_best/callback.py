@@ -152,8 +152,9 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def _ema_watch(self) -> EmaWatch:
         """The EMA fingerprints (`keras_best.ema`), once the optimizer is built."""
-        if self._ema is None or (not self._ema.active and getattr(self.model.optimizer, "built", False)):
-            self._ema = EmaWatch(getattr(self.model, "optimizer", None))
+        optimizer = getattr(self.model, "optimizer", None)
+        if self._ema is None or (not self._ema.active and getattr(optimizer, "built", False)):
+            self._ema = EmaWatch(optimizer)
         return self._ema
 
     def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:

@@ -19,7 +19,6 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, distribute, load_best, manifest
-from keras_best.lock import LOCK_NAME
 from tests.conftest import make_model, perturb, run_json, weights_equal
 from tests.processes import ROOT, WORKERS, free_ports, readme_script, run_all
 
@@ -225,7 +224,7 @@ def test_mirrored_strategy_on_two_devices(tmp_path):
     model = build_model()
     assert load_best(model, str(run / "loop")).epoch == loop["best_epoch"] and _same(model, best)
     assert sorted(os.listdir(run / "loop")) == sorted(
-        [LOCK_NAME, "best.keras", "keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
+        ["best.keras", "keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
 
 
 @pytest.mark.slow
@@ -263,8 +262,7 @@ def test_multi_worker_mirrored_strategy_two_workers(tmp_path):
     kept = [k["path"] for k in data["kept"]]
     assert kept == [f"w-{sync[0]['best_epoch'] + 1:02d}.weights.h5"]
     assert sorted(os.listdir(run / "sync")) == sorted(
-        kept + [LOCK_NAME, "keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
-    assert json.loads((run / "sync" / LOCK_NAME).read_text())["pid"] == w[0]["pid"]
+        kept + ["keras_best_last.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])  # lock gone with finish()
     model = build_model()
     record = load_best(model, str(run / "sync"))
     assert (record.epoch, record.value) == (sync[0]["best_epoch"], sync[0]["best"])
@@ -329,7 +327,7 @@ def test_readme_distributed_example_runs_as_written(tmp_path):
     epoch, value = int(found[0].group(1)), float(found[0].group(2))
     record = load_best(_readme_model(), str(two / "runs" / "dist"))
     assert (record.epoch, record.value) == (epoch, pytest.approx(value))
-    assert sorted(os.listdir(two / "runs" / "dist")) == [LOCK_NAME, "best.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
+    assert sorted(os.listdir(two / "runs" / "dist")) == ["best.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
 
 
 def _readme_model() -> keras.Model:

@@ -30,7 +30,7 @@ from tests.workers.shards import EPOCHS, build_model
 
 TIMEOUT = 120  # seconds for the pair before they count as hung; they take ~10-20 s
 SCRIPTS = {"torch": "torch_ddp_worker.py", "jax": "jax_multiprocess_worker.py"}
-RECORD = [LOCK_NAME, manifest.MANIFEST_NAME, manifest.HISTORY_NAME]
+RECORD = [manifest.MANIFEST_NAME, manifest.HISTORY_NAME]  # the lock file goes with finish()
 
 
 @dataclass
@@ -102,8 +102,8 @@ def test_custom_loop_stops_at_the_same_epoch_everywhere(job):
 def test_only_the_chief_writes_and_speaks(job):
     assert sorted(os.listdir(job.run / "loop")) == sorted(RECORD + ["best.weights.h5"])
     assert sorted(os.listdir(job.run / "fit")) == sorted(RECORD + ["best.keras"])
-    for name in ("loop", "fit", "bad"):
-        assert json.loads((job.run / name / LOCK_NAME).read_text())["pid"] == job.out[0]["pid"]
+    # The lock of a run that raised stays (its process ended without finish()): process 0's.
+    assert json.loads((job.run / "bad" / LOCK_NAME).read_text())["pid"] == job.out[0]["pid"]
     for s in job.scratch:  # the non-chief's saves went to scratch directories, all removed
         assert [p for p in os.listdir(s) if p.startswith(distribute.SCRATCH_PREFIX)] == []
     chief, other = (open(log).read() for log in job.logs)

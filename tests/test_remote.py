@@ -491,7 +491,7 @@ def test_a_file_url_is_the_local_directory(tmp_path):
     tracker = _train(make_model(), f"{url}/best.weights.h5")
     assert tracker.best_path == str(tmp_path / "run" / "best.weights.h5")
     assert sorted(os.listdir(tmp_path / "run")) == sorted(
-        ["best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME, files.LOCK_NAME])
+        ["best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
     restored = make_model(seed=7)
     assert load_best(restored, url).epoch == 3 and weights_equal(restored, _model_at(3))
     assert summarize(f"file://localhost{tmp_path}/run")["best"]["epoch"] == 3
