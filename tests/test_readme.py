@@ -73,3 +73,13 @@ def test_python_block_runs_as_written(places, code, mark, tmp_path):
                           cwd=tmp_path, env=env)
     assert done.returncode == 0, f"{', '.join(places)} failed:\n{done.stderr[-3000:]}"
     print(f"{', '.join(places)}: {time.monotonic() - start:.1f} s")
+
+
+def test_readme_links_name_files_that_exist():
+    # mkdocs --strict checks the links of docs/; this checks README's (docs pages, notebooks, code).
+    with open(os.path.join(ROOT, "README.md")) as f:
+        targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", f.read())
+    local = [t for t in targets if "://" not in t]
+    assert len(local) >= 10
+    missing = [t for t in local if not os.path.exists(os.path.join(ROOT, t))]
+    assert not missing, f"README links to missing files: {missing}"
