@@ -72,6 +72,9 @@ def test_python_block_runs_as_written(places, code, mark, tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           cwd=tmp_path, env=env)
     assert done.returncode == 0, f"{', '.join(places)} failed:\n{done.stderr[-3000:]}"
+    # An example that draws a warning (from keras-best, or Keras loading it) shows the wrong way.
+    warned = [line for line in done.stderr.splitlines() if "Warning:" in line]
+    assert not warned, f"{', '.join(places)} warns:\n" + "\n".join(warned)
     print(f"{', '.join(places)}: {time.monotonic() - start:.1f} s")
 
 
