@@ -1,4 +1,4 @@
-"""Run groups of real worker processes on localhost, and README scripts (the distributed tests)."""
+"""Run groups of real worker processes on localhost, and the scripts of docs/distributed.md."""
 
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ def run_all(commands: list[list[str]], logs: list[str], env: dict[str, str] | li
     return time.monotonic() - start
 
 
-def readme_script(after: str) -> str:
-    """The first ```python block of README.md after the line holding `after`."""
-    with open(os.path.join(ROOT, "README.md")) as f:
+def readme_script(after: str, page: str = "docs/distributed.md") -> str:
+    """The first ```python block of the documentation `page` (the README's distributed
+    section moved there) after the line holding `after`."""
+    with open(os.path.join(ROOT, page)) as f:
         text = f.read()
     start = text.index("```python\n", text.index(after)) + len("```python\n")
     return text[start:text.index("```", start)]
