@@ -197,7 +197,10 @@ class Run:
                 "The model is not built yet (it has no weights), so there is nothing to save. Build it "
                 "first (call it on a batch, or `model.build(input_shape)`), then call update()."
             )
-        self.acquire()
+        try:
+            self.acquire()
+        except OSError as e:  # e.g. a read-only directory: the lock file cannot be made
+            raise SaveError(self._save_error_message(epoch, e)) from e
         self.raise_write_error()
         self._check_directory(epoch)
         suffix = ".weights.h5" if self.options.export_at_finish else ""  # exported at finish()
