@@ -99,12 +99,6 @@ class SearchBest:
                     f"SearchBest chooses `{key}` itself (each trial saves its best epoch into its "
                     f"own directory, where KerasTuner loads it); remove `{key}=`."
                 )
-        if checkpoint_options.get("keep_top_k", 1) != 1:
-            raise ValueError(
-                "A trial keeps only its single best file; `SearchBest(keep_top_k=...)` says how "
-                f"many trials keep theirs. Received: keep_top_k={checkpoint_options['keep_top_k']!r}"
-            )
-        checkpoint_options.pop("keep_top_k", None)
         if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
             raise ValueError(f"`keep_top_k` must be an int >= 1. Received: keep_top_k={keep_top_k!r}")
         self.keep_top_k = keep_top_k
