@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+
+EPOCHS = 3
 
 
 def main(directory: str, max_trials: int, keep_top_k: int) -> None:
@@ -36,20 +39,29 @@ def main(directory: str, max_trials: int, keep_top_k: int) -> None:
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         return model
 
+    class Slow(keras.callbacks.Callback):  # trials of the two workers overlap for sure
+        def on_epoch_begin(self, epoch, logs=None):
+            time.sleep(0.3)
+
     class Checked(keras_tuner.RandomSearch):  # a user's own run_trial, calling the stock one
         def run_trial(self, trial, *args, **kwargs):
             result = super().run_trial(trial, *args, **kwargs)
+            time.sleep(1.0)  # the trial still runs: the other worker's cleanups must leave it alone
             trial_dir = self.get_trial_dir(trial.trial_id)
             for name in (manifest.MANIFEST_NAME, CHECKPOINT_NAME):
                 if not os.path.exists(os.path.join(trial_dir, name)):
                     print(f"VIOLATION trial {trial.trial_id} lost {name} while it ran", flush=True)
+            with open(os.path.join(trial_dir, manifest.HISTORY_NAME)) as f:
+                if len(f.read().splitlines()) != EPOCHS:
+                    print(f"VIOLATION trial {trial.trial_id} lost epochs of its history", flush=True)
             print(f"RAN {trial.trial_id}", flush=True)
             return result
 
     tuner = Checked(build, objective="val_accuracy", max_trials=max_trials, seed=3,
                     directory=directory, project_name="search")
     SearchBest(keep_top_k=keep_top_k).wrap(tuner)
-    tuner.search(x[:1200], y[:1200], validation_data=(x[1200:], y[1200:]), epochs=2, verbose=0)
+    tuner.search(x[:1200], y[:1200], validation_data=(x[1200:], y[1200:]), epochs=EPOCHS, verbose=0,
+                 callbacks=[Slow()])
     print("DONE", flush=True)
 
 
