@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
         help="show a run: monitor, best epoch and value, kept files, early stop, resumable",
         description="Show the run recorded in RUN_DIR/keras_best.json. Epochs count from 1 in "
         "the text, as Keras prints them, and from 0 in --json, as keras_best.json and load_best() "
-        "do. A StudyBest directory (keras_best.optuna) shows its kept trials, best first.",
+        "do. A StudyBest directory (keras_best.optuna) or a KerasTuner project kept by SearchBest (keras_best.keras_tuner) shows its kept trials, best first.",
     )
     inspect.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
     inspect.add_argument("--json", action="store_true", help="print JSON for scripts instead of a table")
@@ -181,7 +181,7 @@ def _show_study(directory: str, name: str, runs: list[str], as_json: bool) -> in
     if as_json:
         print(json.dumps(_jsonable({"study": name, "directory": directory, **result}), indent=1, allow_nan=False))
         return 0
-    print(f"Optuna study {summary.printable(repr(name))} in {summary.printable(directory)} "
+    print(f"{summary.search_label(directory)} {summary.printable(repr(name))} in {summary.printable(directory)} "
           f"({summary.STUDY_FILE}): {len(runs)} kept trial{'s' if len(runs) != 1 else ''}")
     if runs:
         names = [os.path.basename(r["directory"]) for r in result["runs"]]

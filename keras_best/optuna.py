@@ -44,13 +44,10 @@ half-way leaves no half-deleted trial that looks complete.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
-import shutil
 import threading
-import uuid
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
@@ -62,21 +59,18 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError(
         f"keras_best.optuna needs Optuna: {install_hint('optuna', 'optuna')}"
     ) from e
-from filelock import FileLock, Timeout
-
-from keras_best import files, loading, summary
+from keras_best import loading, search, summary
 from keras_best.callback import BestCheckpoint
 from keras_best.loading import BestRecord
-from keras_best.monitor import Decision, check_mode, infer_mode
+from keras_best.monitor import Decision
 from keras_best.tracker import BestWeightsTracker
 
 STUDY_FILE = summary.STUDY_FILE
-LOCK_NAME = ".keras_best_study.lock"
+LOCK_NAME = search.LOCK_NAME
 USER_ATTR_PATH = "keras_best_path"
 USER_ATTR_EPOCH = "keras_best_epoch"
 USER_ATTR_VALUE = "keras_best_value"
 _TRIAL_DIR = re.compile(r"^trial-(\d+)$")
-_TRASH_PREFIX = ".kb-trash-"
 _DISCARDED = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
@@ -114,20 +108,10 @@ class StudyBest:
     """
 
     def __init__(self, directory: str | os.PathLike, keep_top_k: int = 1, lock_timeout: float = 300.0) -> None:
-        directory = files.fspath(directory)
-        if not isinstance(directory, str) or not directory:
-            raise ValueError(f"`directory` must be a non-empty path. Received: directory={directory!r}")
-        if files.is_remote(directory):
-            raise ValueError(
-                "StudyBest needs a local or network-mounted directory (it locks it while "
-                f"cleaning up); remote URLs are not supported. Received: directory={directory!r}"
-            )
-        if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
-            raise ValueError(f"`keep_top_k` must be an int >= 1. Received: keep_top_k={keep_top_k!r}")
-        self.directory = directory
+        self._search = search.SearchDirectory(directory, keep_top_k, lock_timeout, owner="StudyBest")
+        self.directory = self._search.directory
         self.keep_top_k = keep_top_k
         self.lock_timeout = lock_timeout
-        os.makedirs(directory, exist_ok=True)
         # Trackers of this process's trials, closed once their trial has finished
         # (in case the objective did not call `finish()`). Threads: study.optimize(n_jobs=...).
         self._open: list[_TrialLink] = []
@@ -230,21 +214,16 @@ class StudyBest:
             # The snapshot: only states that can never change again are acted on.
             trials = {t.number: t for t in study.get_trials(deepcopy=False)}
             keep = self._keep(study, trials.values())
-            removed = []
-            for name in sorted(os.listdir(self.directory)):
-                path = os.path.join(self.directory, name)
-                if name.startswith(_TRASH_PREFIX):
-                    shutil.rmtree(path, ignore_errors=True)
-                    continue
+
+            def doomed(name: str) -> bool:
                 match = _TRIAL_DIR.match(name)
                 trial = trials.get(int(match.group(1))) if match else None
-                if trial is None or not os.path.isdir(path):
-                    continue
+                if trial is None:  # not a trial of the storage (yet): never touched
+                    return False
                 done = trial.state == optuna.trial.TrialState.COMPLETE and trial.number not in keep
-                if trial.state in _DISCARDED or done:
-                    if self._remove(path):
-                        removed.append(path)
-            return removed
+                return trial.state in _DISCARDED or done
+
+            return self._search.sweep(doomed)
 
     # ---------------------------------------------------------------- internal
     def _start(self, trial: Any, options: dict[str, Any]) -> _TrialLink:
@@ -272,7 +251,12 @@ class StudyBest:
                 "A trial keeps only its single best file; `StudyBest(directory, keep_top_k=...)` "
                 f"says how many trials keep theirs. Received: keep_top_k={options['keep_top_k']!r}"
             )
-        mode = _trial_mode(trial.study, options.get("monitor", "val_loss"), options.get("mode", "auto"))
+        study = trial.study
+        mode = search.trial_mode(
+            self._mode(study), options.get("monitor", "val_loss"), options.get("mode", "auto"),
+            search=f"The study {study.study_name!r}", noun="study",
+            fix="Create the study with direction='{}imize'",
+        )
         self.cleanup(trial.study)
         link = _TrialLink(trial, self.trial_directory(trial), self)
         link.mode = mode
@@ -317,10 +301,8 @@ class StudyBest:
         different ones and delete both. `_best` falls back to a kept trial with
         the same value.
         """
-        sign = -1.0 if self._mode(study) == "max" else 1.0
-        complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-        order = sorted(complete, key=lambda t: (sign * float(t.value), t.number))
-        return {t.number for t in order[: self.keep_top_k]}
+        complete = [(t.number, float(t.value)) for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+        return search.top_k(complete, self._mode(study), self.keep_top_k)
 
     def _best(self, study: optuna.Study) -> tuple[optuna.trial.FrozenTrial, BestRecord]:
         try:
@@ -347,35 +329,15 @@ class StudyBest:
             "and return `tracker.best`?"
         )
 
-    def _lock(self) -> _Lock:
-        return _Lock(os.path.join(self.directory, LOCK_NAME), self.lock_timeout)
+    def _lock(self) -> search.SearchLock:
+        return self._search.lock()
 
     def _claim(self, study: optuna.Study) -> None:
         """Tie the directory to one study (called with the lock held)."""
-        path = os.path.join(self.directory, STUDY_FILE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                recorded = json.load(f).get("study_name")
-            if recorded != study.study_name:
-                raise ValueError(
-                    f"{self.directory!r} holds the models of study {recorded!r}, not "
-                    f"{study.study_name!r}. Use one StudyBest directory per study."
-                )
-            return
-        body = {"format": "keras_best_study", "version": 1, "study_name": study.study_name}
-        tmp = os.path.join(self.directory, files.tmp_path(STUDY_FILE))
-        files.write_durably(tmp, lambda p: _write_json(p, body))
-        files.replace(tmp, path)
+        self._search.claim(study.study_name, framework="optuna")
 
     def _remove(self, path: str) -> bool:
-        """Rename `path` away (atomic: it is gone at once), then delete it."""
-        trash = os.path.join(self.directory, f"{_TRASH_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
-        try:
-            os.rename(path, trash)
-        except FileNotFoundError:
-            return False
-        shutil.rmtree(trash, ignore_errors=True)
-        return True
+        return self._search.remove(path)
 
 
 class _TrialLink:
@@ -469,56 +431,6 @@ class _TrialCheckpoint(BestCheckpoint):
         self._link.after_update(decision.epoch, self._step, decision)
 
 
-class _Lock:
-    def __init__(self, path: str, timeout: float) -> None:
-        self._lock = FileLock(path, timeout=timeout, thread_local=False)
-        self.path = path
-
-    def __enter__(self) -> _Lock:
-        try:
-            self._lock.acquire()
-        except Timeout as e:
-            raise TimeoutError(
-                f"Could not lock {self.path} within {self._lock.timeout} s: another process "
-                "is cleaning up the study directory (or hangs holding the lock). Raise "
-                "`StudyBest(lock_timeout=...)` or stop the other process."
-            ) from e
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._lock.release()
-
-
-def _trial_mode(study: optuna.Study, monitor: Any, mode: Any) -> Any:
-    """The tracker's `mode` in `study`: its direction, or an error when they disagree.
-
-    With several monitored metrics (a list), only the primary one is checked
-    and `mode` is passed on as given; a score function gets the study's
-    direction unless `mode` says otherwise.
-    """
-    several = not isinstance(monitor, str) and not callable(monitor)
-    primary = (list(monitor) or ["val_loss"])[0] if several else monitor
-    given = mode if isinstance(mode, str) else (list(mode) or ["auto"])[0]
-    check_mode(given)
-    direction = "max" if study.direction == optuna.study.StudyDirection.MAXIMIZE else "min"
-    if given == "auto":
-        try:
-            given = infer_mode(primary) if isinstance(primary, str) else direction
-        except ValueError:
-            return mode if several else direction
-        hint = f"pass mode={direction!r} if the study is right"
-    else:
-        hint = f"pass mode={direction!r}"
-    if given != direction:
-        raise ValueError(
-            f"The study {study.study_name!r} {study.direction.name.lower()}s its objective, but "
-            f"the trial's tracker would keep the {'lowest' if given == 'min' else 'highest'} "
-            f"{primary!r}: the saved model would not be the one the study ranks. Create the study "
-            f"with direction={'minimize' if given == 'min' else 'maximize'!r}, or {hint}."
-        )
-    return mode if several or not isinstance(mode, str) else given
-
-
 def _check_returned_value(
     trial: optuna.trial.FrozenTrial, directory: str, record: BestRecord | None = None
 ) -> None:
@@ -538,11 +450,6 @@ def _check_returned_value(
         "trial's value. Return `tracker.best` (or `callback.best`) from the objective.",
         stacklevel=3,
     )
-
-
-def _write_json(path: str, body: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(body, f)
 
 
 __all__ = ["StudyBest", "TrialRecord", "USER_ATTR_EPOCH", "USER_ATTR_PATH", "USER_ATTR_VALUE"]

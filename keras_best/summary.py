@@ -106,7 +106,7 @@ def resolve_run_directory(path: str | os.PathLike) -> str:
         ranking = compare(runs) if study and runs else None
         if ranking and ranking["ranked_by"] is not None:
             best = ranking["runs"][0]
-            hint = (f" It is the directory of the Optuna study {study[0]!r} ({STUDY_FILE}); its best kept "
+            hint = (f" It is the directory of the {search_label(path)} {study[0]!r} ({STUDY_FILE}); its best kept "
                     f"trial is {best['directory']!r}")
             if best["best"]:
                 hint += (f" ({_monitor_name(best['monitor'])} {format_value(best['best']['value'])} at epoch "
@@ -132,11 +132,23 @@ def study_runs(path: str | os.PathLike) -> tuple[str, list[str]] | None:
     study_file = files.join(path, STUDY_FILE)
     if not files.exists(study_file):
         return None
+    return _study_record(study_file)[0], _runs_in(path)
+
+
+def search_label(path: str | os.PathLike) -> str:
+    """What kind of search directory `path` is, for messages: "Optuna study" or "KerasTuner search"."""
+    framework = _study_record(files.join(os.fspath(path), STUDY_FILE))[1]
+    return "KerasTuner search" if framework == "keras_tuner" else "Optuna study"
+
+
+def _study_record(study_file: str) -> tuple[str, str | None]:
+    """`(search name, framework)` from a search's `keras_best_study.json` (untrusted)."""
     try:
-        name = json.loads(files.read_bytes(study_file)[:100_000].decode("utf-8")).get("study_name")
+        body = json.loads(files.read_bytes(study_file)[:100_000].decode("utf-8"))
+        name, framework = body.get("study_name"), body.get("framework")
     except (OSError, ValueError, AttributeError, RecursionError):  # untrusted: the trials are what matters
-        name = None
-    return (name if isinstance(name, str) else "?"), _runs_in(path)
+        name = framework = None
+    return (name if isinstance(name, str) else "?"), (framework if isinstance(framework, str) else None)
 
 
 def _runs_in(path: str) -> list[str]:
@@ -528,4 +540,4 @@ def printable(text: str) -> str:
 
 
 __all__ = ["RunNotFound", "compare", "format_compare", "format_table", "printable", "resolve_run_directory",
-           "study_runs", "summarize", "why_no_best"]
+           "search_label", "study_runs", "summarize", "why_no_best"]

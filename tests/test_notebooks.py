@@ -61,6 +61,8 @@ def test_notebook_runs(path, tmp_path, kernel_of_this_python):
     nbclient = pytest.importorskip("nbclient")
     if "optuna" in path.name:
         pytest.importorskip("optuna")
+    if "keras_tuner" in path.name:
+        pytest.importorskip("keras_tuner", reason="needs keras-tuner (the keras-tuner extra)")
     nb = nbformat.read(path, as_version=4)
     workdir = tmp_path / "work"
     workdir.mkdir()
