@@ -102,8 +102,10 @@ def test_custom_loop_stops_at_the_same_epoch_everywhere(job):
 def test_only_the_chief_writes_and_speaks(job):
     assert sorted(os.listdir(job.run / "loop")) == sorted(RECORD + ["best.weights.h5"])
     assert sorted(os.listdir(job.run / "fit")) == sorted(RECORD + ["best.keras"])
-    # The lock of a run that raised stays (its process ended without finish()): process 0's.
-    assert json.loads((job.run / "bad" / LOCK_NAME).read_text())["pid"] == job.out[0]["pid"]
+    # A run that raised may leave its lock file (when its process ended without closing the
+    # tracker): then it is process 0's.
+    bad_lock = job.run / "bad" / LOCK_NAME
+    assert not bad_lock.exists() or json.loads(bad_lock.read_text())["pid"] == job.out[0]["pid"]
     for s in job.scratch:  # the non-chief's saves went to scratch directories, all removed
         assert [p for p in os.listdir(s) if p.startswith(distribute.SCRATCH_PREFIX)] == []
     chief, other = (open(log).read() for log in job.logs)
@@ -152,7 +154,7 @@ def test_different_epochs_raise_on_every_process(job):
     for x in job.out:
         assert "called update() with different arguments" in x["mismatch"]
         assert "(epoch, step) per worker = [(0, None), (1, None)]" in x["mismatch"]
-    assert os.listdir(job.run / "bad") == [LOCK_NAME]
+    assert set(os.listdir(job.run / "bad")) <= {LOCK_NAME}  # nothing saved, at most the lock
 
 
 @pytest.mark.slow
