@@ -33,6 +33,7 @@ own small records (`trial.json`, `build_config.json`), so the tuner reloads.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import warnings
@@ -99,9 +100,7 @@ class SearchBest:
                     f"SearchBest chooses `{key}` itself (each trial saves its best epoch into its "
                     f"own directory, where KerasTuner loads it); remove `{key}=`."
                 )
-        if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
-            raise ValueError(f"`keep_top_k` must be an int >= 1. Received: keep_top_k={keep_top_k!r}")
-        self.keep_top_k = keep_top_k
+        self.keep_top_k = search.check_keep_top_k(keep_top_k)
         self.lock_timeout = lock_timeout
         self.checkpoint_options = checkpoint_options
         self.tuner: Any = None
@@ -223,13 +222,11 @@ class SearchBest:
             raise ValueError(f"The tuner {self.tuner.project_name!r} has no completed trial yet, so no "
                              "best model. Run tuner.search first.")
         best = completed[0]
-        for t in completed:  # equal scores: the tuner may name either; the kept one is the earlier
-            if t.score != best.score:
-                break
-            try:
-                return t, loading.read_best(self.trial_directory(t))
-            except FileNotFoundError:
-                continue
+        # Equal scores: the tuner may name either; the kept one is the earlier.
+        found = search.first_saved(itertools.takewhile(lambda t: t.score == best.score, completed),
+                                   self.trial_directory)
+        if found is not None:
+            return found
         raise FileNotFoundError(
             f"The best trial of tuner {self.tuner.project_name!r} (trial {best.trial_id}, score "
             f"{best.score}) has no saved model in {self.trial_directory(best)!r}. Was the tuner "

@@ -317,11 +317,9 @@ class StudyBest:
              if t.number != trial.number and t.value == trial.value),
             key=lambda t: t.number,
         )
-        for t in candidates:  # a tie may have kept another trial with the very same value
-            try:
-                return t, loading.read_best(self.trial_directory(t))
-            except FileNotFoundError:
-                continue
+        found = search.first_saved(candidates, self.trial_directory)  # a tie may have kept another trial
+        if found is not None:
+            return found
         raise FileNotFoundError(
             f"The best trial of study {study.study_name!r} (trial {trial.number}, value "
             f"{trial.value}) has no saved model in {self.trial_directory(trial)!r}. Did its "

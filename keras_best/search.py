@@ -32,13 +32,32 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from filelock import FileLock, Timeout
 
-from keras_best import files, manifest, summary
+from keras_best import files, loading, manifest, summary
 from keras_best.monitor import check_mode, infer_mode
 
 STUDY_FILE = summary.STUDY_FILE
 LOCK_NAME = ".keras_best_study.lock"
 TRASH_PREFIX = ".kb-trash-"
 
+
+
+def check_keep_top_k(keep_top_k: Any) -> int:
+    """A search's `keep_top_k`: an int >= 1, or a `ValueError`."""
+    if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
+        raise ValueError(f"`keep_top_k` must be an int >= 1. Received: keep_top_k={keep_top_k!r}")
+    return keep_top_k
+
+
+def first_saved(trials: Iterable[Any], directory_of: Callable[[Any], str]) -> tuple[Any, loading.BestRecord] | None:
+    """The first of `trials` whose directory holds a recorded best, with that
+    record (`None` when none does): of trials tied on the best score, the
+    one whose files the search kept."""
+    for trial in trials:
+        try:
+            return trial, loading.read_best(directory_of(trial))
+        except FileNotFoundError:
+            continue
+    return None
 
 class SearchDirectory:
     """A local directory of trial run directories, of which `keep_top_k` remain.
@@ -61,8 +80,7 @@ class SearchDirectory:
                 f"{owner} needs a local or network-mounted directory (it locks it while "
                 f"cleaning up); remote URLs are not supported. Received: directory={directory!r}"
             )
-        if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
-            raise ValueError(f"`keep_top_k` must be an int >= 1. Received: keep_top_k={keep_top_k!r}")
+        check_keep_top_k(keep_top_k)
         self.directory = directory
         self.keep_top_k = keep_top_k
         self.lock_timeout = lock_timeout

@@ -313,9 +313,10 @@ class BestWeightsTracker:
             self._run.close()
         finally:
             self._signals.close()
+        preempted = Preempted(self._signals.received, last.get("epoch"), last.get("step"))
         if self.verbose and self._run.chief:
-            print(f"keras-best: {Preempted(self._signals.received, last.get('epoch'), last.get('step'))}")
-        raise Preempted(self._signals.received, last.get("epoch"), last.get("step"))
+            print(f"keras-best: {preempted}")
+        raise preempted
 
     @property
     def stopped(self) -> bool:
