@@ -35,6 +35,15 @@ A second table, the same rounds, for whole-model files and Orbax:
                 works on this backend (else the reason is printed): blocked in
                 `on_epoch_end`, and the write until `wait_until_finished()`.
 
+On the TensorFlow backend, a third table, SavedModel exports:
+
+- kb export     `BestWeightsTracker(save_format="savedmodel").update()` on an
+                improvement: `model.export` runs in the training thread
+                (tracing needs the live model), plus the Keras weights beside it.
+- kb at finish  `export_at_finish=True`: each update writes a `.weights.h5`
+                in the background (blocked, as kb blocked), and `finish()`
+                exports the best once (timed once, at the end).
+
 Ratios: kb .keras blocked / snapshot, MC .keras / kb .keras blocked, h5py+fsync
 / kb .keras write, orbax blocked / snapshot, orbax blocked / kb blocked (the
 `.weights.h5` row above), MC blocked (`.weights.h5`) / orbax blocked.
@@ -159,6 +168,12 @@ class Case:
         os.makedirs(os.path.join(self.dir, "mc-keras"))
         self.mc_keras.set_model(model)
         self.kb_keras = BestWeightsTracker(model, os.path.join(self.dir, "kb-keras", "best.keras"), verbose=0)
+        self.exports = keras.backend.backend() == "tensorflow"
+        if self.exports:
+            self.kb_export = BestWeightsTracker(model, os.path.join(self.dir, "kb-export", "best"),
+                                                save_format="savedmodel", verbose=0)
+            self.kb_at_finish = BestWeightsTracker(model, os.path.join(self.dir, "kb-at-finish", "best"),
+                                                   save_format="savedmodel", export_at_finish=True, verbose=0)
         self.orbax, self.orbax_missing = orbax_callback(os.path.join(self.dir, "orbax"))
         if self.orbax is not None:
             self.orbax.set_model(model)
@@ -184,6 +199,7 @@ class Case:
     def methods(self):
         methods = [self.snapshot, self.raw, self.file, self.model_checkpoint, self.keras_best, self.keras_best_sync,
                    self.model_checkpoint_keras, self.keras_best_keras]
+        methods += [self.keras_best_export, self.keras_best_at_finish] if self.exports else []
         return methods + ([self.orbax_save] if self.orbax is not None else [])
 
     def snapshot(self) -> None:
@@ -260,6 +276,28 @@ class Case:
         self.record("kb .keras write", t2 - t1)
         settle()
 
+    def keras_best_export(self) -> None:
+        t = time.perf_counter()
+        self.kb_export.update(self.epoch, {"val_loss": self.value()})
+        t1 = time.perf_counter()
+        self.kb_export.flush()
+        self.record("kb export blocked", t1 - t)
+        settle()
+
+    def keras_best_at_finish(self) -> None:
+        t = time.perf_counter()
+        self.kb_at_finish.update(self.epoch, {"val_loss": self.value()})
+        t1 = time.perf_counter()
+        self.kb_at_finish.flush()
+        self.record("kb at-finish blocked", t1 - t)
+        settle()
+
+    def finish_export(self) -> float:
+        """The one export `finish()` makes with `export_at_finish=True`, in seconds."""
+        t = time.perf_counter()
+        self.kb_at_finish.finish()
+        return time.perf_counter() - t
+
     def orbax_save(self) -> None:
         t = time.perf_counter()
         self.orbax.on_epoch_end(self.epoch, {"val_loss": self.value()})  # the epoch is its step
@@ -277,6 +315,8 @@ class Case:
         self.kb.finish()
         self.kb_sync.finish()
         self.kb_keras.finish()
+        if self.exports:
+            self.kb_export.finish()
         if self.orbax is not None:
             self.orbax.on_train_end()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -329,7 +369,9 @@ def main() -> None:
     header2 = (f"{'model':<14}{'MB':>7}{'snapshot':>10}{'MC .keras':>10}{'kb .keras':>10}{'kb write':>9}"
                f"{'orbax blk':>10}{'orbax wr':>9} |{'blk/snap':>9}{'MC/kb':>7}{'raw/write':>10}"
                f"{'orbax/snap':>11}{'orbax/kb':>9}{'MC/orbax':>9}")
-    rows, rows2, notes = [], [], []
+    header3 = (f"{'model':<14}{'MB':>7}{'snapshot':>10}{'kb export':>10}{'at-finish':>10}"
+               f"{'finish export':>14} |{'export/snap':>12}{'at-finish/snap':>15}")
+    rows, rows2, rows3, notes = [], [], [], []
     try:
         for name, build in builders:
             model = build()
@@ -361,6 +403,12 @@ def main() -> None:
                 f"{m('h5py+fsync') / m('kb .keras write'):>10.2f}{o('orbax blocked') / m('snapshot'):>11.2f}"
                 f"{o('orbax blocked') / m('kb blocked'):>9.2f}{m('MC blocked') / o('orbax blocked'):>9.1f}"
             )
+            if case.exports:
+                rows3.append(
+                    f"{name:<14}{case.nbytes / 1e6:>7.1f}{ms(m('snapshot')):>10.1f}{ms(m('kb export blocked')):>10.1f}"
+                    f"{ms(m('kb at-finish blocked')):>10.1f}{ms(case.finish_export()):>14.1f} |"
+                    f"{m('kb export blocked') / m('snapshot'):>12.1f}{m('kb at-finish blocked') / m('snapshot'):>15.2f}"
+                )
             if not orbax and case.orbax_missing not in notes:
                 notes.append(case.orbax_missing)
             case.close()
@@ -369,6 +417,9 @@ def main() -> None:
         print("\n".join(["", ".keras files and Orbax, same rounds, times in ms", header2] + rows2), flush=True)
         for note in notes:
             print(f"orbax: {note}")
+        if rows3:
+            print("\n".join(["", "SavedModel exports (TensorFlow), same rounds, times in ms", header3] + rows3),
+                  flush=True)
         update_ms, read_ms = non_improving_cost(root, args.repeats)
         print(f"\nnon-improving update(): {update_ms:.3f} ms median, of which reading the metric "
               f"{read_ms:.3f} ms: {update_ms - read_ms:.3f} ms beyond it (target <= 1 ms)")

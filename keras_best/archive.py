@@ -33,6 +33,7 @@ import zipfile
 from typing import Any, Callable
 
 from keras_best import files, h5_layout
+from keras_best.buffers import HostBuffers
 
 CHUNK_BYTES = 8 << 20  # read back per zipfile call (CRC)
 H5_OVERHEAD_BYTES = 16 << 20  # more than HDF5's headers for any model (zip64 margin)
@@ -51,13 +52,9 @@ class ArchiveSnapshot:
     def by_variable(self) -> dict[int, Any]:
         return self.weights.by_variable
 
-    @property
-    def recyclable(self) -> bool:
-        return self.weights.recyclable
-
-    @recyclable.setter
-    def recyclable(self, value: bool) -> None:
-        self.weights.recyclable = value
+    def release(self) -> None:
+        """Done with the host copies (see `WeightsSnapshot.release`)."""
+        self.weights.release()
 
     def write(self, path: str) -> None:
         """Write the archive at local `path` (a new file), fsynced."""
@@ -73,8 +70,8 @@ class ArchiveWriter:
     """Snapshots of one model as `.keras` archives, its layout captured once;
     `None` when it must be saved with `model.save` (warned once)."""
 
-    def __init__(self) -> None:
-        self._weights = h5_layout.WeightsWriter(refuse_assets=True, fallback="model.save")
+    def __init__(self, buffers: HostBuffers | None = None) -> None:
+        self._weights = h5_layout.WeightsWriter(refuse_assets=True, fallback="model.save", buffers=buffers)
         self._failed_for: int | None = None
 
     def snapshot(self, model: Any) -> ArchiveSnapshot | None:

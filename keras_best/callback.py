@@ -32,9 +32,10 @@ class BestCheckpoint(keras.callbacks.Callback):
     atomic and recorded in `keras_best.json`, so `load_best(model, directory)`
     works for `fit()` runs too.
 
-    `.weights.h5` files are written in a background thread (`async_save=True`,
-    the default): an epoch end waits only for a host copy of the weights, and
-    `on_train_end` waits for the writes. A write error is raised from the
+    `.weights.h5` and `.keras` files and training states are written in a
+    background thread (`async_save=True`, the default): an epoch end waits
+    only for host copies of the variables, and `on_train_end` waits for the
+    writes. A write error is raised from the
     next epoch end or from `fit()`'s end, with the previous best intact.
     `async_save=False` writes before each epoch end returns.
 

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from keras_best import files
+from keras_best.buffers import HostBuffers
 from keras_best.metrics import host_view
 
 
@@ -58,14 +59,11 @@ class WeightsSnapshot:
 
     def __init__(self, groups: list[tuple[str, dict[str, Any] | None, list[tuple[str, np.ndarray]]]],
                  by_variable: dict[int, np.ndarray],
-                 read: list[np.ndarray] | None = None, spare: list[Any] | None = None) -> None:
+                 read: list[np.ndarray] | None = None, buffers: HostBuffers | None = None) -> None:
         self.groups = groups
         self.by_variable = by_variable
-        self._read, self._spare = read, spare
-        # Set by the owner when no other object holds these arrays: after its
-        # file is written, `write` hands them to the next snapshot to copy
-        # into (memory already mapped: no page faults in the training thread).
-        self.recyclable = False
+        # Held in `buffers` until `release()`: then reused by a later copy.
+        self._read, self._buffers = read, buffers
 
     @property
     def nbytes(self) -> int:
@@ -77,19 +75,20 @@ class WeightsSnapshot:
                 yield a
 
     def write(self, path: str) -> None:
-        """Write the `.weights.h5` file at local `path` (as `H5IOStore` does).
-
-        A `recyclable` snapshot is written once: its arrays are reused after."""
+        """Write the `.weights.h5` file at local `path` (as `H5IOStore` does),
+        then `release()` the arrays."""
         try:
             files.write_h5(path, self.fill)
         finally:
             self.release()
 
     def release(self) -> None:
-        """Once written: lend a `recyclable` snapshot's arrays to the next one."""
-        if self.recyclable and self._read is not None and self._spare is not None:
-            self._spare[:] = [self._read]  # the next snapshot of this layout copies into them
-            self._read = self.groups = self.by_variable = None  # type: ignore[assignment]
+        """Done with the arrays (once written, or never to be): a later copy
+        may reuse them unless another holder still has them. Idempotent."""
+        read, self._read = self._read, None
+        if read is not None and self._buffers is not None:
+            self._buffers.release(read)
+            self.groups = self.by_variable = None  # type: ignore[assignment]
 
     def fill(self, f: Any) -> None:
         """Write the groups, attributes and datasets into the open h5py file `f`."""
@@ -114,15 +113,15 @@ class Layout:
     its optimizer or its variables (see `fingerprint`).
     """
 
-    def __init__(self, model: Any, refuse_assets: bool = False) -> None:
+    def __init__(self, model: Any, refuse_assets: bool = False, buffers: HostBuffers | None = None) -> None:
         self.model = model
         self.fingerprint = fingerprint(model)
         self.owners = _capture_owners(model, refuse_assets)
         self._read = _BatchReader()
-        self._spare: list[list[np.ndarray]] = []  # arrays of a written snapshot, to reuse
+        self._buffers = buffers
 
     @classmethod
-    def capture(cls, model: Any, refuse_assets: bool = False) -> Layout:
+    def capture(cls, model: Any, refuse_assets: bool = False, buffers: HostBuffers | None = None) -> Layout:
         """The model's layout; `LayoutError` when Keras's walker cannot be used
         or, with `refuse_assets` (for `.keras` archives), when an object of the
         model saves assets (files beside the weights, e.g. a `StringLookup`'s
@@ -133,7 +132,7 @@ class Layout:
                 "model first by calling it on some data or by using `build()`."
             )
         try:
-            return cls(model, refuse_assets)
+            return cls(model, refuse_assets, buffers)
         except LayoutError:
             raise
         except Exception as e:  # noqa: BLE001 - any failure means: use save_weights
@@ -143,12 +142,12 @@ class Layout:
         return fingerprint(self.model) == self.fingerprint
 
     def snapshot(self) -> WeightsSnapshot:
-        """Host copies of every saved variable, grouped as in the file."""
+        """Host copies of every saved variable, grouped as in the file (into
+        free arrays of `buffers`, held until the snapshot's `release()`)."""
         store = _RecordingStore()
         for save, path, metadata in self.owners:
             save(store.make(path, metadata))
-        out = self._spare.pop() if self._spare else None  # only the writer thread adds
-        return store.snapshot(self._read, out, self._spare)
+        return store.snapshot(self._read, self._buffers)
 
 
 def fingerprint(model: Any) -> tuple[Any, ...]:
@@ -171,10 +170,11 @@ class WeightsWriter:
     fallback="model.save")` is the one of `.keras` archives (see `archive`).
     """
 
-    def __init__(self, refuse_assets: bool = False, fallback: str = "model.save_weights") -> None:
+    def __init__(self, refuse_assets: bool = False, fallback: str = "model.save_weights",
+                 buffers: HostBuffers | None = None) -> None:
         self._layout: Layout | None = None
         self._failed_for: int | None = None
-        self._refuse_assets, self._fallback = refuse_assets, fallback
+        self._refuse_assets, self._fallback, self._buffers = refuse_assets, fallback, buffers
 
     def snapshot(self, model: Any) -> WeightsSnapshot | None:
         """A detached snapshot of `model`, or `None` if it must be saved with
@@ -184,7 +184,7 @@ class WeightsWriter:
         layout = self._layout
         if layout is None or layout.model is not model or not layout.is_current():
             try:
-                layout = self._layout = Layout.capture(model, self._refuse_assets)
+                layout = self._layout = Layout.capture(model, self._refuse_assets, self._buffers)
             except LayoutError as e:
                 self.refuse(model, e)
                 return None
@@ -254,6 +254,12 @@ def host_copies(variables: list[Any], reuse: Mapping[int, np.ndarray] | None = N
     snapshot's `by_variable`) when it already holds them."""
     reuse = reuse or {}
     return [reuse[id(v)] if id(v) in reuse else _host_copy(v) for v in variables]
+
+
+def read_into(variables: list[Any], out: list[np.ndarray | None]) -> list[np.ndarray]:
+    """One host copy of each variable, into its array of `out` when it fits
+    (one copy, in memory already mapped), else a new array."""
+    return _read_each(variables, out)
 
 
 # ----------------------------------------------------------------- internals
@@ -419,19 +425,20 @@ class _RecordingStore:
         return True
 
     def snapshot(self, read: Callable[..., list[np.ndarray]] | None = None,
-                 out: list[np.ndarray] | None = None, spare: list[Any] | None = None) -> WeightsSnapshot:
-        if out is not None and len(out) != len(self._variables):
-            out = None
+                 buffers: HostBuffers | None = None) -> WeightsSnapshot:
+        out = buffers.free_for(self._variables) if buffers is not None else None
         arrays = (read or _read_each)(self._variables, out)
+        if buffers is not None:
+            buffers.hold(arrays)
         groups = [
             (path, attrs, [(k, arrays[v.index] if isinstance(v, _Unread) else v) for k, v in entries])
             for path, attrs, entries in self._groups
         ]
         by_variable = {id(v): a for v, a in zip(self._variables, arrays)}
-        return WeightsSnapshot(groups, by_variable, arrays, spare)
+        return WeightsSnapshot(groups, by_variable, arrays, buffers)
 
 
-def _read_each(variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+def _read_each(variables: list[Any], out: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
     if out is None:
         return [_host_copy(v) for v in variables]
     if _backend() in ("jax", "torch"):  # a host view of each value, copied into `out`
@@ -467,11 +474,11 @@ def _plain_variable_types() -> tuple[type, type] | None:
     return None if tf.distribute.has_strategy() else (BaseResourceVariable, ResourceVariable)
 
 
-def _copy_into(tensor: Any, out: np.ndarray) -> np.ndarray:
+def _copy_into(tensor: Any, out: np.ndarray | None) -> np.ndarray:
     """`tensor` on the host, copied into `out` when it fits (one copy, in memory
     already mapped), else a new array."""
     view = np.asarray(tensor)  # an EagerTensor's own buffer: no copy
-    if view.shape == out.shape and view.dtype == out.dtype and out.flags.writeable:
+    if out is not None and view.shape == out.shape and view.dtype == out.dtype and out.flags.writeable:
         np.copyto(out, view)
         return out
     return np.array(view, copy=True)
@@ -494,7 +501,7 @@ class _BatchReader:
         self._key: tuple[int, ...] | None = None
         self._fn: Any = None
 
-    def __call__(self, variables: list[Any], out: list[np.ndarray] | None = None) -> list[np.ndarray]:
+    def __call__(self, variables: list[Any], out: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
         if len(variables) < self.MIN_VARIABLES:
             return _read_each(variables, out)
         handles = [getattr(v, "_value", None) for v in variables]

@@ -21,7 +21,7 @@ import warnings
 from typing import Any, Callable, Mapping
 
 from keras_best import distribute, files, manifest, rng, savers, state
-from keras_best.h5_layout import host_copies
+from keras_best.buffers import HostBuffers
 from keras_best.lock import DirectoryLock
 from keras_best.manifest import RunRecord
 from keras_best.objective import Objective, Score
@@ -56,8 +56,9 @@ class Run:
         self.options, self.objective = options, objective
         self.policy = Policy(options, objective)
         self.save_format = save_format
+        self.buffers = HostBuffers()  # host copies reused from one save to the next
         self.saver = savers.saver_for(savers.WEIGHTS if options.export_at_finish else save_format,
-                                     path.template)
+                                     path.template, self.buffers)
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
@@ -219,30 +220,41 @@ class Run:
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo) -> None:
         txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
-        reuse, snapshot = None, None
+        reuse, snapshot, copies = None, None, []
         if plan.save_as is not None:
             rel = plan.save_as
             tmp_rel = files.tmp_path(rel)
             snapshot = self.saver.snapshot(model)  # on every worker: may be collective
+            txn.done.append((tmp_rel, lambda committed: snapshot.release()))
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
+            copies.extend((reuse or {}).values())
             self._add_write(txn, tmp_rel, snapshot.write, snapshot.detached)
             txn.renames.append((tmp_rel, rel))
-        shared = plan.write_state or plan.keep_host_copy
-        if hasattr(snapshot, "recyclable") and not shared:
-            snapshot.recyclable = True  # nothing else holds its arrays: reused once written
+        replaced = None
         if plan.keep_host_copy:
-            self.best_weights = host_copies(model.weights, reuse)
+            replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
+            copies.extend(self.best_weights)
         if plan.write_state:
             state_rel = plan.state.last["path"]
             tmp_rel = files.tmp_path(state_rel)
             # `exchanged`: pairs whose values trade places in the state (EMA weights swapped in).
             trade = {id(a): b for pair in self.exchanged for a, b in (pair, pair[::-1])}
-            arrays = (host_copies([trade.get(id(v), v) for v in model.weights], reuse),
-                      host_copies([trade.get(id(v), v) for v in state.optimizer_variables(optimizer, model)], reuse))
+            arrays = (self.buffers.copies([trade.get(id(v), v) for v in model.weights], reuse),
+                      self.buffers.copies([trade.get(id(v), v) for v in state.optimizer_variables(optimizer, model)],
+                                          reuse))
+            txn.done.append((tmp_rel, lambda committed: self.buffers.release(arrays[0] + arrays[1])))
+            copies.extend(arrays[0] + arrays[1])
             saved_random = rng.capture(model) if self.options.save_random_state else None
             self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step,
                                                                  random=saved_random), True)
             txn.renames.append((tmp_rel, state_rel))
+        if replaced is not None:
+            # The previous best weights, once this best is recorded (a failed
+            # write brings them back: see `_undo`).
+            txn.done.append((None, lambda committed: committed and self.buffers.release(replaced)))
+        # Keep free, between saves, up to two sets of what this update took: with one
+        # write in flight and one waiting, the next update finds one (see `keras_best.buffers`).
+        self.buffers.allow(2 * sum(a.nbytes for a in {id(a): a for a in copies}.values()))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state
         self.history.append(plan.entry)
@@ -353,9 +365,12 @@ class Run:
             if self.options.export_at_finish and error is None:
                 self._export_best(model)
             if self.options.restore_best_weights and self.best_weights is not None:
+                # A backend may keep the arrays as the variables' memory (JAX on CPU): never reuse them.
+                self.buffers.forget(self.best_weights)
                 model.set_weights(self.best_weights)
                 restored = self.state.best_record()
             self.writer.close()
+            self.buffers.clear()
             error = error or self.take_write_error()
         finally:
             if self.lock is not None:
@@ -369,6 +384,7 @@ class Run:
         """Wait for writes and release the lock; no restore, no export."""
         try:
             self.writer.close()
+            self.buffers.clear()
             error = self.take_write_error()
         finally:
             if self.lock is not None:

@@ -35,6 +35,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from keras_best.buffers import HostBuffers
+
 WEIGHTS, KERAS, SAVEDMODEL = "weights", "keras", "savedmodel"
 FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
 
@@ -95,6 +97,9 @@ class Snapshot:
     def write(self, path: str) -> None:
         raise NotImplementedError
 
+    def release(self) -> None:
+        """Done with this snapshot, written or not (its host copies may be reused)."""
+
 
 class LiveSnapshot(Snapshot):
     """Not detached: `write` saves the live model, so it must run at once."""
@@ -131,10 +136,10 @@ class WeightsSaver(Saver):
 
     format = WEIGHTS
 
-    def __init__(self) -> None:
+    def __init__(self, buffers: HostBuffers | None = None) -> None:
         from keras_best.h5_layout import WeightsWriter
 
-        self._weights = WeightsWriter()
+        self._weights = WeightsWriter(buffers=buffers)
 
     def snapshot(self, model: Any) -> Snapshot:
         import keras
@@ -161,11 +166,11 @@ class KerasSaver(Saver):
 
     format = KERAS
 
-    def __init__(self, legacy_h5: bool = False) -> None:
+    def __init__(self, legacy_h5: bool = False, buffers: HostBuffers | None = None) -> None:
         from keras_best.archive import ArchiveWriter
 
         self._legacy_h5 = legacy_h5
-        self._archive = ArchiveWriter()
+        self._archive = ArchiveWriter(buffers)
 
     def snapshot(self, model: Any) -> Snapshot:
         import keras
@@ -190,11 +195,14 @@ class SavedModelSaver(Saver):
         model.save_weights(os.path.join(path, EXPORT_WEIGHTS_NAME))
 
 
-def saver_for(fmt: str, filepath: str = "") -> Saver:
-    """The saver of format `fmt` for files named like `filepath`."""
+def saver_for(fmt: str, filepath: str = "", buffers: HostBuffers | None = None) -> Saver:
+    """The saver of format `fmt` for files named like `filepath`; its
+    snapshots copy into (and are held in) `buffers` when given."""
     if fmt == KERAS:
-        return KerasSaver(legacy_h5=str(filepath).endswith(".h5"))
-    return {WEIGHTS: WeightsSaver, SAVEDMODEL: SavedModelSaver}[fmt]()
+        return KerasSaver(legacy_h5=str(filepath).endswith(".h5"), buffers=buffers)
+    if fmt == WEIGHTS:
+        return WeightsSaver(buffers)
+    return SavedModelSaver()
 
 
 def weights_file(path: str, fmt: str) -> str:

@@ -101,17 +101,18 @@ class BestWeightsTracker:
             (`resume` or `save_last`), else none; a list such as
             `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
             the process at once, as it would have without keras-best.
-        async_save: write `.weights.h5` files and the record in a background
-            thread (default): `update()` only waits for a host copy of the
-            weights, and a write error is raised from the next `update()` or
-            `finish()` (the previous best stays intact and recorded).
-            `finish()` waits for the writes, and so does interpreter exit.
-            `False` writes everything before `update()` returns. `.keras` and
-            SavedModel files are always written in the training thread. The
-            host arrays of a written snapshot are reused by the next one (no
-            page faults in the training thread), so one copy of the weights
-            stays in host memory between saves; not when `restore_best_weights`
-            or `save_last` share them.
+        async_save: write `.weights.h5` and `.keras` files, training states
+            and the record in a background thread (default): `update()` only
+            waits for host copies of the variables, and a write error is
+            raised from the next `update()` or `finish()` (the previous best
+            stays intact and recorded). `finish()` waits for the writes, and
+            so does interpreter exit. `False` writes everything before
+            `update()` returns. SavedModel exports are written in the
+            training thread (`export_at_finish=True` exports once, at the
+            end). Host copies go round: a save copies into the arrays of one
+            already written, so the training thread takes no page faults, and
+            host memory holds at most four sets of them (written, waiting,
+            being copied, one spare), two when the disk keeps up.
 
     Example:
 

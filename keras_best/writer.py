@@ -57,6 +57,13 @@ class Transaction:
             - len(history)` before the record is written.
         rollback: anything; `Writer.take_error` returns it with the error of
             a background commit (for a merged transaction: the oldest's).
+        done: `(tmp_rel, fn)` pairs, each `fn(committed)` called once. For a
+            job's `tmp_rel`: when the job is over (written, failed, dropped
+            by a `merge`): its host copies may then be reused (see
+            `keras_best.buffers`). For `None`: when the state before the
+            transaction is no longer needed, with `True` once it is
+            committed or merged after an older one (the merged transaction
+            rolls back past it), `False` when it failed or was dropped.
     """
 
     state: Any  # keras_best.manifest.RunRecord
@@ -66,6 +73,13 @@ class Transaction:
     rollback: Any = None  # given back with a background error (the caller's state before)
     history: bytes = b""
     history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
+    done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
+
+    def over(self, committed: bool) -> None:
+        """Run the `done` callbacks, once."""
+        done, self.done = self.done, []
+        for _, fn in done:
+            fn(committed)
 
 
 def commit(directory: str, txn: Transaction) -> None:
@@ -122,9 +136,15 @@ class Writer:
         dropped (see `take_error`).
         """
         if not self.enabled:
+            txn.over(True)  # another process writes: as if committed
             return
         if not self.background:
-            commit(self.directory, txn)
+            committed = False
+            try:
+                commit(self.directory, txn)
+                committed = True
+            finally:
+                txn.over(committed)
             return
         with self._cond:
             while True:
@@ -177,16 +197,19 @@ class Writer:
                 txn, self._pending = self._pending, None
                 self._writing = True
                 self._cond.notify_all()
+            committed = False
             try:
                 commit(self.directory, txn)
+                committed = True
             except BaseException as e:  # noqa: BLE001 - kept, raised by the caller later
                 traceback.clear_frames(e.__traceback__)  # their locals hold the snapshot
                 with self._cond:
-                    self._error = (e, dataclasses.replace(txn, jobs=[]))
+                    self._error = (e, dataclasses.replace(txn, jobs=[], done=[]))
                     if self._pending is not None:
                         _discard(self.directory, self._pending)
                         self._pending = None
             finally:
+                txn.over(committed)
                 txn = None  # free its snapshot now, not when the next one arrives
                 with self._cond:
                     self._writing = False
@@ -229,6 +252,13 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
     kept_jobs = [j for j in older.jobs if j[1] in kept_tmps or j[1] not in renamed_tmps]
     if kept_jobs and newer.jobs:
         return None
+    dropped_jobs = {tmp for _, tmp in older.jobs} - {tmp for _, tmp in kept_jobs}
+    for tmp, fn in older.done:
+        if tmp in dropped_jobs:
+            fn(False)  # never written: its host copies are free now
+    for tmp, fn in newer.done:
+        if tmp is None:
+            fn(True)  # nothing rolls back to the state between the two any more
     deletes = []
     for rel in [d for d in older.deletes if d not in rewritten] + newer.deletes + dropped_on_disk:
         if rel not in deletes:
@@ -241,6 +271,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
         rollback=older.rollback,
         history=older.history + newer.history,
         history_head=older.history_head,
+        done=[d for d in older.done if d[0] not in dropped_jobs] + [d for d in newer.done if d[0] is not None],
     )
 
 
@@ -250,6 +281,7 @@ def _discard(directory: str, txn: Transaction) -> None:
     for tmp, _ in txn.renames:
         if tmp not in job_tmps:
             files.remove(files.join(directory, tmp), missing_ok=True)
+    txn.over(False)
 
 
 _WRITERS: weakref.WeakSet = weakref.WeakSet()

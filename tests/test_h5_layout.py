@@ -237,31 +237,39 @@ def test_a_batched_snapshot_is_not_changed_by_training(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["sequential", "deep-compiled"])  # few variables / one batched read
-def test_a_recyclable_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
+def test_a_released_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
+    from keras_best.buffers import HostBuffers
+
     model = original(name)
-    writer = h5_layout.WeightsWriter()
+    buffers = HostBuffers()
+    writer = h5_layout.WeightsWriter(buffers=buffers)
     randomize(model, 1)
     first_state = all_state(model)
     first = writer.snapshot(model)
-    first.recyclable = True
-    buffers = list(first.arrays())
-    first.write(str(tmp_path / "1.weights.h5"))
+    buffers.allow(first.nbytes)
+    arrays = list(first.arrays())
+    buffers.hold(arrays)  # a second holder (as the best weights kept in memory)
+    first.write(str(tmp_path / "1.weights.h5"))  # releases the snapshot's own hold
     randomize(model, 2)
-    second_state = all_state(model)
-    second = writer.snapshot(model)
-    # The second snapshot copied into the first one's (already written) arrays...
-    reused = [a for a in second.arrays() if any(a is b for b in buffers)]
+    held = writer.snapshot(model)
+    # Still held by the second holder: never reused.
+    held_arrays = list(held.arrays())
+    assert not any(a is b for a in held_arrays for b in arrays)
+    held.release()
+    buffers.release(arrays)  # the last holder is done
+    randomize(model, 3)
+    third_state = all_state(model)
+    third = writer.snapshot(model)
+    # The third snapshot copied into arrays already mapped (the first's or the second's)...
     optimizer = getattr(model, "optimizer", None)
-    assert len(reused) == len(model.weights) + len(optimizer.variables if optimizer else [])
-    second.write(str(tmp_path / "2.weights.h5"))
-    # ...and both files hold the values of their own moment.
-    for path, state in (("1.weights.h5", first_state), ("2.weights.h5", second_state)):
+    count = len(model.weights) + len(optimizer.variables if optimizer else [])
+    mine = [a for a in third.arrays() if any(a is b for b in arrays + held_arrays)]
+    assert len(mine) == count
+    third.write(str(tmp_path / "3.weights.h5"))
+    # ...and each file holds the values of its own moment.
+    for path, state in (("1.weights.h5", first_state), ("3.weights.h5", third_state)):
         model.load_weights(str(tmp_path / path))
         assert all(np.array_equal(a, b) for a, b in zip(all_state(model), state))
-    # A snapshot not marked recyclable (its arrays shared, e.g. as the best
-    # weights kept in memory) is never reused.
-    third = writer.snapshot(model)
-    assert not any(a is b for a in third.arrays() for b in second.arrays())
 
 
 def test_snapshot_shares_its_copies_with_host_copies():

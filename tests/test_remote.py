@@ -485,6 +485,34 @@ def test_a_failed_upload_keeps_the_previous_best(fail_on, async_save):
     assert sorted(Store(run).listdir(run)) == ["e3.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME]
 
 
+@needs_fsspec
+def test_a_failed_write_brings_back_best_weights_no_later_copy_overwrote(tmp_path):
+    """restore_best_weights after a failed background write: the weights kept
+    in memory are the previous best's, although the host copies of later
+    saves (every epoch, none better) went round through the same pool."""
+    run = f"kbfail://keras_best_tests/{uuid.uuid4().hex}"
+    model = make_model()
+    tracker = BestWeightsTracker(model, f"{run}/e{{epoch}}.weights.h5", save_best_only=False,
+                                 keep_top_k=None, restore_best_weights=True, verbose=0)
+    perturb(model, 0)
+    best = model.get_weights()
+    tracker.update(0, {"val_loss": 0.5})
+    tracker.flush()
+    FailingFS.fail_on, FailingFS.fail_count = "e2.weights.h5", 1  # epoch 1's file
+    perturb(model, 1)
+    with pytest.raises(SaveError, match="Quota exceeded"):
+        tracker.update(1, {"val_loss": 0.4})  # a new best, whose write fails
+        tracker.flush()
+    for epoch in range(2, 6):  # saved, never better: their copies reuse free arrays
+        perturb(model, epoch)
+        tracker.update(epoch, {"val_loss": 0.9})
+        tracker.flush()
+    assert tracker._run.buffers.reused_bytes > 0
+    tracker.finish()
+    assert tracker.best_epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), best))
+
+
 # ------------------------------------------------- file:// URLs
 def test_a_file_url_is_the_local_directory(tmp_path):
     url = f"file://{tmp_path}/run"
