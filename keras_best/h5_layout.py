@@ -352,6 +352,14 @@ def model_json(model: Any) -> tuple[str, str]:
     return _saving_lib()._serialize_model_as_json(model)
 
 
+def export_signature(model: Any) -> Any:
+    """The input signature `model.export` traces `model` with when given none
+    (`export_utils.get_input_signature`)."""
+    from keras.src.export.export_utils import get_input_signature
+
+    return get_input_signature(model)
+
+
 def archive_names() -> tuple[str, str, str]:
     """The names of a `.keras` archive's members, in `model.save`'s order:
     metadata, config, weights (Keras's own constants)."""

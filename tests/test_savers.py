@@ -166,3 +166,86 @@ def test_export_at_finish_exports_once_from_the_best(tmp_path):
 def test_export_at_finish_needs_savedmodel(tmp_path):
     with pytest.raises(ValueError, match=r'`export_at_finish=True` needs save_format="savedmodel"'):
         BestWeightsTracker(make_model(), str(tmp_path / "b.weights.h5"), export_at_finish=True)
+
+
+# ------------------------------------------------- SavedModel in the background
+@keras.saving.register_keras_serializable(package="keras_best_tests")
+class Block(keras.layers.Layer):
+    """A custom layer with a config (clonable)."""
+
+    def __init__(self, units=3, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, x):
+        return keras.ops.relu(self.dense(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+class NoConfig(keras.Model):
+    """A subclassed model with no get_config: cannot be cloned."""
+
+    def __init__(self, flag):
+        super().__init__()
+        self.flag = flag
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def _export_models():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.BatchNormalization()(keras.layers.Dense(5)(inputs))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(Block()(hidden)))
+    nested = keras.Sequential([keras.Input((4,)), keras.Sequential([keras.layers.Dense(3), Block(2)])])
+    return {"sequential": make_model(), "functional-batchnorm-custom": functional, "nested": nested}
+
+
+@pytest.mark.parametrize("name", ["sequential", "functional-batchnorm-custom", "nested"])
+def test_background_exports_serve_their_own_epoch_like_model_export(tmp_path, name):
+    model = _export_models()[name]
+    model.compile(keras.optimizers.Adam(), "mse")
+    template = str(tmp_path / "export-{epoch}")
+    tracker = BestWeightsTracker(model, template, save_format="savedmodel", keep_top_k=2, verbose=0)
+    assert isinstance(tracker._run.saver.snapshot(model), savers.ExportSnapshot)  # written by the writer
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    per_epoch = []
+    for epoch, v in enumerate([0.5, 0.3, 0.4, 0.2]):  # back to back: the writer may merge them
+        perturb(model, 100 + epoch)
+        per_epoch.append(model.get_weights())
+        tracker.update(epoch, {"val_loss": v})
+    tracker.finish()
+    kept = {r["epoch"]: r["path"] for r in run_json(tmp_path)["kept"]}
+    assert sorted(kept) == [1, 3]
+    for epoch, rel in kept.items():
+        model.set_weights(per_epoch[epoch])
+        expected = model.predict(x, verbose=0)
+        reference = str(tmp_path / f"reference-{epoch}")
+        model.export(reference, format="tf_saved_model", verbose=False)  # Keras's own, same weights
+        np.testing.assert_allclose(_serve(str(tmp_path / rel), x), expected, rtol=1e-6)
+        np.testing.assert_allclose(_serve(str(tmp_path / rel), x), _serve(reference, x), rtol=1e-6)
+        ours, theirs = tf.saved_model.load(str(tmp_path / rel)), tf.saved_model.load(reference)
+        assert sorted(ours.signatures) == sorted(theirs.signatures)
+        assert (ours.signatures["serving_default"].structured_input_signature
+                == theirs.signatures["serving_default"].structured_input_signature)
+        layer = keras.layers.TFSMLayer(str(tmp_path / rel), call_endpoint="serve")
+        np.testing.assert_allclose(layer(x), expected, rtol=1e-6)
+    fresh = _export_models()[name]
+    assert load_best(fresh, str(tmp_path)).epoch == 3 and _equal(fresh.get_weights(), per_epoch[3])
+
+
+def test_a_model_without_config_is_exported_in_the_training_thread_with_one_warning(tmp_path):
+    model = NoConfig(flag=True)
+    model(np.zeros((1, 4), "float32"))
+    path = str(tmp_path / "export")
+    tracker = BestWeightsTracker(model, path, save_format="savedmodel", verbose=0)
+    with pytest.warns(UserWarning, match=r"exports this model with `model.export` in the training thread") as seen:
+        per_epoch = _drive(tracker, model, [0.5, 0.3, 0.4])
+    assert len([w for w in seen if "training thread" in str(w.message)]) == 1
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    model.set_weights(per_epoch[1])
+    np.testing.assert_allclose(_serve(path, x), model.predict(x, verbose=0), rtol=1e-6)
