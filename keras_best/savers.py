@@ -296,6 +296,10 @@ class ExportSnapshot(Snapshot):
     def __init__(self, twin: _Twin, arrays: list[Any], weights: Any) -> None:
         self.twin, self.arrays, self.weights = twin, arrays, weights
 
+    @property
+    def by_variable(self) -> dict[int, Any]:
+        return self.weights.by_variable
+
     def write(self, path: str) -> None:
         try:
             self.twin.export(path, self.arrays)
