@@ -37,7 +37,7 @@ import numpy as np
 
 from keras_best import files
 from keras_best.buffers import HostBuffers
-from keras_best.metrics import host_view
+from keras_best.metrics import host_view, start_host_copies
 
 
 class LayoutError(RuntimeError):
@@ -447,10 +447,12 @@ class _RecordingStore:
 
 
 def _read_each(variables: list[Any], out: list[np.ndarray | None] | None = None) -> list[np.ndarray]:
+    if _backend() in ("jax", "torch"):  # a host view of each value, copied into `out`
+        values = [v.value if _is_variable(v) else v for v in variables]
+        start_host_copies(values)
+        return [_copy_into(host_view(x), o) for x, o in zip(values, out or [None] * len(values))]
     if out is None:
         return [_host_copy(v) for v in variables]
-    if _backend() in ("jax", "torch"):  # a host view of each value, copied into `out`
-        return [_copy_into(host_view(v.value) if _is_variable(v) else v, o) for v, o in zip(variables, out)]
     plain = _plain_variable_types()
     if plain is None:
         return [_host_copy(v) for v in variables]

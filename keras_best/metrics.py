@@ -112,6 +112,17 @@ def host_view(tensor: Any) -> np.ndarray:
     return keras.ops.convert_to_numpy(tensor)
 
 
+def start_host_copies(tensors: list[Any]) -> None:
+    """Start the device-to-host copy of every JAX array at once, so that with
+    an accelerator the copies overlap, instead of one `host_view` waiting for
+    each in turn (`jax.Array.copy_to_host_async`; on the CPU there is nothing
+    to copy). torch tensors and TensorFlow variables are read one by one."""
+    for t in tensors:
+        start = getattr(t, "copy_to_host_async", None)
+        if start is not None:
+            start()
+
+
 def _saw_nothing(metric: Any) -> bool:
     """True for a metric whose state says it saw nothing: a `keras.metrics.Mean`
     (and every mean-based metric: losses, accuracies...) whose `count` is 0."""
