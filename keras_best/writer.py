@@ -8,9 +8,9 @@ the disk. In the background:
   transaction merges with the waiting one (which has not started): files the
   older one would have written and the newer state no longer names (a best
   file evicted since, an older `keras_best_last.h5`) are never written, and
-  its snapshots are dropped at once. So host memory holds at most two
-  snapshots (the one being written and the one waiting), however fast
-  improvements come. When the newer state still names a file of the waiting
+  their host copies are given back at once (`Transaction.done`, see
+  `keras_best.buffers`). So at most two transactions hold snapshots (the one
+  being written and the one waiting), however fast improvements come. When the newer state still names a file of the waiting
   transaction (`keep_top_k > 1`) and the newer one brings a snapshot too,
   `submit` waits until the writer has started the older one instead.
 - The manifest is written last in each commit, and a merged transaction's
