@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -247,13 +247,6 @@ def global_seed_generator(create: bool = False) -> Any:
     if create:
         return seed_generator.global_seed_generator()
     return global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
-
-
-def host_copies(variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
-    """One host copy of each variable, reusing the arrays of `reuse` (a
-    snapshot's `by_variable`) when it already holds them."""
-    reuse = reuse or {}
-    return [reuse[id(v)] if id(v) in reuse else _host_copy(v) for v in variables]
 
 
 def read_into(variables: list[Any], out: list[np.ndarray | None]) -> list[np.ndarray]:

@@ -273,10 +273,13 @@ def test_a_released_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
 
 
 def test_snapshot_shares_its_copies_with_host_copies():
+    from keras_best.buffers import HostBuffers
+
     model = original("sequential-compiled")
-    snapshot = h5_layout.WeightsWriter().snapshot(model)
-    weights = h5_layout.host_copies(model.weights, snapshot.by_variable)
-    slots = h5_layout.host_copies(model.optimizer.variables, snapshot.by_variable)
+    buffers = HostBuffers()
+    snapshot = h5_layout.WeightsWriter(buffers=buffers).snapshot(model)
+    weights = buffers.copies(model.weights, snapshot.by_variable)
+    slots = buffers.copies(model.optimizer.variables, snapshot.by_variable)
     in_file = {id(a) for a in snapshot.arrays()}
     assert all(id(a) in in_file for a in weights + slots)  # no second copy
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(weights, model.weights))
