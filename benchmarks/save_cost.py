@@ -84,7 +84,7 @@ import keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_best import BestWeightsTracker  # noqa: E402
-from keras_best.h5_layout import WeightsWriter  # noqa: E402
+from keras_best.keras_adapter.h5_layout import WeightsWriter  # noqa: E402
 
 SIZES = {1: (512, 1), 34: (2048, 2), 134: (4096, 2), 537: (4096, 8)}  # MB -> (width, layers)
 

@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "BestCheckpoint": "keras_best.callback",
-    "BestRecord": "keras_best.loading",
-    "BestWeightsTracker": "keras_best.tracker",
-    "Decision": "keras_best.monitor",
-    "Preempted": "keras_best.preemption",
-    "RunDirectoryLocked": "keras_best.lock",
-    "SaveError": "keras_best.tracker",
-    "StopReason": "keras_best.monitor",
-    "load_best": "keras_best.loading",
+    "BestCheckpoint": "keras_best.frontends.callback",
+    "BestRecord": "keras_best.frontends.loading",
+    "BestWeightsTracker": "keras_best.frontends.tracker",
+    "Decision": "keras_best.core.monitor",
+    "Preempted": "keras_best.runner.preemption",
+    "RunDirectoryLocked": "keras_best.storage.lock",
+    "SaveError": "keras_best.frontends.tracker",
+    "StopReason": "keras_best.core.monitor",
+    "load_best": "keras_best.frontends.loading",
 }
 
 __all__ = [
@@ -41,12 +41,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from keras_best.callback import BestCheckpoint
-    from keras_best.loading import BestRecord, load_best
-    from keras_best.lock import RunDirectoryLocked
-    from keras_best.monitor import Decision, StopReason
-    from keras_best.preemption import Preempted
-    from keras_best.tracker import BestWeightsTracker, SaveError
+    from keras_best.core.monitor import Decision, StopReason
+    from keras_best.frontends.callback import BestCheckpoint
+    from keras_best.frontends.loading import BestRecord, load_best
+    from keras_best.frontends.tracker import BestWeightsTracker, SaveError
+    from keras_best.runner.preemption import Preempted
+    from keras_best.storage.lock import RunDirectoryLocked
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 import sys
 
-from keras_best.cli import main
+from keras_best.cli.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

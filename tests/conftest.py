@@ -67,7 +67,7 @@ def run_json(directory) -> dict:
     keras_best_history.jsonl (as a user's script or another tool would)."""
     import json
 
-    from keras_best import files, manifest
+    from keras_best.storage import files, manifest
 
     d = str(directory)
     data = json.loads(files.read_bytes(manifest.manifest_path(d)))

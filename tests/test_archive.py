@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_best import BestWeightsTracker, archive, files, h5_layout, savers
+from keras_best import BestWeightsTracker
+from keras_best.engines import archive, savers
+from keras_best.keras_adapter import h5_layout
+from keras_best.storage import files
 from tests.test_h5_layout import tree
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")

@@ -21,12 +21,13 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, files, load_best, manifest
-from keras_best.lock import LOCK_NAME
-from keras_best.manifest import RunRecord
-from keras_best.policy import RunState
-from keras_best.retention import Record
-from keras_best.writer import Transaction, Writer, merge
+from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, load_best
+from keras_best.core.policy import RunState
+from keras_best.core.retention import Record
+from keras_best.storage import files, manifest
+from keras_best.storage.lock import LOCK_NAME
+from keras_best.storage.manifest import RunRecord
+from keras_best.storage.writer import Transaction, Writer, merge
 from tests.conftest import make_model, run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -525,8 +526,8 @@ EXIT_SCRIPT = r"""
 import os, sys, threading, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 from keras_best import BestWeightsTracker
-from keras_best.lock import LOCK_NAME
-from keras_best.writer import Transaction
+from keras_best.storage.lock import LOCK_NAME
+from keras_best.storage.writer import Transaction
 from tests.conftest import make_model
 
 run = sys.argv[1]

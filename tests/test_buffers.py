@@ -1,4 +1,4 @@
-"""Host copies reused from one save to the next (`keras_best.buffers`): an
+"""Host copies reused from one save to the next (`keras_best.storage.buffers`): an
 array is handed out again only once every holder has released it, so no
 saved file, training state or kept best weights is ever overwritten."""
 
@@ -12,8 +12,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_best import BestWeightsTracker, load_best, manifest
-from keras_best.buffers import HostBuffers
+from keras_best import BestWeightsTracker, load_best
+from keras_best.storage import manifest
+from keras_best.storage.buffers import HostBuffers
 from tests.conftest import make_model, perturb
 
 SHAPES = [(3,), (2, 2), (4,)]

@@ -18,8 +18,8 @@ import keras
 import pytest
 
 from keras_best import BestWeightsTracker, load_best
-from keras_best.cli import main
-from keras_best.summary import format_size, summarize
+from keras_best.cli.commands import main
+from keras_best.cli.summary import format_size, summarize
 from tests.conftest import BACKEND, make_model, perturb
 
 # val_loss per epoch: best at epoch index 3, then 3 epochs without improvement.
@@ -188,7 +188,7 @@ def test_inspect_accepts_the_manifest_path(tmp_path, capsys):
 
 # --------------------------------------------------------------------- plot
 def test_plot_writes_a_labelled_png(tmp_path, capsys):
-    from keras_best.plot import plot_run
+    from keras_best.cli.plot import plot_run
 
     run = make_run(tmp_path / "run")
     out_png = tmp_path / "figs" / "curve.png"
@@ -303,7 +303,7 @@ def test_no_command_prints_help(capsys):
 # --------------------------------------------------------------------- demo
 @pytest.mark.slow
 def test_demo_short_run_keeps_three_and_reloads_the_best(tmp_path, capsys):
-    from keras_best import demo
+    from keras_best.cli import demo
 
     out_dir = tmp_path / "demo"
     code, out, err = run_cli(capsys, "demo", "--output", str(out_dir), "--epochs", "4")
@@ -398,7 +398,7 @@ def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    assert project["scripts"]["keras-best"] == "keras_best.cli:main"
+    assert project["scripts"]["keras-best"] == "keras_best.cli.commands:main"
     assert {"scikit-learn>=1.3", "matplotlib>=3.7"} <= set(project["optional-dependencies"]["demo"])
 
 
@@ -429,7 +429,7 @@ def test_inspect_does_not_import_tensorflow(tmp_path):
     run = make_run(tmp_path / "run")
     code = (
         "import sys, keras_best\n"
-        "from keras_best.cli import main\n"
+        "from keras_best.cli.commands import main\n"
         f"assert main(['inspect', {run!r}]) == 0\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TF'\n"
         "assert all(getattr(keras_best, n) is not None for n in keras_best.__all__)\n"
@@ -598,7 +598,7 @@ def test_compare_ranks_runs_best_first(tmp_path):
 
 
 def test_compare_plots_the_runs_on_one_axis(tmp_path):
-    from keras_best.plot import plot_compare
+    from keras_best.cli.plot import plot_compare
 
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", values=[0.9, 0.6, 0.65], patience=None)
@@ -644,7 +644,7 @@ def test_compare_errors_are_one_line(tmp_path):
     ids=["spans-33x", "spans-5x", "negative"],
 )
 def test_plot_uses_a_log_axis_for_values_spanning_more_than_10x(tmp_path, values, scale):
-    from keras_best.plot import plot_compare, plot_run
+    from keras_best.cli.plot import plot_compare, plot_run
 
     run = make_run(tmp_path / "run", values=values, patience=None, mode="min")
     assert plot_run(run).axes[0].get_yscale() == scale

@@ -16,7 +16,8 @@ import time
 import numpy as np
 import pytest
 
-from keras_best import files, load_best, manifest
+from keras_best import load_best
+from keras_best.storage import files, manifest
 from tests.conftest import run_json
 from tests.workers.crash_worker import build, pattern
 

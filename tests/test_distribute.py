@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_best import BestCheckpoint, BestWeightsTracker, distribute, load_best, manifest
+from keras_best import BestCheckpoint, BestWeightsTracker, load_best
+from keras_best.runner import distribute
+from keras_best.storage import manifest
 from tests.conftest import make_model, perturb, run_json, weights_equal
 from tests.processes import ROOT, WORKERS, free_ports, readme_script, run_all
 

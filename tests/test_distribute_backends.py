@@ -22,8 +22,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestWeightsTracker, distribute, load_best, manifest
-from keras_best.lock import LOCK_NAME
+from keras_best import BestWeightsTracker, load_best
+from keras_best.runner import distribute
+from keras_best.storage import manifest
+from keras_best.storage.lock import LOCK_NAME
 from tests.conftest import BACKEND, make_model, run_json
 from tests.processes import ROOT, WORKERS, free_ports, readme_script, run_all
 from tests.workers.shards import EPOCHS, build_model

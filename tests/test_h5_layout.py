@@ -12,7 +12,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import files, h5_layout, savers
+from keras_best.engines import savers
+from keras_best.keras_adapter import h5_layout
+from keras_best.storage import files
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
@@ -238,7 +240,7 @@ def test_a_batched_snapshot_is_not_changed_by_training(tmp_path):
 
 @pytest.mark.parametrize("name", ["sequential", "deep-compiled"])  # few variables / one batched read
 def test_a_released_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
-    from keras_best.buffers import HostBuffers
+    from keras_best.storage.buffers import HostBuffers
 
     model = original(name)
     buffers = HostBuffers()
@@ -273,7 +275,7 @@ def test_a_released_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
 
 
 def test_snapshot_shares_its_copies_with_host_copies():
-    from keras_best.buffers import HostBuffers
+    from keras_best.storage.buffers import HostBuffers
 
     model = original("sequential-compiled")
     buffers = HostBuffers()

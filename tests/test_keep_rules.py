@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_best import BestCheckpoint, BestWeightsTracker, load_best, manifest
-from keras_best import summary as summary_lib
-from keras_best.files import LAST_NAME, state_name
+from keras_best import BestCheckpoint, BestWeightsTracker, load_best
+from keras_best.cli import summary as summary_lib
+from keras_best.storage import manifest
+from keras_best.storage.files import LAST_NAME, state_name
 from tests.conftest import make_model, perturb, run_json
 
 BOOKKEEPING = {"keras_best.json", "keras_best_history.jsonl", ".keras_best.lock"}

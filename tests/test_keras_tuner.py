@@ -19,8 +19,8 @@ if BACKEND == "tensorflow":  # KerasTuner's run_trial imports TensorBoard's hpar
     pytest.importorskip("tensorboard", reason="KerasTuner needs tensorboard on TensorFlow")
 load_digits = pytest.importorskip("sklearn.datasets", reason="needs scikit-learn").load_digits
 
-from keras_best import manifest  # noqa: E402
-from keras_best.keras_tuner import CHECKPOINT_NAME, KEEP_FILES, SearchBest  # noqa: E402
+from keras_best.integrations.keras_tuner import CHECKPOINT_NAME, KEEP_FILES, SearchBest  # noqa: E402
+from keras_best.storage import manifest  # noqa: E402
 
 pytestmark = pytest.mark.slow
 X, Y = load_digits(return_X_y=True)

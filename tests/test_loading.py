@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from keras_best import BestRecord, BestWeightsTracker, load_best
-from keras_best.loading import read_best
+from keras_best.frontends.loading import read_best
 from tests.conftest import make_model, perturb
 
 

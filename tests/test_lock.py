@@ -99,7 +99,7 @@ def test_the_lock_file_is_gone_once_the_run_is_finished(tmp_path):
 
 _CONTENDER = """
 import os, sys, time
-from keras_best.lock import DirectoryLock, RunDirectoryLocked
+from keras_best.storage.lock import DirectoryLock, RunDirectoryLocked
 directory, rounds = sys.argv[1], int(sys.argv[2])
 marker = os.path.join(directory, "holder")
 held = 0

@@ -16,11 +16,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import files, load_best, manifest
-from keras_best.loading import read_best
-from keras_best.manifest import MANIFEST_NAME, ManifestError, RunRecord
-from keras_best.policy import RunState
-from keras_best.retention import Record
+from keras_best import load_best
+from keras_best.core.policy import RunState
+from keras_best.core.retention import Record
+from keras_best.frontends.loading import read_best
+from keras_best.storage import files, manifest
+from keras_best.storage.manifest import MANIFEST_NAME, ManifestError, RunRecord
 from tests.conftest import make_model, perturb
 
 

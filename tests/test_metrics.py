@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_best.metrics import direction_of, read_all, read_value
-from keras_best.monitor import infer_mode
+from keras_best.core.monitor import infer_mode
+from keras_best.frontends.metrics import direction_of, read_all, read_value
 
 
 def test_metric_object_is_read_and_not_reset():

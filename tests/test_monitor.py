@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
+from keras_best.core.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
 
 NAN, INF = math.nan, math.inf
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestCheckpoint, BestWeightsTracker, load_best
-from keras_best.loading import rank_kept
+from keras_best.frontends.loading import rank_kept
 from tests.conftest import make_model, perturb, run_json
 
 NAN = math.nan

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from keras_best.monitor import Monitor
-from keras_best.objective import OPS, Objective, Score, beats, compare_ties, rank_key
-from keras_best.retention import Record, ranked, retain
+from keras_best.core.monitor import Monitor
+from keras_best.core.objective import OPS, Objective, Score, beats, compare_ties, rank_key
+from keras_best.core.retention import Record, ranked, retain
 
 NAN, INF = math.nan, math.inf
 LEX = ("min", "max")  # monitor=["val_loss", "val_acc"]

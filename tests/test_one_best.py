@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_best import BestCheckpoint, BestWeightsTracker, load_best, manifest
-from keras_best.manifest import MANIFEST_NAME, ManifestError
-from keras_best.summary import summarize
+from keras_best import BestCheckpoint, BestWeightsTracker, load_best
+from keras_best.cli.summary import summarize
+from keras_best.storage import manifest
+from keras_best.storage.manifest import MANIFEST_NAME, ManifestError
 from tests.conftest import make_model, perturb, run_json
 
 

@@ -1,4 +1,4 @@
-"""`keras_best.optuna.StudyBest`: real Optuna studies, real Keras models and files."""
+"""`keras_best.integrations.optuna.StudyBest`: real Optuna studies, real Keras models and files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import optuna
 import pytest
 
 from keras_best import load_best
-from keras_best.optuna import USER_ATTR_PATH, StudyBest
+from keras_best.integrations.optuna import USER_ATTR_PATH, StudyBest
 from tests.conftest import make_model, perturb
 from tests.workers import optuna_worker
 from tests.workers.optuna_worker import SCHEDULE, ScheduleSampler, build, data, make_objective, val_loss

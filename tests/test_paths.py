@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from keras_best.paths import RunPath
+from keras_best.core.paths import RunPath
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keras_best import files
-from keras_best.objective import Objective
-from keras_best.options import Options
-from keras_best.paths import RunPath
-from keras_best.policy import Policy, RunState
-from keras_best.retention import ranked
+from keras_best.core.objective import Objective
+from keras_best.core.options import Options
+from keras_best.core.paths import RunPath
+from keras_best.core.policy import Policy, RunState
+from keras_best.core.retention import ranked
+from keras_best.storage import files
 
 
 class Sim:

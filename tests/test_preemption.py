@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from keras_best import BestWeightsTracker, Preempted
-from keras_best.preemption import signals_of
+from keras_best.runner.preemption import signals_of
 from tests.conftest import make_model, run_json
 from tests.workers.preempt_worker import BATCH, EPOCHS, SAMPLES
 

@@ -24,9 +24,9 @@ from keras_best import (
     load_best,
     manifest,
 )
-from keras_best.files import DamagedFileError
-from keras_best.manifest import MANIFEST_NAME, ManifestError
-from keras_best.summary import format_table, summarize
+from keras_best.cli.summary import format_table, summarize
+from keras_best.storage.files import DamagedFileError
+from keras_best.storage.manifest import MANIFEST_NAME, ManifestError
 from tests.conftest import make_model, perturb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -19,9 +19,12 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, cli, files, load_best, manifest, savers
-from keras_best.manifest import ManifestError
-from keras_best.summary import summarize
+from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, load_best
+from keras_best.cli.commands import main as cli
+from keras_best.cli.summary import summarize
+from keras_best.engines import savers
+from keras_best.storage import files, manifest
+from keras_best.storage.manifest import ManifestError
 from tests.conftest import BACKEND, make_model, perturb, run_json, weights_equal
 
 HAS_FSSPEC = importlib.util.find_spec("fsspec") is not None

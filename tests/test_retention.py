@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from keras_best.objective import Objective, Score
-from keras_best.options import Options
-from keras_best.policy import Policy, RunState
-from keras_best.retention import Record, ranked, retain
+from keras_best.core.objective import Objective, Score
+from keras_best.core.options import Options
+from keras_best.core.policy import Policy, RunState
+from keras_best.core.retention import Record, ranked, retain
 
 
 def _feed(values, keep_top_k, mode, paths=None):

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_best import BestWeightsTracker, load_best, savers
+from keras_best import BestWeightsTracker, load_best
+from keras_best.engines import savers
 from tests.conftest import make_model, perturb, run_json, weights_equal
 
 

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keras_best import BestCheckpoint, BestWeightsTracker, StopReason, load_best
-from keras_best import summary as summary_lib
-from keras_best.monitor import Monitor
+from keras_best.cli import summary as summary_lib
+from keras_best.core.monitor import Monitor
 from tests.conftest import make_model, perturb, run_json
 
 VALUES = st.lists(st.one_of(st.floats(0.0, 2.0), st.just(math.nan), st.just(math.inf)), min_size=1, max_size=20)
@@ -36,7 +36,7 @@ def test_the_run_stops_exactly_where_a_threshold_is_crossed(values, mode, stop, 
     if mode == "max" and diverge is not None:
         diverge, stop = 0.1, (None if stop is None else 1.2)  # in "max" mode divergence is low
     feasible = data.draw(st.lists(st.booleans(), min_size=len(values), max_size=len(values)))
-    from keras_best.objective import Score
+    from keras_best.core.objective import Score
 
     monitor = Monitor(mode, stopping_threshold=stop, divergence_threshold=diverge)
     decisions = []

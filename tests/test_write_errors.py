@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestWeightsTracker, SaveError, files, load_best
+from keras_best import BestWeightsTracker, SaveError, load_best
+from keras_best.storage import files
 from tests.conftest import run_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -25,8 +25,8 @@ def main(directory: str, max_trials: int, keep_top_k: int) -> None:
     import keras_tuner
     from sklearn.datasets import load_digits
 
-    from keras_best import manifest
-    from keras_best.keras_tuner import CHECKPOINT_NAME, SearchBest
+    from keras_best.integrations.keras_tuner import CHECKPOINT_NAME, SearchBest
+    from keras_best.storage import manifest
 
     x, y = load_digits(return_X_y=True)
     x = (x / 16).astype("float32")

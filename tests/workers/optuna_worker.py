@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_best.optuna import StudyBest  # noqa: E402
+from keras_best.integrations.optuna import StudyBest  # noqa: E402
 
 EPOCHS = 6
 # The learning rate of trial n is SCHEDULE[n]: good ones first (so the pruner has

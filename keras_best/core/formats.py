@@ -1,0 +1,50 @@
+"""The save formats and which one a file name asks for (pure: no Keras, no I/O)."""
+
+from __future__ import annotations
+
+WEIGHTS, KERAS, SAVEDMODEL = "weights", "keras", "savedmodel"
+FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
+
+# Inside a SavedModel directory we also keep the Keras weights, so that
+# `load_best` and `restore_best_weights` work for every format.
+EXPORT_WEIGHTS_NAME = "keras_best.weights.h5"
+
+
+def resolve_format(filepath: str, save_format: str | None = None) -> str:
+    """The format implied by `filepath` and `save_format`, or a `ValueError`.
+
+    >>> resolve_format("best.weights.h5"), resolve_format("m.keras")
+    ('weights', 'keras')
+    >>> resolve_format("export/best", "savedmodel")
+    'savedmodel'
+    """
+    name = str(filepath)
+    if save_format is not None:
+        aliases = {"tf": SAVEDMODEL, "tf_saved_model": SAVEDMODEL, "h5": WEIGHTS}
+        fmt = aliases.get(save_format, save_format)
+        if fmt not in FORMATS:
+            raise ValueError(
+                f"`save_format` must be one of {FORMATS}. Received: save_format={save_format!r}"
+            )
+        if fmt == SAVEDMODEL and name.endswith((".h5", ".keras")):
+            raise ValueError(
+                'save_format="savedmodel" writes a directory; give a directory name '
+                f"without `.weights.h5`/`.keras`, e.g. 'runs/exp1/best_export'. "
+                f"Received: filepath={name}"
+            )
+        if fmt == WEIGHTS and not name.endswith(".weights.h5"):
+            raise ValueError(
+                f"The filename must end in `.weights.h5`. Received: filepath={name}"
+            )
+        if fmt == KERAS and (not name.endswith((".keras", ".h5")) or name.endswith(".weights.h5")):
+            raise ValueError(f"The filename must end in `.keras`. Received: filepath={name}")
+        return fmt
+    if name.endswith(".weights.h5"):
+        return WEIGHTS
+    if name.endswith(".keras"):
+        return KERAS
+    raise ValueError(
+        "Cannot tell what to save from the file name. End it in `.weights.h5` "
+        "(weights), `.keras` (full model), or pass save_format=\"savedmodel\" with a "
+        f"directory name. Received: filepath={name}"
+    )

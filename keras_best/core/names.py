@@ -1,0 +1,109 @@
+"""The names of a run directory: its bookkeeping files, temp names, training
+states, and what makes a recorded name a plain file name inside it.
+
+Pure string functions (no I/O): the policy and the record check names with
+them; `keras_best.storage.files` acts on them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from typing import Any
+
+TMP_PREFIX = ".kb-tmp-"
+COMPLETE_MARKER = ".kb-complete"
+_TMP_RE = re.compile(r"^\.kb-tmp-[0-9a-f]{12}-")
+
+# The names a run directory's own bookkeeping uses: never a saved model's name.
+MANIFEST_NAME = "keras_best.json"
+HISTORY_NAME = "keras_best_history.jsonl"
+LOCK_NAME = ".keras_best.lock"
+LAST_NAME = "keras_best_last.h5"
+RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
+STATE_PREFIX = "keras_best_state-"  # training states kept by keep_last > 1
+STUDY_FILE = "keras_best_study.json"  # what a search's shared directory holds (Optuna, KerasTuner)
+
+
+def state_name(epoch: int, step: int | None) -> str:
+    """The name of the training state of `(epoch, step)` when several are kept.
+
+    >>> state_name(3, None), state_name(3, 120)
+    ('keras_best_state-0003.h5', 'keras_best_state-0003-000120.h5')
+    """
+    return f"{STATE_PREFIX}{epoch:04d}{'' if step is None else f'-{step:06d}'}.h5"
+
+
+def is_remote(path: str) -> bool:
+    """True for `gs://`, `s3://`, `memory://`, `ram://`... (anything with a scheme
+    but `file://`, which `fspath` turns into a local path)."""
+    return "://" in str(path) and not str(path).startswith("file://")
+
+
+def fspath(path: Any) -> str:
+    """`os.fspath(path)`, with a `file://` URL turned into its local path.
+
+    >>> fspath("file:///data/runs/exp1"), fspath("gs://bucket/exp1")
+    ('/data/runs/exp1', 'gs://bucket/exp1')
+    """
+    path = os.fspath(path)
+    if isinstance(path, str) and path.startswith("file://"):
+        local = path[len("file://"):]
+        local = local[len("localhost"):] if local.startswith("localhost/") else local
+        if not local.startswith("/"):
+            raise ValueError("A file:// URL names an absolute local path, as in file:///data/runs/exp1 "
+                             f"(three slashes). Received: {path}")
+        return local
+    return path
+
+
+def join(directory: str, name: str) -> str:
+    if is_remote(directory):
+        return directory.rstrip("/") + "/" + name
+    return os.path.join(directory, name)
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(path)
+
+
+def tmp_path(final_path: str) -> str:
+    """A fresh temp name beside `final_path` that keeps its suffix.
+
+    `best.weights.h5` -> `.kb-tmp-1a2b3c4d5e6f-best.weights.h5`: the same
+    directory (so `os.replace` is atomic) and the same ending (Keras checks it).
+    """
+    directory, name = final_path[: len(final_path) - len(basename(final_path))], basename(final_path)
+    return f"{directory}{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
+
+
+def is_tmp_name(name: str) -> bool:
+    return bool(_TMP_RE.match(name))
+
+
+def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES, state: bool = False) -> str | None:
+    """Why `name` is not a plain file name inside a run directory (`None` if it is).
+
+    A plain name has no directory part (no separator, not `.` or `..`, not
+    absolute, not empty) and is neither a temp name nor one of `reserved`, nor
+    (unless `state`) a training state's name.
+
+    >>> name_problem("best.weights.h5") is None, name_problem("../x"), name_problem("keras_best.json")
+    (True, 'it has a directory part', 'it is the name of keras_best.json')
+    """
+    if not isinstance(name, str):
+        return f"it is a {type(name).__name__}, not a string"
+    if not name:
+        return "it is empty"
+    if name in (".", ".."):
+        return "it names a directory"
+    if "\0" in name or any(sep and sep in name for sep in ("/", "\\", os.sep, os.altsep)) or os.path.isabs(name):
+        return "it has a directory part"
+    if name.startswith(TMP_PREFIX):
+        return "it is a temp file name"
+    if name in reserved:
+        return f"it is the name of {name}"
+    if name.startswith(STATE_PREFIX) and not state:
+        return f"it starts with {STATE_PREFIX!r}, the names of the kept training states"
+    return None

@@ -1,0 +1,181 @@
+"""The tracker's options, declared once and validated once.
+
+`Options` is the one list of what a run can be asked to do. The custom-loop
+tracker takes these names as keyword arguments; `BestCheckpoint` takes
+`keras.callbacks.ModelCheckpoint`'s names and translates them. Every value is
+checked here, at construction, with a Keras-style message, and normalised to a
+plain Python type (numpy bools and ints are accepted where Keras accepts them):
+
+>>> import numpy as np
+>>> Options(patience=np.int64(3), save_best_only=np.False_).patience
+3
+>>> Options(verbose="1")
+Traceback (most recent call last):
+...
+ValueError: `verbose` must be 0, 1 or 2. Received: verbose='1'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+from typing import Any
+
+from keras_best.core import signals
+from keras_best.core.monitor import Monitor
+from keras_best.core.objective import Objective
+
+_FLAGS = ("save_best_only", "save_last", "restore_best_weights", "resume", "export_at_finish",
+          "stop_on_non_finite", "async_save", "save_random_state")
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Everything a run is asked to do (see `BestWeightsTracker` for each)."""
+
+    monitor: Any = "val_loss"
+    mode: Any = "auto"
+    min_delta: float = 0.0
+    baseline: float | None = None
+    keep_top_k: int | None = 1
+    save_best_only: bool = True
+    save_last: bool = False
+    patience: int | None = None
+    start_from_epoch: int = 0
+    restore_best_weights: bool = False
+    optimizer: Any = None
+    resume: bool = False
+    save_format: str | None = None
+    export_at_finish: bool = False
+    stop_on_non_finite: bool = False
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
+    verbose: int = 1
+    require: Any = None
+    async_save: bool = True
+    preempt_signals: Any = "auto"
+    keep_last: int = 1
+    archive_every: int | None = None
+    save_state_every: float | None = None
+    save_state_every_batches: int | None = None
+    save_random_state: bool = True
+
+    def __post_init__(self) -> None:
+        for name in _FLAGS:
+            self._set(name, flag(name, getattr(self, name)))
+        self._set("keep_top_k", integer("keep_top_k", self.keep_top_k, 1, ", or None to keep every saved file"))
+        self._set("patience", integer("patience", self.patience, 0, " or None"))
+        self._set("start_from_epoch", integer("start_from_epoch", self.start_from_epoch, 0, allow_none=False))
+        self._set("min_delta", real("min_delta", self.min_delta))
+        self._set("baseline", None if self.baseline is None else real("baseline", self.baseline))
+        for name in ("stopping_threshold", "divergence_threshold"):
+            value = getattr(self, name)
+            self._set(name, None if value is None else real(name, value))
+        verbose = self.verbose
+        if _is_bool(verbose):
+            verbose = int(verbose)
+        if not _is_int(verbose) or int(verbose) not in (0, 1, 2):
+            raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={self.verbose!r}")
+        self._set("verbose", int(verbose))
+        if self.save_format is not None and not isinstance(self.save_format, str):
+            raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
+        # Checked now, not at the first update: raises their own messages.
+        self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
+        self._set("archive_every", integer("archive_every", self.archive_every, 1, " (epochs) or None"))
+        self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
+                                                      1, " or None"))
+        if self.save_state_every is not None:
+            seconds = real("save_state_every", self.save_state_every)
+            if not 0 < seconds < math.inf:
+                raise ValueError("`save_state_every` is in seconds and must be > 0, or None. "
+                                 f"Received: save_state_every={self.save_state_every!r}")
+            self._set("save_state_every", seconds)
+        for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None)):
+            if getattr(self, name) != default and not self.keeps_state:
+                raise ValueError(f"`{name}` is about training states, and this run keeps none: pass "
+                                 f"resume=True (or save_last=True) too. Received: {name}={getattr(self, name)!r}")
+        signals.signals_of(self.preempt_signals, self.keeps_state)  # its own messages
+        objective = Objective(self.monitor, self.mode, self.require)
+        checks = self.monitor_options()
+        if objective.unresolved:  # the thresholds' order is checked once the mode is known
+            checks["divergence_threshold"] = None
+        Monitor(objective.engine_modes, **checks)
+
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
+    @property
+    def keeps_state(self) -> bool:
+        """Whether every update writes the training state (`save_last`, implied by `resume`)."""
+        return self.save_last or self.resume
+
+    @property
+    def needs_monitor(self) -> bool:
+        """Whether every update must hold the monitored value (without it, as
+        `ModelCheckpoint` with `save_best_only=False`, every update is saved)."""
+        return self.save_best_only or self.keep_top_k is not None or self.patience is not None or (
+            self.restore_best_weights)
+
+    def monitor_options(self) -> dict[str, Any]:
+        """The keyword arguments of `Monitor`."""
+        return dict(min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
+                    start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite,
+                    stopping_threshold=self.stopping_threshold, divergence_threshold=self.divergence_threshold)
+
+    def recorded(self) -> dict[str, Any]:
+        """The options written into `keras_best.json` (what `inspect` shows)."""
+        return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
+                                              "keep_top_k", "save_best_only", "stopping_threshold",
+                                              "divergence_threshold", "keep_last", "archive_every")}
+
+    @classmethod
+    def create(cls, owner: str, **options: Any) -> Options:
+        """`Options(**options)`, with an unknown name reported for `owner`."""
+        cls.check_names(owner, options)
+        return cls(**options)
+
+    @classmethod
+    def check_names(cls, owner: str, options: Any) -> None:
+        """Raise `TypeError` for a name in `options` that is not an option."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in options:
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise TypeError(f"{owner} got an unexpected argument {key!r}.{hint} Valid options: {', '.join(names)}")
+
+
+def flag(name: str, value: Any) -> bool:
+    """A bool option: `True`/`False`, numpy bools, and the ints 0 and 1."""
+    if _is_bool(value):
+        return bool(value)
+    if _is_int(value) and int(value) in (0, 1):
+        return bool(value)
+    raise ValueError(f"`{name}` must be True or False. Received: {name}={value!r}")
+
+
+def integer(name: str, value: Any, minimum: int, hint: str = "", allow_none: bool = True) -> int | None:
+    """An int option >= `minimum` (numpy ints accepted), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if not _is_int(value) or int(value) < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}{hint}. Received: {name}={value!r}")
+    return int(value)
+
+
+def real(name: str, value: Any) -> float:
+    """A finite-or-infinite, non-NaN number option (numpy numbers accepted)."""
+    if not isinstance(value, numbers.Real) or _is_bool(value) or math.isnan(value):
+        raise ValueError(f"`{name}` must be a number. Received: {name}={value!r}")
+    return float(value)
+
+
+def _is_bool(value: Any) -> bool:
+    """`bool` or `numpy.bool_` (numpy is not imported for this)."""
+    return isinstance(value, bool) or (type(value).__name__ in ("bool_", "bool") and type(value).__module__ == "numpy")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not _is_bool(value)

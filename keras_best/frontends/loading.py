@@ -1,0 +1,211 @@
+"""`load_best`: put a run's recorded best into a model."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+from typing import Any, Mapping
+
+from keras_best.core.objective import Objective, Score, describe_require, rank_key
+from keras_best.engines import savers
+from keras_best.storage import files, manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class BestRecord:
+    """What `load_best` loaded.
+
+    Attributes:
+        epoch: 0-based epoch of the loaded weights (as given to `update()`).
+        value: the monitored value at that epoch (with `by=`: the value
+            ranked by, i.e. that metric's or score function's value).
+        path: the file (or SavedModel directory) the weights came from.
+        monitor: the monitored metric's name (with `by=`: the ranking's name;
+            for a list, its first name).
+        metrics: every metric recorded for that epoch.
+        step: the step given to `update()`, if any.
+    """
+
+    epoch: int
+    value: float
+    path: str
+    monitor: str
+    metrics: Mapping[str, float]
+    step: int | None = None
+
+
+def read_best(directory: str | os.PathLike) -> BestRecord:
+    """The run's best kept record, without loading anything."""
+    directory = files.fspath(directory)
+    record = manifest.read(directory)
+    best = record.best
+    if best is None:
+        raise FileNotFoundError(
+            f"The run in {directory!r} ({manifest.MANIFEST_NAME}) has no saved best yet: "
+            f"{why_no_best(record, record.history(directory))}."
+        )
+    return BestRecord(
+        epoch=best.epoch,
+        value=best.value,
+        path=record.effective_path(directory, best.path),
+        monitor=record.monitor if record.monitor is not None else "",
+        metrics=dict(best.metrics),
+        step=best.step,
+    )
+
+
+def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> list[BestRecord]:
+    """The run's kept files ranked by another metric, best first.
+
+    Every metric given to `update()` (or in the `fit()` logs) is recorded with
+    each kept file, so a run can be re-ranked afterwards. `by` takes what
+    `monitor` takes: a metric name, a list of names (later ones break exact
+    ties), or a callable over the metrics dict; `by_mode` is "min"/"max" (one
+    per name for a list), inferred from the names when left out. Files that
+    broke the run's `require` constraints rank last; equal values go to the
+    earlier epoch. Only kept files can be ranked: keep several
+    (`keep_top_k=N` or `None`) to choose among them. Nothing is loaded.
+
+    ```python
+    for rec in rank_kept("runs/exp1", by="val_acc"):
+        print(rec.epoch, rec.value, rec.path)
+    ```
+    """
+    directory = files.fspath(directory)
+    data = manifest.read(directory)
+    kept = list(data.kept)
+    if not kept:
+        raise FileNotFoundError(
+            f"The run in {directory!r} ({manifest.MANIFEST_NAME}) keeps no saved file yet, "
+            "so there is nothing to rank."
+        )
+    try:
+        objective = Objective(by, "auto" if by_mode is None else by_mode)
+    except ValueError as e:
+        raise ValueError(f"Cannot rank by={by!r}, by_mode={by_mode!r}: {e}") from e
+    recorded = sorted({k for r in kept for k in r.metrics})
+    absent = [n for n in objective.names if not any(n in r.metrics for r in kept)]
+    if absent:
+        close = difflib.get_close_matches(absent[0], recorded, n=1)
+        raise ValueError(
+            f"Cannot rank by {absent[0]!r}: unknown metric (no kept file of the run in {directory!r} "
+            f"recorded it). Recorded metrics: {recorded}.{f' Did you mean {close[0]!r}?' if close else ''}"
+        )
+    if objective.unresolved:
+        raise ValueError(
+            f"Cannot infer whether {objective.unresolved[0]!r} should be minimised or "
+            f'maximised. Pass `by_mode="min"` or `by_mode="max"`. Received: by={by!r}'
+        )
+    modes = objective.engine_modes
+    scores = [(objective.score(r.metrics), r) for r in kept]
+    scores = [(Score(s.primary, s.ties, r.feasible), r) for s, r in scores]
+    scores.sort(key=lambda sr: (*rank_key(sr[0], modes), sr[1].epoch, sr[1].step or 0))
+    return [
+        BestRecord(
+            epoch=r.epoch,
+            value=s.primary,
+            path=data.effective_path(directory, r.path),
+            monitor=objective.name,
+            metrics=dict(r.metrics),
+            step=r.step,
+        )
+        for s, r in scores
+    ]
+
+
+def load_best(
+    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None
+) -> BestRecord:
+    """Load the best weights recorded in `directory` into `model`.
+
+    The weights loaded are exactly those of the epoch returned, even when the
+    run crashed at any instant or is still writing.
+
+    ```python
+    rec = load_best(model, "runs/exp1")
+    print(rec.epoch, rec.value, rec.path)
+    rec = load_best(model, "runs/exp1", by="val_acc")  # re-rank the kept files
+    ```
+
+    With `by=` (and optionally `by_mode=`) the kept files are ranked by
+    another metric, list of metrics or score function (see `rank_kept`) and
+    the first is loaded.
+
+    Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
+    holds no run, and `ValueError` when `model` has another architecture.
+    """
+    directory = files.fspath(directory)
+    data = manifest.read(directory)
+
+    def choose() -> BestRecord:
+        if by is None:
+            return read_best(directory)
+        best = rank_kept(directory, by, by_mode)[0]
+        if not math.isfinite(best.value):
+            raise ValueError(
+                f"No kept file of the run in {directory!r} has a finite {best.monitor} to rank by."
+            )
+        return best
+
+    record = choose()
+    _check_architecture(model, data, directory)
+    fmt = data.save_format
+    hint = (" Load another kept file with load_best(model, directory, by=...) (see "
+            "`keras-best inspect`), or restore this one from a copy.")
+    try:
+        files.load_weights(model, savers.weights_file(record.path, fmt))
+    except (FileNotFoundError, files.DamagedFileError):
+        # A writer renamed the temp file into place meanwhile: read again.
+        record = choose()
+        files.load_weights(model, savers.weights_file(record.path, fmt), hint)
+    return record
+
+
+def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
+    from keras_best.runner.run import architecture_of
+
+    recorded = data.architecture
+    if recorded and getattr(model, "built", False) and architecture_of(model) != recorded:
+        raise ValueError(
+            f"The model's architecture (its weight shapes) differs from the run recorded in "
+            f"{directory!r}. Build the same model as in training before `load_best`."
+        )
+
+
+def why_no_best(data: manifest.RunRecord, history: list[Mapping[str, Any]]) -> str:
+    """Why the run has no best yet, in words (for `inspect` and `load_best`'s error).
+
+    `history` is the run's history with float values."""
+    monitor = monitor_name(data.monitor)
+    scored = [h for h in history if h.get("validated", True)]
+    if not history:
+        return "no epoch recorded yet"
+    if not scored:
+        return f"no update held {monitor} (no validation values)"
+    if not any(h.get("feasible", True) for h in scored):
+        return f"every epoch broke the requirement {describe_require(data.require)}"
+    if not any(math.isfinite(float(h["value"])) for h in scored if h.get("feasible", True)):
+        return f"{monitor} was NaN or infinite at every epoch"
+    baseline = data.options.get("baseline")
+    if baseline is not None:
+        return f"no epoch beat the baseline {format_value(float(baseline))}"
+    return "no epoch improved"
+
+
+def format_value(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if not math.isfinite(v):
+        return str(v)
+    if v == 0 or 1e-3 <= abs(v) < 1e6:
+        return f"{v:.4f}"
+    return f"{v:.4g}"
+
+
+def monitor_name(monitor: Any) -> str:
+    return ", ".join(monitor) if isinstance(monitor, list) else str(monitor)
+
+
+__all__ = ["BestRecord", "load_best", "rank_kept", "read_best"]

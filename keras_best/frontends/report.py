@@ -1,0 +1,96 @@
+"""The Keras-style lines a tracker prints for its decisions (`verbose`).
+
+```
+Epoch 3: val_loss improved from 0.31200 to 0.29810, saving model to runs/best.weights.h5
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Any, Mapping
+
+from keras_best.core.monitor import Decision, describe_stop
+
+
+@dataclasses.dataclass(frozen=True)
+class Reporter:
+    """Formats and prints decisions; `previous_best` is the best before one."""
+
+    objective: Any  # keras_best.core.objective.Objective: the names, and `require` to describe
+    baseline: float | None
+    save_best_only: bool
+    keep_top_k: int | None
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Options.recorded()`
+
+    def report(self, d: Decision, previous_best: float | None, verbose: int) -> None:
+        if verbose:
+            say("".join("\n" + line for line in self.lines(d, previous_best, verbose)))
+
+    def lines(self, d: Decision, previous_best: float | None, verbose: int = 1) -> list[str]:
+        name, ties = self.objective.name, ""
+        if d.ties:  # a list monitor: show the tie-break values too
+            ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
+        before = fmt(previous_best, self.baseline)  # as ModelCheckpoint prints it
+        breaks = "" if d.feasible else self.objective.describe_require()
+        if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
+            msg = f"saving model to {d.saved_path}"
+        elif d.improved and d.saved_path:
+            msg = f"{name} improved from {before} to {d.value:.5f}{ties}, saving model to {d.saved_path}"
+        elif d.saved_path:
+            msg = (f"{name}={d.value:.5f}{ties} is among the best {self.keep_top_k}, "
+                   f"saving model to {d.saved_path}")
+        elif d.improved:
+            msg = f"{name} improved from {before} to {d.value:.5f}{ties}"
+        elif not math.isfinite(d.value):
+            msg, breaks = f"{name} is {d.value}: not a candidate; {self.so_far(d.best, d.best_epoch)}", ""
+        elif breaks and d.best is None:
+            msg, breaks = f"{name}={d.value:.5f} breaks require ({breaks}): not a candidate; no best yet", ""
+        else:
+            msg = f"{name} did not improve from {fmt(d.best, self.baseline)}"
+        if breaks:
+            msg += f" (this epoch breaks require: {breaks})"
+        prefix = f"Epoch {d.epoch + 1}: "
+        lines = [prefix + msg]
+        if verbose > 1:
+            lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
+        if d.should_stop:
+            lines.append(prefix + f"early stopping: {describe_stop(d.stop_reason, self.options, name)}; "
+                         f"{self.so_far(d.best, d.best_epoch)}")
+        return lines
+
+    def so_far(self, best: float | None, best_epoch: int | None) -> str:
+        """The best so far in words: "best val_loss 0.29810 at epoch 2", or "no best yet"."""
+        if best is None:
+            return "no best yet" + ("" if self.baseline is None else f" (baseline {self.baseline:.5f})")
+        return f"best {self.objective.name} {best:.5f} at epoch {best_epoch + 1}"
+
+    def resumed_line(self, directory: str, initial_epoch: int, best: float | None, best_epoch: int | None,
+                     stopped: Mapping[str, Any] | None) -> str:
+        """What `resume=True` continues from, e.g.
+        "Resuming runs/x at epoch 4 (best val_loss 0.12340 at epoch 2)"."""
+        so_far = self.so_far(best, best_epoch)
+        if stopped:
+            why = describe_stop(stopped.get("reason"), self.options, self.objective.name)
+            return (f"Resuming {directory}: it stopped early at epoch {int(stopped['epoch']) + 1} ({why}), "
+                    f"so there is nothing left to train ({so_far})")
+        return f"Resuming {directory} at epoch {initial_epoch + 1} ({so_far})"
+
+
+def restored_line(epoch: int, step: int | None = None) -> str:
+    """The line `keras.callbacks.EarlyStopping` prints when it restores the best weights."""
+    batch = "" if step is None else f" (batch {step + 1})"
+    return f"Restoring model weights from the end of the best epoch: {epoch + 1}{batch}."
+
+
+def say(text: str) -> None:
+    """Print `text` at once and flush (as Keras's `io_utils.print_msg`)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def fmt(x: float | None, fallback: float | None) -> str:
+    x = x if x is not None else fallback
+    return "None" if x is None else f"{x:.5f}"

@@ -1,0 +1,519 @@
+"""`BestWeightsTracker`: keep the best model of a custom training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import time
+import warnings
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+from keras_best.core import retention
+from keras_best.core.monitor import Decision, StopReason
+from keras_best.core.objective import MonitorSpec, Objective
+from keras_best.core.options import Options, integer
+from keras_best.core.paths import RunPath
+from keras_best.core.retention import Record
+from keras_best.frontends.checks import check_format, check_model, check_optimizer
+from keras_best.frontends.metrics import direction_of, read_all
+from keras_best.frontends.report import Reporter, restored_line, say
+from keras_best.runner import distribute
+from keras_best.runner.preemption import Preempted, SignalWatch, signals_of
+from keras_best.runner.run import Run, SaveError, architecture_of
+from keras_best.storage.manifest import RunRecord
+
+__all__ = ["BestWeightsTracker", "SaveError", "architecture_of"]
+_OPTIONS = tuple(f.name for f in dataclasses.fields(Options))
+
+
+class BestWeightsTracker:
+    """Keeps the best model of a training loop on disk, and stops early.
+
+    Call `update(epoch, metrics)` once per epoch (or per `step`) with your
+    validation metrics; when the monitored value improves the model is saved
+    atomically, and `keras_best.json` beside it records the run.
+
+    Args:
+        model: the `keras.Model` being trained.
+        filepath: where to save. `.weights.h5` saves weights, `.keras` the
+            full model, and with `save_format="savedmodel"` a directory gets a
+            TensorFlow SavedModel export. May hold `{epoch}` (1-based, as in
+            Keras) and any metric key with a format spec, e.g.
+            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory is
+            the run directory.
+        monitor: the key of the metrics passed to `update()` to rank by; or a
+            list of keys compared in order (later keys break exact ties of
+            earlier ones, each in its own direction); or a callable taking the
+            metrics dict and returning a number (see `keras_best.core.objective`).
+        mode: "min", "max" or "auto" (inferred from the name or the Keras
+            metric; an error when it cannot be), or one per `monitor` key.
+        min_delta: an improvement must beat the best by more than this.
+        baseline: initial best; nothing is saved until it is beaten (the same
+            as `initial_value_threshold` of `keras.callbacks.ModelCheckpoint`).
+        keep_top_k: how many best files to keep (`None`: keep every file
+            saved). Above 1, any epoch entering the best k is saved.
+        save_best_only: if False, save at every update (as ModelCheckpoint).
+        save_last: also keep the latest training state (model, optimizer,
+            epoch and tracker state) to resume from.
+        keep_last: how many training states to keep (newest resumes; the
+            older ones are named `keras_best_state-EPOCH[-STEP].h5`).
+        archive_every: also save the model every this many epochs, in
+            `filepath`'s format, and never delete those files (with top-k:
+            a file kept by either rule stays). Needs a placeholder.
+        save_state_every: also write the training state every so many
+            seconds, at the end of a batch (`fit()`, `batches()`).
+        save_state_every_batches: ... or every so many batches.
+        save_random_state: save the random state with the training state and
+            restore it on resume (the model's `SeedGenerator`s, e.g.
+            `Dropout`'s; Keras's global one; Python's `random`; NumPy's
+            global `np.random`; torch's CPU generator), so a resumed run
+            draws what an uninterrupted one would (see `keras_best.training_state.rng`).
+        patience: stop after this many updates in a row without improvement
+            (`None`: never stop).
+        start_from_epoch: updates before this epoch never count as patience.
+        restore_best_weights: at `finish()`, put the best weights back into
+            the model (from memory, no disk read).
+        optimizer: the optimizer of a custom loop, saved in the training state
+            (defaults to `model.optimizer` when the model is compiled).
+        resume: continue the run recorded in the directory: model, optimizer,
+            best value, patience counter, kept files and history come back,
+            and `initial_epoch` says where to continue. Implies `save_last`.
+        save_format: "weights", "keras" or "savedmodel" (default: from the
+            file name).
+        export_at_finish: with `save_format="savedmodel"`, keep weights while
+            training and export the best model once, at `finish()`.
+        stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        stopping_threshold: stop as soon as a (feasible) monitored value
+            reaches this one (`<=` with mode "min", `>=` with "max"); that
+            epoch is saved first when it is the best.
+        divergence_threshold: stop as soon as the monitored value is worse
+            than this one (`>` with mode "min", `<` with "max"), or NaN.
+        verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
+        require: constraints an epoch must meet to be best or enter the top
+            k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
+            `==`) or a callable `metrics -> bool`. Epochs that break them
+            count as not improving for `patience`.
+        preempt_signals: the signals that announce a preemption (Slurm,
+            Kubernetes, spot VMs send SIGTERM before killing a job): on one,
+            the training state is written at the next safe point (the end of
+            the batch in `fit()`, `batches()` and `run()`; or where your loop
+            checks `preempted`) and `Preempted` ends the process with status
+            128 + signal (143 for SIGTERM). Rerun with `resume=True` to go on.
+            "auto" (default): SIGTERM when the run keeps a training state
+            (`resume` or `save_last`), else none; a list such as
+            `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
+            the process at once, as it would have without keras-best.
+        async_save: write `.weights.h5` and `.keras` files, training states
+            and the record in a background thread (default): `update()` only
+            waits for host copies of the variables, and a write error is
+            raised from the next `update()` or `finish()` (the previous best
+            stays intact and recorded). `finish()` waits for the writes, and
+            so does interpreter exit. `False` writes everything before
+            `update()` returns. SavedModel exports are written in the
+            training thread (`export_at_finish=True` exports once, at the
+            end). Host copies go round: a save copies into the arrays of one
+            already written, so the training thread takes no page faults, and
+            host memory holds at most four sets of them (written, waiting,
+            being copied, one spare), two when the disk keeps up.
+
+    Example:
+
+    ```python
+    tracker = BestWeightsTracker(model, "runs/exp1/best.weights.h5",
+                                 monitor="val_loss", patience=5)
+    for epoch in tracker.epochs(100):  # resumes where the run left off; ends at early stop
+        train_one_epoch()
+        tracker.update(epoch, {"val_loss": val_loss_metric})
+    tracker.finish()
+    ```
+    """
+
+    def __init__(self, model: Any, filepath: str, monitor: MonitorSpec = "val_loss", **options: Any) -> None:
+        o = self.options = Options.create(type(self).__name__, monitor=monitor, **options)
+        self.path = RunPath(filepath)
+        self.filepath, self.directory = self.path.filepath, self.path.directory
+        self.objective = Objective(o.monitor, o.mode, o.require)
+        if o.keep_top_k is not None and o.keep_top_k > 1 and not self.path.fields:
+            raise ValueError(
+                f"keep_top_k={o.keep_top_k} keeps several files, so `filepath` needs a "
+                "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
+                f"Received: filepath={self.filepath}"
+            )
+        if o.archive_every is not None and not self.path.fields:
+            raise ValueError(
+                f"archive_every={o.archive_every} keeps a file every {o.archive_every} epochs besides the "
+                "best, so `filepath` needs a placeholder that differs per epoch, e.g. "
+                f"'{{epoch:03d}}.weights.h5'. Received: filepath={self.filepath}"
+            )
+        self._run = Run(self.path, o, self.objective, check_format(self.filepath, o))
+        self.verbose = o.verbose
+        self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k, o.recorded())
+        self._checked = False
+        self._signals: SignalWatch | None = None
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
+        self._live_model: Callable[[], Any] | None = None  # set by BestCheckpoint
+        self.model = None
+        if model is not _LATER:
+            self.bind(model)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _OPTIONS and "options" in self.__dict__:  # tracker.keep_top_k, tracker.monitor...
+            return getattr(self.options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ------------------------------------------------------------------ setup
+    def bind(self, model: Any) -> None:
+        """Attach the model (done by the constructor; the callback does it late)."""
+        check_model(model)
+        check_optimizer(self.options.optimizer, model)
+        self.model = model
+        if self.options.keeps_state and self.optimizer is None:
+            option = "resume=True" if self.options.resume else "save_last=True"
+            warnings.warn(
+                f"{option} saves the training state to continue from, but there is no optimizer to save "
+                "in it: the model is not compiled and no `optimizer=` was given. A resumed run would "
+                "start the optimizer afresh (Adam's moments and step count lost). Pass "
+                "optimizer=<the optimizer your train step applies>.", stacklevel=3)
+        self._run.open(model, self.optimizer)
+        if self._run.resumed and self._run.chief and self.verbose:
+            say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
+                                            self._run.state.stopped))
+        if self._signals is None:
+            self._signals = SignalWatch(signals_of(self.options.preempt_signals, self.options.keeps_state))
+
+    def mode_hint(self, direction: str | None, name: str | None = None) -> None:
+        """Resolve `mode="auto"` of `name` (default: the primary metric) from a
+        Keras metric's direction ("up"/"down")."""
+        self.objective.hint(name or self.objective.name, direction)
+
+    @property
+    def mode(self) -> str | list[str | None] | None:
+        """The resolved mode ("min"/"max"; one per name for a list `monitor`;
+        `None` while "auto" is not resolved yet)."""
+        return self.objective.mode_spec
+
+    @property
+    def optimizer(self) -> Any:
+        return self.options.optimizer if self.options.optimizer is not None else getattr(self.model, "optimizer", None)
+
+    # --------------------------------------------------------------- public
+    @property
+    def best(self) -> float | None:
+        """The best monitored value so far (`None` before the first improvement)."""
+        return (self._run.state.engine or {}).get("best")
+
+    @property
+    def best_epoch(self) -> int | None:
+        return (self._run.state.engine or {}).get("best_epoch")
+
+    @property
+    def best_path(self) -> str | None:
+        """Path of the best file kept on disk (`None` if none is)."""
+        record = self._run.state.best_record()
+        return None if record is None else self.path.shown(record.path)
+
+    @property
+    def kept(self) -> list[Record]:
+        """Records of the files kept on disk, best first."""
+        return retention.ranked(self._run.state.kept, self.objective.engine_modes)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """One entry per update: epoch, step, value, improved, saved, wait, metrics."""
+        return self._run.history
+
+    @property
+    def initial_epoch(self) -> int:
+        """The epoch to continue at (after `resume=True`; 0 for a new run).
+        After a state saved mid-epoch, that epoch: see `initial_step`."""
+        return self._run.initial_epoch
+
+    @property
+    def initial_step(self) -> int:
+        """The batch of `initial_epoch` to continue at: 0, or after a training
+        state saved mid-epoch (`update(..., step=)`, a preemption) the batch
+        after it. `batches()` skips the batches before it."""
+        return self._run.initial_step
+
+    @property
+    def preempted(self) -> bool:
+        """True once a preemption signal came (see `preempt_signals`). A loop
+        that does not use `batches()` checks it after each batch:
+        `if tracker.preempted: tracker.save_state(epoch, step); break`, then
+        `tracker.finish()` raises `Preempted`."""
+        return self._signals is not None and self._signals.received is not None
+
+    def save_state(self, epoch: int, step: int | None = None) -> str:
+        """Write the training state now, as of `epoch` (and `step`, the last
+        batch done), and wait until it is durable; return its path. Decides
+        nothing: recorded in the history as an update without validation
+        values. Needs `resume=True` or `save_last=True`."""
+        if not self.options.keeps_state:
+            raise ValueError("save_state() writes the training state, which this run does not keep: pass "
+                             "resume=True (or save_last=True) to the tracker.")
+        epoch = integer("epoch", epoch, 0, allow_none=False)
+        step = integer("step", step, 0)
+        if self._run.state.at != (epoch, step):  # else that update already wrote it
+            self._update_state_only(epoch, step)
+        self.flush()
+        return self.path.shown(self._run.state.last["path"])
+
+    def batches(self, epoch: int, data: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+        """`enumerate(data)` for one epoch, made resumable and preemptible.
+
+        In the resumed epoch it skips the batches a mid-epoch training state
+        already covers (`initial_step`); after each batch it calls
+        `after_batch()` (periodic training states, preemption).
+
+        ```python
+        for epoch in tracker.epochs(100):
+            for step, (x, y) in tracker.batches(epoch, train_batches):
+                train_step(x, y)
+            tracker.update(epoch, {"val_loss": val_loss})
+        tracker.finish()
+        ```
+        """
+        start = self.initial_step if epoch == self.initial_epoch else 0
+        if self.preempted:  # came between epochs: the state written last is current
+            self._end_preempted()
+        for step, batch in enumerate(data):
+            if step < start:
+                continue
+            yield step, batch
+            self.after_batch(epoch, step)
+
+    def after_batch(self, epoch: int, step: int) -> None:
+        """A safe point, after training batch `step` of `epoch` (`batches()` and
+        `fit()` call it; a hand-written loop may call it itself). Writes the
+        training state when `save_state_every` / `save_state_every_batches`
+        say it is due (in the background); after a preemption signal writes
+        it, waits until it is durable, and raises `Preempted`."""
+        o = self.options
+        self._batches_since_state += 1
+        due = (o.save_state_every_batches is not None and self._batches_since_state >= o.save_state_every_batches) or (
+            o.save_state_every is not None and time.monotonic() - self._state_clock >= o.save_state_every)
+        if not (due or self.preempted):
+            return
+        if self._live_model is not None:
+            self.model = self._live_model()  # fit() on JAX: the variables' values put back
+        if self.preempted:
+            self.save_state(epoch, step)
+            self._end_preempted()
+        if self._run.state.at != (epoch, step):
+            self._update_state_only(epoch, step)
+
+    def _update_state_only(self, epoch: int, step: int | None) -> None:
+        """Record an update that writes the training state and decides nothing."""
+        self._run.update(self.model, self.optimizer, epoch, step, {}, None)
+        self._state_written()
+
+    def _state_written(self) -> None:
+        self._batches_since_state, self._state_clock = 0, time.monotonic()
+
+    def _end_preempted(self) -> None:
+        last = self._run.state.last or {}
+        try:
+            self._run.close()
+        finally:
+            self._signals.close()
+        preempted = Preempted(self._signals.received, last.get("epoch"), last.get("step"))
+        if self.verbose and self._run.chief:
+            print(f"keras-best: {preempted}")
+        raise preempted
+
+    @property
+    def stopped(self) -> bool:
+        """True once early stopping fired (also after `resume=True`)."""
+        return self._run.state.stopped is not None
+
+    @property
+    def stop_reason(self) -> StopReason:
+        stopped = self._run.state.stopped
+        return StopReason(stopped["reason"]) if stopped else StopReason.NONE
+
+    def epochs(self, epochs: int) -> Iterator[int]:
+        """The epochs left to train, up to `epochs`: from `initial_epoch` (0
+        for a new run, the next one after `resume=True`), none once the run
+        has stopped, and no more after an `update()` that said `should_stop`.
+
+        The loop to write, which a rerun of the same script cannot get wrong:
+
+        ```python
+        for epoch in tracker.epochs(100):
+            train_one_epoch()
+            tracker.update(epoch, {"val_loss": val_loss})
+        tracker.finish()
+        ```
+        """
+        end = integer("epochs", epochs, 0, allow_none=False)
+
+        def left(start: int) -> Iterator[int]:
+            for epoch in range(start, end):
+                if self.stopped:
+                    return
+                if self.preempted:  # the state written by the last update is current
+                    self._end_preempted()
+                yield epoch
+
+        return left(self.initial_epoch)
+
+    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
+        """Read `metrics`, decide, save if better; return the `Decision`.
+
+        `metrics` maps names to `keras.metrics.Metric` objects (read with
+        `.result()`, not reset), tensors, numpy scalars or floats. `epoch` is
+        0-based, as in Keras callbacks; each update must come after the one
+        before (a later epoch, or a later `step` of the same epoch).
+        """
+        if self.model is None:
+            raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
+        epoch = integer("epoch", epoch, 0, allow_none=False)
+        step = integer("step", step, 0)
+        values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
+        validated = self._validated(values)
+        if validated:
+            self._check_keys(metrics, values, step)
+        previous_best = self.best
+        plan = self._run.update(self.model, self.optimizer, epoch, step, values,
+                                self.objective.score(values) if validated else None)
+        if plan.write_state:
+            self._state_written()
+        shown = self.path.shown
+        decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and shown(plan.save_as),
+                                       evicted=tuple(shown(p) for p in plan.evict))
+        if self._run.chief and validated:  # workers decide alike; the chief saves and speaks
+            try:
+                self._reporter.report(decision, previous_best, self.verbose)
+            except Exception as e:  # noqa: BLE001 - the save is committed: never undo it for a print
+                warnings.warn(f"keras-best could not print epoch {epoch + 1}'s line: {e!r}", stacklevel=2)
+        return decision
+
+    def finish(self) -> None:
+        """Wait for writes; restore the best weights or export if asked.
+
+        Releases the run directory's lock; a later `update()` takes it again.
+        A background write that failed raises `SaveError` here, after the
+        best weights that are on disk were restored (if asked).
+        """
+        if self.history and not any(h.get("validated", True) for h in self.history):
+            warnings.warn(
+                f"The monitored {self.objective.name!r} was never among the metrics: no update held "
+                "validation values, so no best was chosen or saved. Give validation data (in fit(): "
+                "validation_data= or validation_split=, and check validation_freq), or monitor a "
+                "training metric.", stacklevel=2)
+        if self.preempted:  # the run is not over: nothing restored or exported
+            self._end_preempted()
+
+        def restored(epoch: int, step: int | None) -> None:
+            if self._run.chief and self.verbose:
+                say(restored_line(epoch, step))
+
+        try:
+            self._run.finish(self.model, on_restore=restored)
+        finally:
+            if self._signals is not None:
+                self._signals.close()
+        if self.preempted:  # a signal during finish(): the state written last is current
+            self._end_preempted()
+
+    def flush(self) -> None:
+        """Wait until every save so far is on disk and recorded (what `finish()`
+        waits for, keeping the run directory's lock). Raises `SaveError` if a
+        background write failed; the tracker then holds the previous best, as
+        the directory does."""
+        self._run.writer.flush()
+        self._run.raise_write_error()
+
+    def close(self) -> None:
+        """Abandon the run without finishing it: wait for background writes and
+        release the run directory's lock; no weights restored, nothing exported
+        (`finish()` is the normal end). Raises `SaveError` if a write failed."""
+        try:
+            self._run.close()
+        finally:
+            if self._signals is not None:
+                self._signals.close()
+
+    def run(
+        self,
+        train_step: Callable[..., Any],
+        validation_step: Callable[..., Any],
+        train_data: Iterable[Any],
+        validation_data: Iterable[Any],
+        epochs: int,
+        metrics: Iterable[Any] | Mapping[str, Any] = (),
+    ) -> list[dict[str, Any]]:
+        """Drive a whole custom loop: train, validate, update, stop early.
+
+        Calls `train_step(*batch)` for each training batch and
+        `validation_step(*batch)` for each validation batch, resets `metrics`
+        (Keras Metric objects, keyed by their `name`) at the start of each
+        epoch, shows a `keras.utils.Progbar` line per epoch, and calls
+        `finish()`. Loops over `epochs(epochs)`: a resumed run continues at
+        `initial_epoch`, one that already stopped trains nothing. Returns
+        `history`.
+
+        ```python
+        tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,
+                    metrics=[train_loss, val_loss])
+        ```
+        """
+        from keras_best.frontends.loop import run_epochs
+
+        run_epochs(self, train_step, validation_step, train_data, validation_data, epochs, metrics)
+        self.finish()
+        return self.history
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """The tracker's decisions as plain JSON-able data (keras_best.json's
+        fields, with the history)."""
+        record = self._run.record().to_json()
+        keys = ("monitor", "mode", "require", "engine", "best", "kept", "last", "stopped", "export")
+        return {**{k: record[k] for k in keys}, "history": list(self.history)}
+
+    def load_state_dict(self, data: Mapping[str, Any]) -> None:
+        """Take the decisions of `state_dict()` (validated as keras_best.json is)."""
+        self._run.adopt(RunRecord.from_json({"format": "keras_best", "version": 1, **data}, "state_dict"))
+
+    # ------------------------------------------------------------- internal
+    def _validated(self, values: Mapping[str, float]) -> bool:
+        """False for an update without any validation value while the monitor
+        names only validation metrics (`fit(validation_freq=k)`, `save_freq=N`
+        batches): it is recorded, but decides nothing."""
+        names = self.objective.names
+        if not self.options.needs_monitor or not names or not all(n.startswith("val_") for n in names) or any(
+                n in values for n in names):
+            return True  # (without a needed monitor, every update is saved, as ModelCheckpoint does)
+        return any(k.startswith("val_") for k in values)
+
+    def _check_keys(self, metrics: Mapping[str, Any], values: Mapping[str, float], step: int | None) -> None:
+        # The keys are checked at every update (a key missing later must not
+        # silently read as NaN); the mode once.
+        self.objective.check_keys(values, needs_monitor=self.options.needs_monitor)
+        if step is None and "batch" in self.path.fields:
+            raise ValueError(
+                "`filepath` uses {batch}, but update() was called without `step=`. Pass the batch "
+                f"index as step=..., or use {{epoch}} instead. Received: filepath={self.filepath}"
+            )
+        missing = [f for f in self.path.metric_fields() if f not in values]
+        if missing:
+            raise ValueError(
+                f"`filepath` uses {missing}, which are not among the metrics given to "
+                f"update(): {sorted(values)}. Received: filepath={self.filepath}"
+            )
+        if not self._checked:
+            for name in self.objective.unresolved:
+                self.mode_hint(direction_of(metrics.get(name)), name)
+            self.objective.finalize()  # a name still unresolved raises: asks for mode="min" or "max"
+            self._checked = True
+
+
+_LATER = object()
+_PARAMETERS = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+               inspect.Parameter("filepath", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
+    inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY if f.name != "monitor" else
+                      inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
+    for f in dataclasses.fields(Options)]
+BestWeightsTracker.__init__.__signature__ = inspect.Signature(  # help() shows every option
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *_PARAMETERS])

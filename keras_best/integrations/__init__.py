@@ -1,0 +1,2 @@
+"""Integrations with search tools: Optuna (`StudyBest`), KerasTuner (`SearchBest`), and the
+study-wide retention they share (`search`)."""

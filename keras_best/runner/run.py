@@ -1,0 +1,430 @@
+"""The run executor: carries out the policy's plans in one run directory.
+
+`Run` owns the lock, crash recovery, resume, transactions and their rollback,
+and the SavedModel export at the end. It decides nothing: whether to save,
+under which name, what to evict and whether the run stops all come from
+`keras_best.core.policy`. The front ends (`BestWeightsTracker`, `BestCheckpoint`)
+read metrics, call `update()` and speak.
+
+What `Run` promises: the state it holds (best, kept files, history) is the
+state the run directory holds once pending writes are done; a failed write
+rolls both back to the update before; nothing is recorded until the files it
+names are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from typing import Any, Callable, Mapping
+
+from keras_best.core.objective import Objective, Score
+from keras_best.core.options import Options
+from keras_best.core.paths import RunPath
+from keras_best.core.policy import Plan, Policy, RunState
+from keras_best.engines import savers
+from keras_best.runner import distribute
+from keras_best.storage import files, manifest
+from keras_best.storage.buffers import HostBuffers
+from keras_best.storage.files import prepare_directory
+from keras_best.storage.lock import DirectoryLock
+from keras_best.storage.manifest import RunRecord
+from keras_best.storage.writer import Transaction, Writer
+from keras_best.training_state import rng, state
+
+
+class SaveError(OSError):
+    """A save failed; the previous best and the record are intact."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Undo:
+    """What `Run` held before one update: given back when its write fails."""
+
+    state: RunState
+    history_len: int
+    history_bytes: int
+    unwritten_from: int
+    best_weights: Any
+    architecture: str | None
+    epoch: int | None
+
+
+class Run:
+    """Lock, recovery, resume, transactions and export for one run directory."""
+
+    def __init__(self, path: RunPath, options: Options, objective: Objective, save_format: str) -> None:
+        self.path, self.directory = path, path.directory
+        self.options, self.objective = options, objective
+        self.policy = Policy(options, objective)
+        self.save_format = save_format
+        self.buffers = HostBuffers()  # host copies reused from one save to the next
+        self.saver = savers.saver_for(savers.WEIGHTS if options.export_at_finish else save_format,
+                                     path.template, self.buffers)
+        self.state = RunState()
+        self.history: list[dict[str, Any]] = []
+        self.history_bytes = 0
+        self.unwritten_from = 0  # history[unwritten_from:] is not in the history file yet
+        self.best_weights: list[Any] | None = None
+        self.architecture: str | None = None
+        self.initial_epoch = 0
+        self.resumed = False  # whether open() continued a recorded run
+        self.initial_step = 0
+        self.exchanged: list[tuple[Any, Any]] = []  # see keras_best.training_state.ema
+        self.chief = distribute.is_chief()
+        self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
+        self.lock = None
+        if self.chief:
+            prepare_directory(self.directory)
+            if not files.is_remote(self.directory):
+                self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
+
+    # -------------------------------------------------------------- start
+    def open(self, model: Any, optimizer: Any) -> None:
+        """Take the lock, finish a crashed transaction, resume if asked (the
+        lock is released again when any of it fails)."""
+        self.acquire()
+        try:
+            self._open(model, optimizer)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def _open(self, model: Any, optimizer: Any) -> None:
+        record = self._recover() if self.chief else None
+        if not self.has_run() or (self.chief and record is None):
+            return
+        if self.options.resume:
+            self._resume(record or RunRecord.read(self.directory), model, optimizer)
+        elif self.chief:
+            best = record.best
+            warnings.warn(
+                f"{self.directory} already holds a keras-best run (best epoch "
+                f"{None if best is None else best.epoch + 1}, {record.monitor}="
+                f"{None if best is None else best.value}). Starting a new run there; pass "
+                "resume=True to continue it instead.",
+                stacklevel=4,
+            )
+
+    def _taken_over(self) -> None:
+        """A newer tracker of this process takes this run directory: let this
+        one's writes finish first, then write nothing more."""
+        self.writer.flush()
+        error = self.take_write_error()
+        self.writer.enabled = False
+        if error is not None:
+            warnings.warn(f"The previous tracker of {self.directory!r}, replaced by a new one, had a "
+                          f"failed save: {error}", stacklevel=5)
+
+    def has_run(self) -> bool:
+        return files.exists(manifest.manifest_path(self.directory))
+
+    def acquire(self) -> None:
+        if self.lock is not None and not self.lock.held:
+            self.lock.acquire()
+
+    def _recover(self) -> RunRecord | None:
+        """Finish a transaction a crash interrupted; remove stray temp files."""
+        if self.has_run():
+            try:
+                return manifest.roll_forward(self.directory, RunRecord.read(self.directory))
+            except manifest.ManifestError as e:
+                if self.options.resume:
+                    raise manifest.ManifestError(
+                        f"{e} Cannot resume from it: pass resume=False to start a new run in that "
+                        "directory (the record is replaced at the first save), or choose another directory."
+                    ) from e
+                warnings.warn(f"{e} Starting a new run there: the record is replaced at the first save, and "
+                              "nothing it names is touched.", stacklevel=5)
+                manifest.remove_tmp_files(self.directory)
+                return None
+        if files.isdir(self.directory):
+            manifest.remove_tmp_files(self.directory)
+        return None
+
+    def _resume(self, record: RunRecord, model: Any, optimizer: Any) -> None:
+        o = self.objective
+        where = f"Cannot resume {self.directory}: it was recorded with"
+        if record.monitor != o.monitor_spec:
+            raise ValueError(f"{where} monitor={record.monitor!r}, not {o.monitor_spec!r}. Use the same "
+                             "monitor, or another directory for a new run.")
+        if not o.modes_compatible(record.mode):
+            raise ValueError(f"{where} mode={record.mode!r}, not {o.mode_spec!r}.")
+        if record.require != o.require_spec:
+            raise ValueError(f"{where} require={record.require!r}, not {o.require_spec!r}. Use the same "
+                             "constraints, or another directory for a new run.")
+        if record.architecture and model.built and record.architecture != architecture_of(model):
+            raise ValueError(
+                f"Cannot resume {self.directory}: the model's architecture (weight shapes) differs from "
+                "the one recorded there. Use the same model code, or another directory for a new run."
+            )
+        self.adopt(record, self.directory)
+        self.resumed = True
+        last = record.state.last
+        if last and files.exists(files.join(self.directory, last["path"])):
+            if not model.built:
+                raise ValueError(
+                    f"Cannot resume {self.directory}: the model is not built yet, so its weights cannot "
+                    "be restored. Build it first (call it on a batch, or `model.build(input_shape)`), "
+                    "then create the tracker."
+                )
+            best = self.state.best_record()
+            if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
+                weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
+                self.best_weights = _read_weights_of(model, weights)
+            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer,
+                                     random=self.options.save_random_state)
+            # A state saved mid-epoch continues in that epoch, at the next batch.
+            self.initial_epoch, self.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
+        elif self.history:
+            self.initial_epoch = self.history[-1]["epoch"] + 1
+
+    def adopt(self, record: RunRecord, directory: str | None = None) -> None:
+        """Continue from `record`'s decisions (read from `directory`'s own
+        history file; without one, the history is written anew at the next update)."""
+        self.objective.load_modes(record.mode)
+        self.state = dataclasses.replace(record.state, at=None)
+        self.history = record.history(directory) if directory else [dict(h) for h in record.legacy_history or ()]
+        mine = directory is not None and record.legacy_history is None
+        self.history_bytes = record.history_bytes if mine else 0
+        self.unwritten_from = len(self.history) if mine else 0
+        self.architecture = record.architecture or self.architecture
+
+    # ------------------------------------------------------------- update
+    def update(self, model: Any, optimizer: Any, epoch: int, step: int | None,
+               values: Mapping[str, float], score: Score | None) -> Plan:
+        """Plan one update with the policy and carry it out; return the plan."""
+        if not model.built or not model.weights:
+            raise ValueError(
+                "The model is not built yet (it has no weights), so there is nothing to save. Build it "
+                "first (call it on a batch, or `model.build(input_shape)`), then call update()."
+            )
+        try:
+            self.acquire()
+        except OSError as e:  # e.g. a read-only directory: the lock file cannot be made
+            raise SaveError(self._save_error_message(epoch, e)) from e
+        self.raise_write_error()
+        self._check_directory(epoch)
+        suffix = ".weights.h5" if self.options.export_at_finish else ""  # exported at finish()
+        plan = self.policy.plan(self.state, epoch, step, score, values,
+                                lambda v: self.path.format(epoch, step, values, v) + suffix)
+        undo = _Undo(self.state, len(self.history), self.history_bytes, self.unwritten_from,
+                     self.best_weights, self.architecture, epoch)
+        try:
+            self._carry_out(plan, model, optimizer, epoch, step, undo)
+        except BaseException as e:
+            self._undo(undo)
+            if isinstance(e, OSError) and not isinstance(e, SaveError):
+                raise SaveError(self._save_error_message(epoch, e)) from e
+            raise
+        return plan
+
+    def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo) -> None:
+        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
+        reuse, snapshot, copies = None, None, []
+        if plan.save_as is not None:
+            rel = plan.save_as
+            tmp_rel = files.tmp_path(rel)
+            snapshot = self.saver.snapshot(model)  # on every worker: may be collective
+            txn.done.append((tmp_rel, lambda committed: snapshot.release()))
+            reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
+            copies.extend((reuse or {}).values())
+            self._add_write(txn, tmp_rel, snapshot.write, snapshot.detached)
+            txn.renames.append((tmp_rel, rel))
+        replaced = None
+        if plan.keep_host_copy:
+            replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
+            copies.extend(self.best_weights)
+        if plan.write_state:
+            state_rel = plan.state.last["path"]
+            tmp_rel = files.tmp_path(state_rel)
+            # `exchanged`: pairs whose values trade places in the state (EMA weights swapped in).
+            trade = {id(a): b for pair in self.exchanged for a, b in (pair, pair[::-1])}
+            arrays = (self.buffers.copies([trade.get(id(v), v) for v in model.weights], reuse),
+                      self.buffers.copies([trade.get(id(v), v) for v in state.optimizer_variables(optimizer, model)],
+                                          reuse))
+            txn.done.append((tmp_rel, lambda committed: self.buffers.release(arrays[0] + arrays[1])))
+            copies.extend(arrays[0] + arrays[1])
+            saved_random = rng.capture(model) if self.options.save_random_state else None
+            self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step,
+                                                                 random=saved_random), True)
+            txn.renames.append((tmp_rel, state_rel))
+        if replaced is not None:
+            # The previous best weights, once this best is recorded (a failed
+            # write brings them back: see `_undo`).
+            txn.done.append((None, lambda committed: committed and self.buffers.release(replaced)))
+        # Keep free, between saves, up to two sets of what this update took: with one
+        # write in flight and one waiting, the next update finds one (see `keras_best.storage.buffers`).
+        self.buffers.allow(2 * sum(a.nbytes for a in {id(a): a for a in copies}.values()))
+        self.architecture = self.architecture or architecture_of(model)
+        self.state = plan.state
+        self.history.append(plan.entry)
+        written = self.unwritten_from
+        txn.history = manifest.encode_history(self.history[written:])
+        txn.history_head = lambda: manifest.encode_history(self.history[:written])
+        self.history_bytes += len(txn.history)
+        self.unwritten_from = len(self.history)
+        txn.state = self.record()
+        self.writer.submit(txn)
+
+    def _check_directory(self, epoch: int) -> None:
+        """Refuse to save into a removed run directory; start a new record in
+        one that was removed and created again (its files went with it)."""
+        if self.lock is None:
+            return
+        if not files.isdir(self.directory):
+            raise SaveError(self._save_error_message(epoch, FileNotFoundError(self.directory)))
+        if not self.lock.stale():
+            return
+        self.lock.release()
+        self.lock.acquire()
+        lost = self.state.best_record()
+        self.state = RunState(at=self.state.at)
+        self.history_bytes = self.unwritten_from = 0  # the whole history is written anew
+        self.best_weights = None
+        warnings.warn(
+            f"The run directory {self.directory!r} was removed and created again: the files saved "
+            f"there went with it{f' (the best, epoch {lost.epoch + 1})' if lost else ''}. Continuing "
+            "with a new record there: the next improvement is saved as the best; the history is kept.",
+            stacklevel=4,
+        )
+
+    def _add_write(self, txn: Transaction, tmp_rel: str, write: Callable[[str], None], detached: bool) -> None:
+        """Have `write(path)` make the temp file `tmp_rel`: by the writer (in its
+        thread with `async_save`) when it holds host copies only, else now."""
+        if detached:
+            txn.jobs.append((write, tmp_rel))  # dropped on non-chief workers (nothing to read)
+        else:
+            distribute.write_durably(files.join(self.directory, tmp_rel), write, self.chief)
+
+    def record(self) -> RunRecord:
+        """The record of the run as this process holds it."""
+        return RunRecord(
+            monitor=self.objective.monitor_spec,
+            mode=self.objective.mode_spec,
+            require=self.objective.require_spec,
+            save_format=self.saver.format,
+            filepath=self.path.template,
+            architecture=self.architecture,
+            state=self.state,
+            options=self.options.recorded(),
+            history_count=len(self.history),
+            history_bytes=self.history_bytes,
+        )
+
+    # ----------------------------------------------------------- failures
+    def _undo(self, undo: _Undo) -> None:
+        self.state = undo.state
+        del self.history[undo.history_len:]
+        self.history_bytes, self.unwritten_from = undo.history_bytes, undo.unwritten_from
+        self.best_weights, self.architecture = undo.best_weights, undo.architecture
+
+    def take_write_error(self) -> SaveError | None:
+        """A background write's error as a `SaveError`, once; the state rolls
+        back to what the run directory holds (the update before)."""
+        failed = self.writer.take_error()
+        if failed is None:
+            return None
+        cause, txn = failed
+        epoch = None
+        if txn.rollback is not None:
+            self._undo(txn.rollback)
+            epoch = txn.rollback.epoch
+        if isinstance(cause, SaveError):
+            return cause
+        error = SaveError(self._save_error_message(epoch, cause) if epoch is not None else
+                          f"Writing into {self.directory!r} failed: {cause!r}.")
+        error.__cause__ = cause
+        return error
+
+    def raise_write_error(self) -> None:
+        error = self.take_write_error()
+        if error is not None:
+            raise error from error.__cause__
+
+    def _save_error_message(self, epoch: int, error: OSError) -> str:
+        if not files.isdir(self.directory):
+            return (f"Epoch {epoch + 1}: could not save: the run directory {self.directory!r} no longer "
+                    "exists (was it removed?). The files saved there went with it: no best of this run "
+                    "is on disk any more. Create the directory again to carry on (the next update() "
+                    "starts a new record there, keeping the history), or restore it from a copy.")
+        where = f"writing into {self.directory!r} failed: {error}"
+        best = self.state.best_record()
+        kept = (f"The previous best (epoch {best.epoch + 1}, {self.objective.name}={best.value:.5f}, "
+                f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")
+        return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
+                "the directory, then call update() again or resume with resume=True.")
+
+    # ---------------------------------------------------------------- end
+    def finish(self, model: Any, on_restore: Callable[[int, int | None], None] | None = None) -> None:
+        """Wait for writes; export and restore if asked; release the lock.
+        `on_restore(epoch, step)` is called once the best weights are back."""
+        error, restored = None, None
+        try:
+            self.writer.flush()
+            error = self.take_write_error()
+            if self.options.export_at_finish and error is None:
+                self._export_best(model)
+            if self.options.restore_best_weights and self.best_weights is not None:
+                # A backend may keep the arrays as the variables' memory (JAX on CPU): never reuse them.
+                self.buffers.forget(self.best_weights)
+                model.set_weights(self.best_weights)
+                restored = self.state.best_record()
+            self.writer.close()
+            self.buffers.clear()
+            error = error or self.take_write_error()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        if on_restore is not None and restored is not None:
+            on_restore(restored.epoch, restored.step)
+        if error is not None:
+            raise error from error.__cause__
+
+    def close(self) -> None:
+        """Wait for writes and release the lock; no restore, no export."""
+        try:
+            self.writer.close()
+            self.buffers.clear()
+            error = self.take_write_error()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+        if error is not None:
+            raise error from error.__cause__
+
+    def _export_best(self, model: Any) -> None:
+        best = self.state.best_record()
+        if best is None:
+            return
+        current = model.get_weights()
+        try:
+            # Other workers join the load's collective ops and export to scratch (distribute.py).
+            distribute.load_weights(model, files.join(self.directory, best.path), self.chief)
+            rel = best.path[: -len(".weights.h5")]
+            tmp_rel = files.tmp_path(rel)
+            exporter = savers.SavedModelSaver()
+            distribute.write_durably(files.join(self.directory, tmp_rel), lambda p: exporter.write(model, p),
+                                     self.chief)
+            self.state = dataclasses.replace(self.state, export=rel)
+            self.writer.submit(Transaction(state=self.record(), renames=[(tmp_rel, rel)]))
+        finally:
+            model.set_weights(current)
+
+
+def architecture_of(model: Any) -> str:
+    """A fingerprint of the model's variables (shapes and dtypes, in order)."""
+    spec = [(list(v.shape), str(getattr(v, "dtype", ""))) for v in model.weights]
+    return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
+
+
+def _read_weights_of(model: Any, path: str) -> list[Any]:
+    current = model.get_weights()
+    try:
+        files.load_weights(model, path)
+        return model.get_weights()
+    finally:
+        model.set_weights(current)

@@ -1,0 +1,311 @@
+"""Apply transactions to the run directory (see `manifest` for the protocol).
+
+A `Writer` commits each transaction at once (`background=False`) or hands it to
+a background thread (`background=True`), so the training loop never waits for
+the disk. In the background:
+
+- At most one transaction is being written and at most one waits. A newer
+  transaction merges with the waiting one (which has not started): files the
+  older one would have written and the newer state no longer names (a best
+  file evicted since, an older `keras_best_last.h5`) are never written, and
+  their host copies are given back at once (`Transaction.done`, see
+  `keras_best.storage.buffers`). So at most two transactions hold snapshots (the one
+  being written and the one waiting), however fast improvements come. When the newer state still names a file of the waiting
+  transaction (`keep_top_k > 1`) and the newer one brings a snapshot too,
+  `submit` waits until the writer has started the older one instead.
+- The manifest is written last in each commit, and a merged transaction's
+  state is the newer one, which names only files this commit writes or that
+  exist already: the manifest never names a file that is not on disk.
+- A failed commit is kept (`take_error`); the transactions after it are
+  dropped (their state builds on the failed one), and the run directory still
+  holds the state before the failed transaction. The tracker rolls its own
+  state back to `Transaction.rollback` and raises from its next call.
+- `flush()` waits for everything submitted; at interpreter exit every writer
+  is flushed (an `atexit` hook), so a script that forgets `finish()` still
+  leaves its last best on disk.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import sys
+import threading
+import traceback
+import weakref
+from typing import Any, Callable
+
+from keras_best.storage import files, manifest
+
+IDLE_EXIT_S = 5.0  # a background thread with nothing to do exits after this
+WRITER_NICENESS = 10  # the writer thread's nice value, above the training threads'
+
+
+@dataclasses.dataclass
+class Transaction:
+    """One change to the run directory.
+
+    Attributes:
+        jobs: `(write_fn, tmp_rel)` pairs: `write_fn(local_path)` writes a
+            complete file whose temp name is `tmp_rel`.
+        renames: `(tmp_rel, final_rel)` pairs moved into place on commit
+            (jobs' temp files and files already written under temp names).
+        deletes: files (relative) removed on commit.
+        state: the `RunRecord` after the commit.
+        history: JSON lines appended to the history file at `state.history_bytes
+            - len(history)` before the record is written.
+        rollback: anything; `Writer.take_error` returns it with the error of
+            a background commit (for a merged transaction: the oldest's).
+        done: `(tmp_rel, fn)` pairs, each `fn(committed)` called once. For a
+            job's `tmp_rel`: when the job is over (written, failed, dropped
+            by a `merge`): its host copies may then be reused (see
+            `keras_best.storage.buffers`). For `None`: when the state before the
+            transaction is no longer needed, with `True` once it is
+            committed or merged after an older one (the merged transaction
+            rolls back past it), `False` when it failed or was dropped.
+    """
+
+    state: Any  # keras_best.storage.manifest.RunRecord
+    jobs: list[tuple[Callable[[str], None], str]] = dataclasses.field(default_factory=list)
+    renames: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    deletes: list[str] = dataclasses.field(default_factory=list)
+    rollback: Any = None  # given back with a background error (the caller's state before)
+    history: bytes = b""
+    history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
+    done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
+
+    def over(self, committed: bool) -> None:
+        """Run the `done` callbacks, once."""
+        done, self.done = self.done, []
+        for _, fn in done:
+            fn(committed)
+
+
+def commit(directory: str, txn: Transaction) -> None:
+    """Write `txn` so that a crash at any instant leaves a consistent run."""
+    written: list[str] = []
+    try:
+        for write_fn, tmp_rel in txn.jobs:
+            written.append(tmp_rel)
+            files.write_durably(files.join(directory, tmp_rel), write_fn)
+    except BaseException:
+        for tmp_rel, _ in txn.renames:
+            files.remove(files.join(directory, tmp_rel), missing_ok=True)
+        for tmp_rel in written:
+            files.remove(files.join(directory, tmp_rel), missing_ok=True)
+        raise
+    if txn.history:
+        manifest.append_history(directory, txn.state.history_bytes - len(txn.history), txn.history,
+                                txn.history_head or (lambda: b""))
+    if not txn.renames and not txn.deletes:
+        txn.state.write(directory)
+        return
+    pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
+    dataclasses.replace(txn.state, pending=pending).write(directory)
+    manifest.apply(directory, pending)
+    # The journal above is durable: if a crash loses this rename, the journal
+    # is found and applied again (idempotent); the next commit's fsync of the
+    # directory makes it durable. One journal commit of the file system less.
+    txn.state.write(directory, sync_dir=False)
+
+
+class Writer:
+    """Commits transactions for one run directory, at once or in the background.
+
+    Only the chief of a distributed job writes: other workers are given a
+    writer with `enabled=False`, which drops every transaction.
+    """
+
+    def __init__(self, directory: str, enabled: bool = True, background: bool = False) -> None:
+        self.directory = directory
+        self.enabled = enabled
+        self.background = background
+        self._cond = threading.Condition()
+        self._pending: Transaction | None = None
+        self._writing = False
+        self._error: tuple[BaseException, Transaction] | None = None
+        self._thread: threading.Thread | None = None
+        if background and enabled:
+            _register(self)
+
+    def submit(self, txn: Transaction) -> None:
+        """Commit `txn` now, or queue it for the background thread.
+
+        In the background, a transaction submitted after a failed one is
+        dropped (see `take_error`).
+        """
+        if not self.enabled:
+            txn.over(True)  # another process writes: as if committed
+            return
+        if not self.background:
+            committed = False
+            try:
+                commit(self.directory, txn)
+                committed = True
+            finally:
+                txn.over(committed)
+            return
+        with self._cond:
+            while True:
+                if self._error is not None:
+                    _discard(self.directory, txn)
+                    return
+                if self._pending is None:
+                    self._pending = txn
+                    break
+                merged = merge(self._pending, txn)
+                if merged is not None:
+                    self._pending = merged
+                    break
+                self._cond.wait()  # the waiting one keeps a snapshot we need: let it start
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="keras-best-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    @property
+    def idle(self) -> bool:
+        """True when nothing is being written or waiting."""
+        with self._cond:
+            return self._pending is None and not self._writing
+
+    def flush(self) -> None:
+        """Wait until every submitted transaction is committed (or failed)."""
+        with self._cond:
+            while self._pending is not None or self._writing:
+                self._cond.wait()
+
+    def take_error(self) -> tuple[BaseException, Transaction] | None:
+        """The error of a failed background commit and its transaction, once;
+        `None` when there was none. Submitting works again afterwards."""
+        with self._cond:
+            error, self._error = self._error, None
+            return error
+
+    def close(self) -> None:
+        self.flush()
+
+    def _run(self) -> None:
+        _lower_priority()
+        while True:
+            with self._cond:
+                while self._pending is None:
+                    if not self._cond.wait(IDLE_EXIT_S) and self._pending is None:
+                        self._thread = None  # a later submit starts a new one
+                        return
+                txn, self._pending = self._pending, None
+                self._writing = True
+                self._cond.notify_all()
+            committed = False
+            try:
+                commit(self.directory, txn)
+                committed = True
+            except BaseException as e:  # noqa: BLE001 - kept, raised by the caller later
+                traceback.clear_frames(e.__traceback__)  # their locals hold the snapshot
+                with self._cond:
+                    self._error = (e, dataclasses.replace(txn, jobs=[], done=[]))
+                    if self._pending is not None:
+                        _discard(self.directory, self._pending)
+                        self._pending = None
+            finally:
+                txn.over(committed)
+                txn = None  # free its snapshot now, not when the next one arrives
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+
+def _lower_priority() -> None:
+    """Run this (writer) thread at a lower CPU priority than training, so a
+    write uses idle cycles instead of taking them from the training threads
+    (Linux, where a thread has its own nice value; elsewhere nothing)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + WRITER_NICENESS))
+    except (AttributeError, OSError):
+        pass
+
+
+def merge(older: Transaction, newer: Transaction) -> Transaction | None:
+    """One transaction with the effect of committing `older` then `newer`,
+    without writing what `newer` makes obsolete; `None` when both would keep a
+    snapshot (the caller waits instead, to bound memory).
+
+    A file of `older` is obsolete when `newer` writes the same name or its
+    state (the manifest after both) does not name it.
+    """
+    rewritten = {final for _, final in newer.renames}
+    named = newer.state.named_files()
+    job_tmps = {tmp for _, tmp in older.jobs}
+    kept_renames, kept_tmps, dropped_on_disk = [], set(), []
+    for tmp, final in older.renames:
+        if final in rewritten or final not in named:
+            if tmp not in job_tmps:
+                dropped_on_disk.append(tmp)  # written already, in the caller's thread
+        else:
+            kept_renames.append((tmp, final))
+            kept_tmps.add(tmp)
+    renamed_tmps = {tmp for tmp, _ in older.renames}
+    kept_jobs = [j for j in older.jobs if j[1] in kept_tmps or j[1] not in renamed_tmps]
+    if kept_jobs and newer.jobs:
+        return None
+    dropped_jobs = {tmp for _, tmp in older.jobs} - {tmp for _, tmp in kept_jobs}
+    for tmp, fn in older.done:
+        if tmp in dropped_jobs:
+            fn(False)  # never written: its host copies are free now
+    for tmp, fn in newer.done:
+        if tmp is None:
+            fn(True)  # nothing rolls back to the state between the two any more
+    deletes = []
+    for rel in [d for d in older.deletes if d not in rewritten] + newer.deletes + dropped_on_disk:
+        if rel not in deletes:
+            deletes.append(rel)
+    return Transaction(
+        state=newer.state,
+        jobs=kept_jobs + list(newer.jobs),
+        renames=kept_renames + list(newer.renames),
+        deletes=deletes,
+        rollback=older.rollback,
+        history=older.history + newer.history,
+        history_head=older.history_head,
+        done=[d for d in older.done if d[0] not in dropped_jobs] + [d for d in newer.done if d[0] is not None],
+    )
+
+
+def _discard(directory: str, txn: Transaction) -> None:
+    """Forget `txn`: remove the temp files already written for it."""
+    job_tmps = {tmp for _, tmp in txn.jobs}
+    for tmp, _ in txn.renames:
+        if tmp not in job_tmps:
+            files.remove(files.join(directory, tmp), missing_ok=True)
+    txn.over(False)
+
+
+_WRITERS: weakref.WeakSet = weakref.WeakSet()
+_REGISTERED: list[bool] = []
+
+
+def _register(writer: Writer) -> None:
+    _WRITERS.add(writer)
+    if not _REGISTERED:
+        # Registered after TensorFlow is imported, so it runs before TF's own
+        # exit hooks (atexit runs last-registered first).
+        atexit.register(flush_all)
+        _REGISTERED.append(True)
+
+
+def flush_all() -> None:
+    """Wait for every background writer (run at interpreter exit); report
+    errors nobody took."""
+    for writer in list(_WRITERS):
+        writer.flush()
+        failed = writer.take_error()
+        if failed is not None:
+            sys.stderr.write(
+                f"keras-best: a background save into {writer.directory!r} failed and was "
+                f"never reported (call tracker.finish()): {failed[0]!r}. The previous best "
+                "there is intact.\n"
+            )
