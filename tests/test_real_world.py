@@ -20,11 +20,10 @@ from keras_best import (
     BestWeightsTracker,
     RunDirectoryLocked,
     SaveError,
-    files,
     load_best,
-    manifest,
 )
 from keras_best.cli.summary import format_table, summarize
+from keras_best.storage import files, manifest
 from keras_best.storage.files import DamagedFileError
 from keras_best.storage.manifest import MANIFEST_NAME, ManifestError
 from tests.conftest import make_model, perturb
