@@ -19,7 +19,8 @@ import pytest
 
 from keras_best import BestWeightsTracker, load_best
 from keras_best.cli.commands import main
-from keras_best.cli.summary import format_size, summarize
+from keras_best.cli.summary import summarize
+from keras_best.cli.tables import format_size
 from tests.conftest import BACKEND, make_model, perturb
 
 # val_loss per epoch: best at epoch index 3, then 3 epochs without improvement.
@@ -398,7 +399,7 @@ def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     with open(os.path.join(os.path.dirname(__file__), "..", "pyproject.toml"), "rb") as f:
         project = tomllib.load(f)["project"]
-    assert project["scripts"]["keras-best"] == "keras_best.cli.commands:main"
+    assert project["scripts"]["keras-best"] == "keras_best.cli:main"
     assert {"scikit-learn>=1.3", "matplotlib>=3.7"} <= set(project["optional-dependencies"]["demo"])
 
 

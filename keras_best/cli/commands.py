@@ -23,6 +23,7 @@ import sys
 from typing import Sequence
 
 from keras_best.core.extras import install_hint
+from keras_best.core.names import STUDY_FILE
 
 _EPILOG = """\
 examples:
@@ -168,7 +169,7 @@ def _inspect(run_dir: str, as_json: bool, history: bool, by: str | None = None,
         by_mode=None if modes is None else (modes[0] if len(modes) == 1 else modes),
     )
     if as_json:
-        print(json.dumps(_jsonable(s), indent=1, allow_nan=False))
+        _print_json(s)
     else:
         print(summary.format_table(s))
     return 0
@@ -176,17 +177,18 @@ def _inspect(run_dir: str, as_json: bool, history: bool, by: str | None = None,
 
 def _show_study(directory: str, name: str, runs: list[str], as_json: bool) -> int:
     from keras_best.cli import summary
+    from keras_best.cli.tables import format_compare, printable
 
     result = summary.compare(runs) if runs else {"ranked_by": None, "runs": []}
     if as_json:
-        print(json.dumps(_jsonable({"study": name, "directory": directory, **result}), indent=1, allow_nan=False))
+        _print_json({"study": name, "directory": directory, **result})
         return 0
-    print(f"{summary.search_label(directory)} {summary.printable(repr(name))} in {summary.printable(directory)} "
-          f"({summary.STUDY_FILE}): {len(runs)} kept trial{'s' if len(runs) != 1 else ''}")
+    print(f"{summary.search_label(directory)} {printable(repr(name))} in {printable(directory)} "
+          f"({STUDY_FILE}): {len(runs)} kept trial{'s' if len(runs) != 1 else ''}")
     if runs:
         names = [os.path.basename(r["directory"]) for r in result["runs"]]
-        print(summary.format_compare(result, names))
-        print(f"\nOne trial in full: keras-best inspect {summary.printable(result['runs'][0]['directory'])}")
+        print(format_compare(result, names))
+        print(f"\nOne trial in full: keras-best inspect {printable(result['runs'][0]['directory'])}")
     return 0
 
 
@@ -196,7 +198,7 @@ def _compare(run_dirs: list[str], as_json: bool, plot_to: str | None) -> int:
     if plot_to is not None:
         from keras_best.cli import plot
 
-        plot._figure_class()  # fail early, before reading anything, when matplotlib is missing
+        plot.figure_class()  # fail early, before reading anything, when matplotlib is missing
     directories = []
     for d in run_dirs:  # a study directory stands for its trials
         study = summary.study_runs(d)
@@ -205,13 +207,17 @@ def _compare(run_dirs: list[str], as_json: bool, plot_to: str | None) -> int:
         raise ValueError(f"No runs to compare in {', '.join(map(repr, run_dirs))} (a study directory without trials).")
     result = summary.compare(directories)
     if as_json:
-        print(json.dumps(_jsonable(result), indent=1, allow_nan=False))
+        _print_json(result)
     else:
         print(summary.format_compare(result))
     if plot_to is not None:
         plot.plot_compare([r["directory"] for r in result["runs"]], plot_to)
         print(f"wrote {plot_to}", file=sys.stderr if as_json else sys.stdout)
     return 0
+
+
+def _print_json(x: object) -> None:
+    print(json.dumps(_jsonable(x), indent=1, allow_nan=False))
 
 
 def _jsonable(x: object) -> object:
@@ -228,7 +234,7 @@ def _jsonable(x: object) -> object:
 def _plot(run_dir: str, output: str | None) -> int:
     from keras_best.cli import plot, summary
 
-    plot._figure_class()  # fail early, before reading anything, when matplotlib is missing
+    plot.figure_class()  # fail early, before reading anything, when matplotlib is missing
     directory = summary.resolve_run_directory(run_dir)
     if output is None:
         output = f"{os.path.basename(os.path.normpath(directory)) or 'run'}-curve.png"

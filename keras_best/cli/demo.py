@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from keras_best.cli import summary as summary_lib
 from keras_best.cli.plot import MissingDependency
+from keras_best.cli.tables import format_size
 
 MARKER = ".keras-best-demo"
 RUNS = ("custom_loop", "fit")
@@ -300,7 +301,7 @@ def report(title: str, run_dir: str, data: dict[str, Any], seconds: float) -> di
     for r in s["kept"]:
         acc = r["metrics"].get("val_accuracy", float("nan"))
         print(f"    epoch {r['epoch'] + 1:>3}  val_loss {r['value']:.4f}  val_accuracy {acc:.4f}  "
-              f"{summary_lib.format_size(r['size_bytes']):>8}  {r['path']}")
+              f"{format_size(r['size_bytes']):>8}  {r['path']}")
     fresh = build_model(seed=1)  # other initial weights: load_best must overwrite all of them
     record = load_best(fresh, run_dir)
     acc = test_accuracy(fresh, data)

@@ -21,15 +21,21 @@ import os
 from typing import Any, Mapping
 
 from keras_best.cli import summary as summary_lib
+from keras_best.cli.tables import monitor_names
 from keras_best.core.extras import install_hint
 from keras_best.core.monitor import describe_stop
+from keras_best.frontends.loading import format_value
 
 
 class MissingDependency(ImportError):
     """An optional package is missing; the message says what to install."""
 
 
-def _figure_class() -> Any:
+def figure_class() -> Any:
+    """matplotlib's `Figure` class; a `MissingDependency` (saying what to install) without matplotlib.
+
+    The command line calls it first, to fail before reading anything.
+    """
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -46,10 +52,10 @@ def plot_run(directory: str | os.PathLike, output: str | os.PathLike | None = No
     `ImportError`) when matplotlib is missing, and what `summary.summarize`
     raises when the directory holds no readable run.
     """
-    Figure = _figure_class()
+    Figure = figure_class()
     s = summary_lib.summarize(directory, history=True)
     history = s["history"]
-    others = sorted({k for h in history for k in h["metrics"]} - set(_names(s["monitor"])[:1]))
+    others = sorted({k for h in history for k in h["metrics"]} - set(monitor_names(s["monitor"])[:1]))
     fig = Figure(figsize=(9, 7 if others else 4.8), layout="constrained")
     if others:
         top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -78,7 +84,7 @@ def plot_compare(directories: list[str | os.PathLike], output: str | os.PathLike
     plot_compare(["runs/a", "runs/b"], "compare.png")  # keras-best compare runs/a runs/b --plot compare.png
     ```
     """
-    Figure = _figure_class()
+    Figure = figure_class()
     runs = [summary_lib.summarize(d, history=True) for d in directories]
     if names is None:
         names = [os.path.basename(os.path.normpath(s["directory"])) for s in runs]
@@ -87,16 +93,16 @@ def plot_compare(directories: list[str | os.PathLike], output: str | os.PathLike
     fig = Figure(figsize=(9, 5), layout="constrained")
     ax = fig.subplots(1, 1)
     values, steps = [], False
-    monitors = list(dict.fromkeys(_names(s["monitor"])[0] for s in runs))
+    monitors = list(dict.fromkeys(monitor_names(s["monitor"])[0] for s in runs))
     for i, (name, s) in enumerate(zip(names, runs)):
         history = s["history"]
         xs, xlabel = _x_axis(history)
         steps = steps or xlabel != "epoch"
         ys = [_finite(h["value"]) for h in history]
         values += ys
-        label = name if len(monitors) == 1 else f"{name} ({_names(s['monitor'])[0]})"
+        label = name if len(monitors) == 1 else f"{name} ({monitor_names(s['monitor'])[0]})"
         if s["best"]:
-            label += f": best {summary_lib.format_value(s['best']['value'])} at epoch {s['best']['epoch'] + 1}"
+            label += f": best {format_value(s['best']['value'])} at epoch {s['best']['epoch'] + 1}"
         (line,) = ax.plot(xs, ys, "-", marker=".", markersize=4, linewidth=1.5, color=f"C{i % 10}", label=label)
         at = {(h["epoch"], h.get("step")): (x, y) for h, x, y in zip(history, xs, ys)}
         best = s["best"] and at.get((s["best"]["epoch"], s["best"].get("step")))
@@ -128,10 +134,6 @@ def _log_scale_if_wide(ax: Any, values: list[float]) -> None:
         ax.set_yscale("log")
 
 
-def _names(monitor: Any) -> list[str]:
-    return [str(m) for m in monitor] if isinstance(monitor, list) else [str(monitor)]
-
-
 def _x_axis(history: list[Mapping[str, Any]]) -> tuple[list[float], str]:
     if any(h.get("step") is not None for h in history):
         return [float(i + 1) for i in range(len(history))], "update (saves every N batches)"
@@ -143,7 +145,7 @@ def _finite(v: float) -> float:
 
 
 def _draw_monitor(ax: Any, s: Mapping[str, Any], history: list[Mapping[str, Any]], xs: list[float]) -> None:
-    name = _names(s["monitor"])[0]
+    name = monitor_names(s["monitor"])[0]
     mode = s["mode"][0] if isinstance(s["mode"], list) else s["mode"]
     ys = [_finite(h["value"]) for h in history]
     ax.plot(xs, ys, "-", color="#1f77b4", marker=".", markersize=5, linewidth=1.6, label=name, zorder=2)
@@ -165,7 +167,7 @@ def _draw_monitor(ax: Any, s: Mapping[str, Any], history: list[Mapping[str, Any]
     if best and (best["epoch"], best.get("step")) in by_key:
         bx, by = by_key[(best["epoch"], best.get("step"))]
         ax.scatter([bx], [by], s=160, marker="*", color="#d62728", zorder=5,
-                   label=f"best: {summary_lib.format_value(best['value'])} at epoch {best['epoch'] + 1}")
+                   label=f"best: {format_value(best['value'])} at epoch {best['epoch'] + 1}")
     stopped = s["stopped"]
     if stopped and (stopped["epoch"], stopped.get("step")) in by_key:
         sx, _ = by_key[(stopped["epoch"], stopped.get("step"))]
@@ -177,7 +179,7 @@ def _draw_monitor(ax: Any, s: Mapping[str, Any], history: list[Mapping[str, Any]
     _log_scale_if_wide(ax, ys)
     title = f"{os.path.basename(os.path.normpath(s['directory']))}: {name}"
     if best:
-        title += f", best {summary_lib.format_value(best['value'])} at epoch {best['epoch'] + 1}"
+        title += f", best {format_value(best['value'])} at epoch {best['epoch'] + 1}"
     ax.figure.suptitle(title)
     ax.grid(True, alpha=0.3)
     # Above the panel, never over the curve.

@@ -2,7 +2,9 @@
 
 `summarize(directory)` reads `keras_best.json` (never writes, never imports
 TensorFlow but for a path only `tf.io.gfile` reaches, such as `ram://`) and
-returns a JSON-able dict; `format_table` turns it into aligned plain text. Epochs are 0-based in the dict, as in
+returns a JSON-able dict; `compare(directories)` puts several side by side.
+`keras_best.cli.tables` turns them into aligned plain text (`format_table`,
+`format_compare`, re-exported here). Epochs are 0-based in the dict, as in
 `keras_best.json` and `load_best().epoch`, and 1-based in the table, as Keras
 prints them and as `{epoch}` in file names counts.
 """
@@ -10,13 +12,11 @@ prints them and as `{epoch}` in file names counts.
 from __future__ import annotations
 
 import json
-import math
 import os
-from typing import Any, Mapping
+from typing import Any
 
-from keras_best.core.monitor import describe_stop
-from keras_best.core.names import STUDY_FILE  # noqa: E402
-from keras_best.core.objective import describe_require
+from keras_best.cli.tables import epoch_label, format_compare, format_table, monitor_names, printable
+from keras_best.core.names import STUDY_FILE
 from keras_best.frontends.loading import format_value, monitor_name, why_no_best
 from keras_best.storage import files, manifest
 
@@ -90,7 +90,7 @@ def resolve_run_directory(path: str | os.PathLike) -> str:
                     f"trial is {best['directory']!r}")
             if best["best"]:
                 hint += (f" ({monitor_name(best['monitor'])} {format_value(best['best']['value'])} at epoch "
-                         f"{_when(best['best']['epoch'], best['best']['step'])})")
+                         f"{epoch_label(best['best']['epoch'], best['best']['step'])})")
             hint += f": pass that, or see all {len(runs)} kept trials with: keras-best inspect {path}"
         elif runs:
             names = ", ".join(files.basename(r) for r in runs[:5])
@@ -158,7 +158,7 @@ def compare(directories: list[str | os.PathLike]) -> dict[str, Any]:
                     | {"best": s["best"] and {k: s["best"][k] for k in ("epoch", "step", "value", "path")},
                        "options": s["options"], "no_best": s.get("no_best")})
     specs = {json.dumps([r["monitor"], r["mode"]]) for r in runs}
-    mode = _names(runs[0]["mode"])[0] if runs else None
+    mode = monitor_names(runs[0]["mode"])[0] if runs else None
     ranked = len(specs) == 1 and mode in ("min", "max")
     if ranked:
         sign = 1 if mode == "min" else -1
@@ -166,35 +166,6 @@ def compare(directories: list[str | os.PathLike]) -> dict[str, Any]:
     for rank, r in enumerate(runs, start=1):
         r["rank"] = rank if ranked else None
     return {"ranked_by": runs[0]["monitor"] if ranked else None, "runs": runs}
-
-
-def format_compare(result: Mapping[str, Any], names: list[str] | None = None) -> str:
-    """`compare()`'s result as aligned text (1-based epochs); `names` label
-    the runs (default: their directories)."""
-    runs, ranked = result["runs"], result["ranked_by"] is not None
-    names = [printable(n) for n in (names or [r["directory"] for r in runs])]
-    if ranked:
-        mode = _names(runs[0]["mode"])[0]
-        better = {"min": "lower", "max": "higher"}[mode]
-        lines = [f"{len(runs)} run{'s' if len(runs) != 1 else ''}, best first by "
-                 f"{printable(monitor_name(result['ranked_by']))} ({better} is better):"]
-    else:
-        lines = [f"{len(runs)} runs, in the order given (their monitors or modes differ, so they are not ranked):"]
-    rows = [["rank"] * ranked + ["run"] + ["monitor"] * (not ranked) + ["best", "at epoch", "epochs", "early stopped"]]
-    notes = []
-    for name, r in zip(names, runs):
-        best, stopped = r["best"], r["stopped"]
-        stop = "no"
-        if stopped:
-            why = describe_stop(stopped["reason"], r["options"], monitor_name(r["monitor"]))
-            stop = f"at epoch {_when(stopped['epoch'], stopped['step'])}: {why}"
-        if not best:
-            notes.append(f"  {name}: no best: {r['no_best']}")
-        rows.append([str(r["rank"])] * ranked + [name] + [printable(monitor_name(r["monitor"]))] * (not ranked) + [
-            format_value(best["value"]) if best else "none", _when(best["epoch"], best["step"]) if best else "-",
-            str(r["epochs_run"]), stop])
-    lines.extend("  " + line for line in _table(rows, {0, 2, 3, 4} if ranked else {2, 3, 4}))
-    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -286,15 +257,6 @@ def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
             "reason": "resume=True continues after the saved state"}
 
 
-def _resumable_text(res: Mapping[str, Any]) -> str:
-    if not res["resumable"]:
-        return f"no: {res['reason']}"
-    saved = f"yes: state of epoch {_when(res['epoch'], res.get('step'))} in {res['path']}"
-    if res["next_epoch"] is None:
-        return f"{saved}; {res['reason']}"
-    return f"{saved}; resume=True continues at epoch {_when(res['next_epoch'], res.get('next_step'))}"
-
-
 def _num(v: Any) -> float:
     return float(v)  # also "nan", "inf", "-inf" as the manifest writes them
 
@@ -305,204 +267,6 @@ def _size(path: str) -> int | None:
         return files.size(path)
     except OSError:
         return None
-
-
-# ------------------------------------------------------------------ text
-def format_size(n: int | None) -> str:
-    if n is None:
-        return "missing"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
-def _mode_text(mode: Any) -> str:
-    if isinstance(mode, list):
-        return ", ".join(str(m or "auto") for m in mode)
-    return {"min": "min (lower is better)", "max": "max (higher is better)"}.get(mode, str(mode or "auto"))
-
-
-def _when(epoch: int, step: Any) -> str:
-    return f"{epoch + 1}" if step is None else f"{epoch + 1} (batch {int(step) + 1})"
-
-
-def _stop_text(summary: Mapping[str, Any]) -> str:
-    stopped, options = summary["stopped"], summary["options"]
-    if not stopped:
-        patience = options.get("patience")
-        if patience is None:
-            return "no (early stopping off: patience=None)"
-        return f"no (waited {summary.get('wait') or 0} of patience={patience})"
-    why = describe_stop(stopped["reason"], options, monitor_name(summary["monitor"]))
-    return f"yes, at epoch {_when(stopped['epoch'], stopped['step'])}: {why}"
-
-
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    out = []
-    for row in rows:
-        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
-        out.append("  ".join(cells).rstrip())
-    return out
-
-
-def format_table(summary: Mapping[str, Any]) -> str:
-    """The summary as aligned plain text (1-based epochs, as Keras prints them)."""
-    monitor = monitor_name(summary["monitor"])
-    best = summary["best"]
-    if best:
-        best_text = f"{format_value(best['value'])} at epoch {_when(best['epoch'], best['step'])}  ({best['path']})"
-    else:
-        best_text = f"none yet ({summary.get('no_best') or 'no epoch improved'})"
-    if summary["epochs_run"]:
-        span = f"epochs {summary['first_epoch'] + 1}-{summary['last_epoch'] + 1}"
-        ran = f"{summary['epochs_run']} ({span})"
-        if summary["updates"] != summary["epochs_run"]:
-            ran += f", {summary['updates']} updates"
-    else:
-        ran = "0"
-    res = summary["resumable"]
-    options = summary["options"]
-    keep = options.get("keep_top_k", 1)
-    fields = [
-        ("Run directory", summary["directory"]),
-        ("Monitor", monitor),
-        ("Mode", _mode_text(summary["mode"])),
-        ("Best", best_text),
-        ("Epochs run", ran),
-        ("Early stopped", _stop_text(summary)),
-        ("Resumable", _resumable_text(res)),
-        ("Save format", f"{summary['save_format']}  (filepath {summary['filepath']!r})"),
-        ("Keep top k", "all" if keep is None else str(keep)),
-    ]
-    if summary.get("require"):
-        fields.append(("Require", describe_require(summary["require"])))
-    if summary.get("export"):
-        fields.append(("Exported", str(summary["export"])))
-    if summary.get("pending"):
-        fields.append(("Pending", "a save was interrupted; the next start or load_best completes it"))
-    width = max(len(k) for k, _ in fields)
-    lines = [f"{k.ljust(width)}  {printable(str(v))}" for k, v in fields]
-
-    lines += ["", *_kept_lines(summary), *_archived_lines(summary), *_state_lines(summary)]
-    if summary.get("history") is not None:
-        lines += ["", *_history_lines(summary)]
-    return "\n".join(lines)
-
-
-def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
-    kept = summary["kept"]
-    if not kept:
-        return ["Kept files: none"]
-    lines = []
-    ranked_by = summary.get("ranked_by")
-    if ranked_by:
-        names = ranked_by if isinstance(ranked_by, list) else [ranked_by]
-        lines.append(f"Kept files (best first by {', '.join(names)}, not by the monitor; {len(kept)}):")
-        primary, key = names[0], "by_value"
-    else:
-        lines.append(f"Kept files (best first, {len(kept)}):")
-        primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
-        key = "value"
-    others = sorted({k for r in kept for k in r["metrics"]} - {primary})
-    header = [printable(h) for h in ["rank", "epoch", primary, *others, "size", "file", "kept by"]]
-    rows = [header]
-    keep = summary["options"].get("keep_top_k", 1)
-    archived = {r["path"] for r in summary.get("archived", ())}
-    every = summary["options"].get("archive_every")
-    for r in kept:
-        rule = "best " + ("(all kept)" if keep is None else f"{keep}")
-        if r["path"] in archived:
-            rule += f", every {every} epochs"
-        rows.append([
-            str(r["rank"]),
-            _when(r["epoch"], r["step"]),
-            format_value(r[key]) + ("" if r.get("feasible", True) else " (breaks require)"),
-            *(format_value(r["metrics"].get(k)) for k in others),
-            format_size(r["size_bytes"]),
-            printable(r["path"]),
-            rule,
-        ])
-    right = set(range(0, 3 + len(others) + 1))
-    lines.extend("  " + line for line in _table(rows, right))
-    return lines
-
-
-def _archived_lines(summary: Mapping[str, Any]) -> list[str]:
-    """The files `archive_every` keeps that are not among the best k."""
-    only = [r for r in summary.get("archived", ()) if not r["also_best_k"]]
-    if not only:
-        return []
-    every = summary["options"].get("archive_every")
-    rows = [["epoch", _names(summary["monitor"])[0], "size", "file", "kept by"]]
-    rows += [[_when(r["epoch"], r["step"]), format_value(r["value"]), format_size(r["size_bytes"]),
-              printable(r["path"]), f"every {every} epochs"] for r in only]
-    return ["", f"Archived files ({len(only)} more, never deleted):", *("  " + x for x in _table(rows, {0, 1, 2}))]
-
-
-def _state_lines(summary: Mapping[str, Any]) -> list[str]:
-    """The training states kept (`keep_last`), newest first."""
-    states = summary.get("states") or []
-    if len(states) < 2:
-        return []  # the one state is the "Resumable" line
-    rows = [["epoch", "size", "file", "kept by"]]
-    rows += [[_when(x["epoch"], x["step"]), format_size(x["size_bytes"]), printable(x["path"]),
-              "newest: resume=True continues from it" if i == 0 else f"last {len(states)} states"]
-             for i, x in enumerate(states)]
-    return ["", f"Training states (newest first, {len(states)}):", *("  " + x for x in _table(rows, {0, 1}))]
-
-
-def _history_lines(summary: Mapping[str, Any]) -> list[str]:
-    """The per-update history as a table (`inspect --history`)."""
-    history = summary["history"]
-    if not history:
-        return ["History: none"]
-    primary = _names(summary["monitor"])[0]
-    others = sorted({k for h in history for k in h["metrics"]} - {primary})
-    best = summary["best"] and (summary["best"]["epoch"], summary["best"]["step"])
-    stopped = summary["stopped"] and (summary["stopped"]["epoch"], summary["stopped"]["step"])
-    kept = {(r["epoch"], r["step"]) for r in summary["kept"]}
-    rows = [[printable(h) for h in ["epoch", primary, *others, "wait", "saved", "note"]]]
-    for h in history:
-        at = (h["epoch"], h.get("step"))
-        notes = []
-        if at == best:
-            notes.append("best")
-        elif h.get("improved"):
-            notes.append("improved")
-        if not h.get("validated", True):
-            notes.append("no validation values")
-        elif not math.isfinite(h["value"]):
-            notes.append("not finite: not a candidate")
-        if not h.get("feasible", True):
-            notes.append("breaks require")
-        if at == stopped:
-            notes.append("early stop")
-        saved = printable(str(h["saved"])) if h.get("saved") else ""
-        if saved and at not in kept:
-            saved += " (not kept)"
-        value = format_value(h["value"]) if h.get("validated", True) else "-"
-        rows.append([_when(*at), value, *(format_value(h["metrics"].get(k)) for k in others),
-                     str(h.get("wait", "")), saved, ", ".join(notes)])
-    title = f"History ({len(history)} update{'s' if len(history) != 1 else ''}):"
-    return [title, *("  " + line for line in _table(rows, set(range(0, 3 + len(others)))))]
-
-
-def _names(monitor: Any) -> list[str]:
-    return [str(m) for m in monitor] if isinstance(monitor, list) else [str(monitor)]
-
-
-def printable(text: str) -> str:
-    r"""`text` with what a terminal would interpret (escapes, control characters)
-    shown escaped, as `repr` does: names read from disk are untrusted.
-
-    >>> printable("best\x1b[2J.h5")
-    'best\\x1b[2J.h5'
-    """
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 __all__ = ["RunNotFound", "compare", "format_compare", "format_table", "printable", "resolve_run_directory",
