@@ -39,6 +39,10 @@ happens after it completes: when any process starts its next trial, in
 `optimize()` calls at the end). Cleanups hold a lock file in `directory`, are
 idempotent, and rename a directory away before deleting it, so a crash
 half-way leaves no half-deleted trial that looks complete.
+
+This module holds the study-wide part (`StudyBest`: which trials keep their
+files); `keras_best.integrations.optuna_trial` the per-trial part (the
+tracker and callback that report, record and prune).
 """
 
 from __future__ import annotations
@@ -47,7 +51,6 @@ import dataclasses
 import math
 import os
 import re
-import threading
 import warnings
 from typing import Any, Callable, Iterable, Mapping
 
@@ -60,18 +63,23 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         f"keras_best.integrations.optuna needs Optuna: {install_hint('optuna', 'optuna')}"
     ) from e
 from keras_best.core import names
-from keras_best.core.monitor import Decision
 from keras_best.frontends import loading
 from keras_best.frontends.callback import BestCheckpoint
 from keras_best.frontends.loading import BestRecord
 from keras_best.frontends.tracker import BestWeightsTracker
 from keras_best.integrations import search
+from keras_best.integrations.optuna_trial import (
+    USER_ATTR_EPOCH,
+    USER_ATTR_PATH,
+    USER_ATTR_VALUE,
+    OpenTrials,
+    TrialCheckpoint,
+    TrialLink,
+    TrialTracker,
+)
 
 STUDY_FILE = names.STUDY_FILE
 LOCK_NAME = search.LOCK_NAME
-USER_ATTR_PATH = "keras_best_path"
-USER_ATTR_EPOCH = "keras_best_epoch"
-USER_ATTR_VALUE = "keras_best_value"
 _TRIAL_DIR = re.compile(r"^trial-(\d+)$")
 _DISCARDED = (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
@@ -114,10 +122,7 @@ class StudyBest:
         self.directory = self._search.directory
         self.keep_top_k = keep_top_k
         self.lock_timeout = lock_timeout
-        # Trackers of this process's trials, closed once their trial has finished
-        # (in case the objective did not call `finish()`). Threads: study.optimize(n_jobs=...).
-        self._open: list[_TrialLink] = []
-        self._links_lock = threading.Lock()
+        self._open = OpenTrials()
 
     # ------------------------------------------------------------ front ends
     def trial_directory(self, trial: Any) -> str:
@@ -139,7 +144,7 @@ class StudyBest:
         """
         link = self._start(trial, {**tracker_options, "filename": filename})
         tracker_options.update(keep_top_k=1, mode=link.mode)
-        tracker = _TrialTracker(
+        tracker = TrialTracker(
             model, os.path.join(link.directory, filename), link=link, **tracker_options
         )
         link.tracker = tracker
@@ -155,7 +160,7 @@ class StudyBest:
         options.setdefault("save_best_only", True)
         link = self._start(trial, {**options, "filename": filename})
         options.update(keep_top_k=1, mode=link.mode)
-        callback = _TrialCheckpoint(os.path.join(link.directory, filename), link=link, **options)
+        callback = TrialCheckpoint(os.path.join(link.directory, filename), link=link, **options)
         link.tracker = callback.tracker
         return callback
 
@@ -172,7 +177,7 @@ class StudyBest:
 
     def optuna_callback(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """For `study.optimize(callbacks=[...])`: clean up once a trial has finished."""
-        self._close_finished_links()
+        self._open.close_finished()
         if trial.state == optuna.trial.TrialState.COMPLETE:
             _check_returned_value(trial, self.trial_directory(trial))
         self.cleanup(study)
@@ -191,7 +196,7 @@ class StudyBest:
         value of the saved epoch (return `tracker.best` from the objective).
         """
         self._check_study(study)
-        with self._lock():
+        with self._search.lock():
             trial, _ = self._best(study)
             record = loading.load_best(model, self.trial_directory(trial))
         _check_returned_value(trial, self.trial_directory(trial), record)
@@ -210,9 +215,9 @@ class StudyBest:
         directories it removed.
         """
         self._check_study(study)
-        self._close_finished_links()
-        with self._lock():
-            self._claim(study)
+        self._open.close_finished()
+        with self._search.lock():
+            self._search.claim(study.study_name, framework="optuna")
             # The snapshot: only states that can never change again are acted on.
             trials = {t.number: t for t in study.get_trials(deepcopy=False)}
             keep = self._keep(study, trials.values())
@@ -228,7 +233,7 @@ class StudyBest:
             return self._search.sweep(doomed)
 
     # ---------------------------------------------------------------- internal
-    def _start(self, trial: Any, options: dict[str, Any]) -> _TrialLink:
+    def _start(self, trial: Any, options: dict[str, Any]) -> TrialLink:
         if not isinstance(trial, optuna.Trial):
             raise TypeError(
                 "StudyBest needs the `optuna.Trial` that `study.optimize` passes to the "
@@ -260,26 +265,9 @@ class StudyBest:
             fix="Create the study with direction='{}imize'",
         )
         self.cleanup(trial.study)
-        link = _TrialLink(trial, self.trial_directory(trial), self)
-        link.mode = mode
-        with self._links_lock:
-            self._open.append(link)
+        link = TrialLink(trial, self.trial_directory(trial), self._search, mode)
+        self._open.add(link)
         return link
-
-    def _close_finished_links(self) -> None:
-        """Flush the trackers of this process's finished trials (if `finish()` was forgotten)."""
-        with self._links_lock:
-            links = [link for link in self._open if not link.closed]
-            studies = {id(link.trial.study): link.trial.study for link in links}
-            running = {
-                (key, t.number)
-                for key, study in studies.items()
-                for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            }
-            for link in links:
-                if (id(link.trial.study), link.trial.number) not in running:
-                    link.close()
-            self._open = [link for link in links if not link.closed]
 
     def _check_study(self, study: Any) -> None:
         if not isinstance(study, optuna.Study):
@@ -328,107 +316,6 @@ class StudyBest:
             "objective save through StudyBest.tracker / StudyBest.callback into this directory, "
             "and return `tracker.best`?"
         )
-
-    def _lock(self) -> search.SearchLock:
-        return self._search.lock()
-
-    def _claim(self, study: optuna.Study) -> None:
-        """Tie the directory to one study (called with the lock held)."""
-        self._search.claim(study.study_name, framework="optuna")
-
-    def _remove(self, path: str) -> bool:
-        return self._search.remove(path)
-
-
-class _TrialLink:
-    """What a trial's tracker shares with its `StudyBest`: report, record, prune."""
-
-    def __init__(self, trial: optuna.Trial, directory: str, owner: StudyBest) -> None:
-        self.trial = trial
-        self.directory = directory
-        self.owner = owner
-        self.tracker: BestWeightsTracker | None = None
-        self.mode: Any = "auto"
-        self._updates = 0
-        self.closed = False
-
-    def after_update(self, epoch: int, step: int | None, decision: Decision) -> None:
-        report_step = epoch if step is None else self._updates
-        self._updates += 1
-        if decision.improved and decision.saved_path:
-            rel = os.path.relpath(decision.saved_path, self.owner.directory)
-            self.trial.set_user_attr(USER_ATTR_PATH, rel)
-            self.trial.set_user_attr(USER_ATTR_EPOCH, decision.epoch)
-            self.trial.set_user_attr(USER_ATTR_VALUE, decision.value)
-        self.trial.report(decision.value, report_step)
-        if self.trial.should_prune():
-            self.close()
-            with self.owner._lock():
-                self.owner._remove(self.directory)
-            self.trial.set_user_attr(USER_ATTR_PATH, None)
-            raise optuna.TrialPruned(
-                f"Trial {self.trial.number} pruned at epoch {epoch + 1} "
-                f"({self.tracker.objective.name}={decision.value:.5f}); its files were deleted."
-            )
-
-    def close(self) -> None:
-        """Wait for the tracker's writes and release its directory (not `finish()`:
-        no weights restored, nothing exported)."""
-        if self.closed or self.tracker is None:
-            return
-        self.closed = True
-        try:
-            self.tracker.close()
-        except OSError:
-            pass  # a pruned or failed trial: its directory is removed next anyway
-
-
-class _TrialTracker(BestWeightsTracker):
-    def __init__(self, model: Any, filepath: str, *, link: _TrialLink, **options: Any) -> None:
-        self._link = link
-        super().__init__(model, filepath, **options)
-
-    @property
-    def best(self) -> float | None:
-        """The trial's best value, once its file is on disk (waits for background writes).
-
-        Return it from the objective: the trial then completes only after the
-        weights that produced its value are saved.
-        """
-        self.flush()
-        return super().best
-
-    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
-        decision = super().update(epoch, metrics, step)
-        self._link.after_update(epoch, step, decision)
-        return decision
-
-    def finish(self) -> None:
-        super().finish()
-        self._link.closed = True
-
-
-class _TrialCheckpoint(BestCheckpoint):
-    def __init__(self, filepath: str, *, link: _TrialLink, **options: Any) -> None:
-        self._link = link
-        self._step: int | None = None
-        super().__init__(filepath, **options)
-
-    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._step = batch
-        super().on_train_batch_end(batch, logs)
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self._step = None
-        super().on_epoch_end(epoch, logs)
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        super().on_train_end(logs)
-        self._link.closed = True
-
-    def _act(self, decision: Decision) -> None:
-        super()._act(decision)
-        self._link.after_update(decision.epoch, self._step, decision)
 
 
 def _check_returned_value(
