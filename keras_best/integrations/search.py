@@ -42,7 +42,6 @@ LOCK_NAME = ".keras_best_study.lock"
 TRASH_PREFIX = ".kb-trash-"
 
 
-
 def check_keep_top_k(keep_top_k: Any) -> int:
     """A search's `keep_top_k`: an int >= 1, or a `ValueError`."""
     if not isinstance(keep_top_k, int) or isinstance(keep_top_k, bool) or keep_top_k < 1:
@@ -60,6 +59,7 @@ def first_saved(trials: Iterable[Any], directory_of: Callable[[Any], str]) -> tu
         except FileNotFoundError:
             continue
     return None
+
 
 class SearchDirectory:
     """A local directory of trial run directories, of which `keep_top_k` remain.
