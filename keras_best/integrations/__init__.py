@@ -1,2 +1,2 @@
-"""Integrations with search tools: Optuna (`StudyBest`), KerasTuner (`SearchBest`), and the
-study-wide retention they share (`search`)."""
+"""Integrations with search tools: Optuna (`StudyBest` in `optuna`, its per-trial tracker in
+`optuna_trial`), KerasTuner (`SearchBest`), and the study-wide retention they share (`search`)."""
