@@ -35,6 +35,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from keras_best.keras_adapter.host import read_into
+
 
 def _key(shape: Any, dtype: Any) -> tuple[tuple[int, ...], str] | None:
     try:
@@ -117,9 +119,7 @@ class HostBuffers:
     def copies(self, variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
         """One held host copy of each variable: the array of `reuse` (a
         snapshot's `by_variable`) when it has one, else a copy into a free
-        array (see `h5_layout.read_into`)."""
-        from keras_best.keras_adapter.h5_layout import read_into
-
+        array (see `keras_adapter.host.read_into`)."""
         reuse = reuse or {}
         missing = [v for v in variables if id(v) not in reuse]
         read = dict(zip(map(id, missing), read_into(missing, self.free_for(missing)))) if missing else {}
