@@ -16,9 +16,9 @@ Today's engines (`engine_for` picks one):
 
 Example:
     >>> engine = engine_for("weights")  # doctest: +SKIP
-    >>> snapshot = engine.snapshot(model)  # in the training thread
-    >>> snapshot.write("best.weights.h5")  # in any thread when `snapshot.detached`
-    >>> engine.load(model, "best.weights.h5")
+    >>> snapshot = engine.snapshot(model)  # in the training thread  # doctest: +SKIP
+    >>> snapshot.write("best.weights.h5")  # in any thread when `snapshot.detached`  # doctest: +SKIP
+    >>> engine.load(model, "best.weights.h5")  # doctest: +SKIP
 """
 
 from __future__ import annotations

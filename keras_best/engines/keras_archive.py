@@ -23,7 +23,7 @@ and legacy `.h5` full-model files.
 
 Example:
     >>> snapshot = KerasEngine().snapshot(model)  # doctest: +SKIP
-    >>> snapshot.write("best.keras")  # in any thread
+    >>> snapshot.write("best.keras")  # in any thread  # doctest: +SKIP
 """
 
 from __future__ import annotations

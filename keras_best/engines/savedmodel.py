@@ -11,7 +11,7 @@ silently, a model class that overrides `export`.
 
 Example:
     >>> snapshot = SavedModelEngine().snapshot(model)  # doctest: +SKIP
-    >>> snapshot.write("export")  # in any thread when `snapshot.detached`
+    >>> snapshot.write("export")  # in any thread when `snapshot.detached`  # doctest: +SKIP
 """
 
 from __future__ import annotations

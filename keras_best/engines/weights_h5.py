@@ -12,7 +12,7 @@ called).
 
 Example:
     >>> snapshot = WeightsEngine().snapshot(model)  # doctest: +SKIP
-    >>> snapshot.write("best.weights.h5")  # in any thread
+    >>> snapshot.write("best.weights.h5")  # in any thread  # doctest: +SKIP
 """
 
 from __future__ import annotations
