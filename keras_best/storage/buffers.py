@@ -22,9 +22,10 @@ when the disk keeps up, two (the one being written and the spare).
 Example:
     >>> buffers = HostBuffers()
     >>> buffers.allow(1 << 20)  # keep up to 1 MiB of free arrays
-    >>> first = buffers.copies([np.zeros(3)])
-    >>> buffers.release(first)
-    >>> buffers.copies([np.ones(3)])[0] is first[0]
+    >>> first = [np.zeros(3)]
+    >>> buffers.hold(first)  # a snapshot copied into it
+    >>> buffers.release(first)  # written: free again
+    >>> buffers.free_for([np.ones(3)])[0] is first[0]  # the next copy of that shape goes there
     True
 """
 
