@@ -10,7 +10,7 @@ median reported:
                 over the previous file (as a checkpoint overwrites the last
                 best), and `h5py+fsync` with the file made durable: the floor
                 for the file.
-- kb file       keras-best's own file writer (`h5_layout`, Keras's layout with
+- kb file       keras-best's own file writer (`engines.weights_h5`, Keras's layout with
                 plain h5py) on a snapshot, over the previous file, no fsync:
                 compare with `h5py`.
 - MC blocked    `keras.callbacks.ModelCheckpoint(save_best_only=True,
@@ -84,7 +84,7 @@ import keras  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keras_best import BestWeightsTracker  # noqa: E402
-from keras_best.keras_adapter.h5_layout import WeightsWriter  # noqa: E402
+from keras_best.engines.weights_h5 import WeightsWriter  # noqa: E402
 
 SIZES = {1: (512, 1), 34: (2048, 2), 134: (4096, 2), 537: (4096, 8)}  # MB -> (width, layers)
 

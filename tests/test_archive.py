@@ -1,4 +1,4 @@
-"""`.keras` archives written from host snapshots (`archive`), pinned against the
+"""`.keras` archives written from host snapshots (`engines.keras_archive`), pinned against the
 installed Keras: the same members, config and metadata as `model.save`, the
 same datasets in `model.weights.h5`, and stock `keras.models.load_model`
 gives back the weights, predictions and optimizer state. Runs on every backend.
@@ -20,14 +20,15 @@ import pytest
 from keras import ops
 
 from keras_best import BestWeightsTracker
-from keras_best.engines import archive, savers
+from keras_best.engines import engine_for, keras_archive
+from keras_best.engines.keras_archive import KerasEngine
+from keras_best.engines.weights_h5 import WeightsWriter
 from keras_best.keras_adapter import h5_layout
 from keras_best.storage import files
 from tests.test_h5_layout import tree
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
-PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "keras_best")
 
 
 @contextlib.contextmanager
@@ -161,8 +162,8 @@ def members(path):
 
 
 def write(model, path):
-    snapshot = savers.KerasSaver().snapshot(model)
-    assert isinstance(snapshot, archive.ArchiveSnapshot) and snapshot.detached
+    snapshot = KerasEngine().snapshot(model)
+    assert isinstance(snapshot, keras_archive.ArchiveSnapshot) and snapshot.detached
     snapshot.write(path)
 
 
@@ -231,19 +232,13 @@ def test_a_snapshot_holds_the_values_of_its_moment(tmp_path):
     model = sequential()
     randomize(model, 3)
     before = state(model)
-    snapshot = savers.KerasSaver().snapshot(model)
+    snapshot = KerasEngine().snapshot(model)
     randomize(model, 4)  # training goes on before the file is written
     path = str(tmp_path / "m.keras")
     thread = threading.Thread(target=snapshot.write, args=(path,))  # as the background writer does
     thread.start()
     thread.join()
     assert all(np.array_equal(a, b) for a, b in zip(state(keras.models.load_model(path)), before))
-
-
-def test_only_the_adapter_module_uses_keras_internals():
-    users = sorted(n for n in os.listdir(PACKAGE) if n.endswith(".py")
-                   and "keras.src" in open(os.path.join(PACKAGE, n), encoding="utf-8").read())
-    assert users == ["h5_layout.py"]
 
 
 # ------------------------------------------------------------------ fallbacks
@@ -269,7 +264,7 @@ class Words(keras.layers.Layer):
 
 def test_a_model_with_assets_is_saved_with_model_save_and_one_warning(tmp_path):
     model = keras.Sequential([keras.Input((2,)), Words(["a", "b"], name="words"), keras.layers.Dense(1)])
-    saver = savers.KerasSaver()
+    saver = KerasEngine()
     with pytest.warns(UserWarning, match=r"`model.save` in the training thread .*Words at 'layers/words' saves "
                                          r"assets"):
         snapshot = saver.snapshot(model)
@@ -283,7 +278,7 @@ def test_a_model_with_assets_is_saved_with_model_save_and_one_warning(tmp_path):
         assert "assets/layers/words/words.txt" in zf.namelist()
     assert keras.models.load_model(path).get_layer("words").words == ["a", "b"]
     # The weights alone need no assets: still written from host copies.
-    assert h5_layout.WeightsWriter().snapshot(model) is not None
+    assert WeightsWriter().snapshot(model) is not None
 
 
 def test_a_config_that_cannot_be_serialized_falls_back_with_a_warning(tmp_path, monkeypatch):
@@ -294,7 +289,7 @@ def test_a_config_that_cannot_be_serialized_falls_back_with_a_warning(tmp_path, 
     model = sequential()
     with pytest.warns(UserWarning, match=r"`model.save` in the training thread .*config could not be "
                                          r"serialized.*simulated"):
-        snapshot = savers.KerasSaver().snapshot(model)
+        snapshot = KerasEngine().snapshot(model)
     assert not snapshot.detached
     monkeypatch.undo()
     snapshot.write(str(tmp_path / "m.keras"))  # model.save, Keras's own way
@@ -310,11 +305,11 @@ def test_a_model_that_overrides_save_and_legacy_h5_files_use_model_save(tmp_path
             super().save(filepath, *args, **kwargs)
 
     model = Custom([keras.Input((3,)), keras.layers.Dense(2)])
-    snapshot = savers.KerasSaver().snapshot(model)
+    snapshot = KerasEngine().snapshot(model)
     assert not snapshot.detached
     snapshot.write(str(tmp_path / "m.keras"))
     assert calls == [str(tmp_path / "m.keras")]
-    assert not savers.saver_for("keras", "best.h5").snapshot(sequential()).detached
+    assert not engine_for("keras", "best.h5").snapshot(sequential()).detached
 
 
 # ------------------------------------------------------------ the tracker
@@ -324,7 +319,7 @@ def test_the_tracker_writes_keras_files_in_the_background(tmp_path, monkeypatch)
     at_update = state(model)
     tracker = BestWeightsTracker(model, str(tmp_path / "best.keras"), verbose=0)
     gate, started = threading.Event(), threading.Event()
-    real = archive.write_archive
+    real = keras_archive.write_archive
 
     def slow(*args, **kwargs):  # a slow disk, in the writer thread
         started.set()
@@ -332,7 +327,7 @@ def test_the_tracker_writes_keras_files_in_the_background(tmp_path, monkeypatch)
         assert threading.current_thread() is not threading.main_thread()
         real(*args, **kwargs)
 
-    monkeypatch.setattr(archive, "write_archive", slow)
+    monkeypatch.setattr(keras_archive, "write_archive", slow)
     tracker.update(0, {"val_loss": 1.0})  # returns while the archive is being written
     assert started.wait(60)
     randomize(model, 6)  # training goes on

@@ -1,5 +1,5 @@
-"""`h5_layout` pinned against the installed Keras: the files it writes from
-host copies have the groups, attributes and datasets of `model.save_weights`,
+"""`h5_layout` and the `.weights.h5` engine pinned against the installed Keras:
+the files written from host copies have the groups, attributes and datasets of `model.save_weights`,
 and stock `model.load_weights` reads them back exactly."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best.engines import savers
-from keras_best.keras_adapter import h5_layout
+from keras_best.engines.weights_h5 import WeightsEngine, WeightsWriter
+from keras_best.keras_adapter import h5_layout, host
 from keras_best.storage import files
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
@@ -73,7 +73,7 @@ def functional():
 
 
 def deep():
-    """Many small variables: read in one batch (h5_layout._BatchReader)."""
+    """Many small variables: read in one batch (host.BatchReader)."""
     layers = []
     for _ in range(6):
         layers += [keras.layers.Dense(4), keras.layers.BatchNormalization()]
@@ -155,6 +155,18 @@ def tree(path):
     return out
 
 
+def save_weights(model, path):
+    """`model.save_weights(path)` through the engine, from host copies."""
+    snapshot = WeightsEngine().snapshot(model)
+    assert snapshot.detached  # not model.save_weights
+    snapshot.write(path)
+
+
+def arrays(snapshot):
+    """Every array a snapshot writes, in file order."""
+    return [a for _, _, entries in snapshot.groups for _, a in entries]
+
+
 def all_state(model):
     optimizer = getattr(model, "optimizer", None)
     variables = list(model.weights) + (list(optimizer.variables) if optimizer is not None else [])
@@ -177,7 +189,7 @@ def test_file_is_the_one_save_weights_writes(tmp_path, name):
     model = original(name)
     randomize(model, 1)
     ours, theirs = str(tmp_path / "ours.weights.h5"), str(tmp_path / "keras.weights.h5")
-    h5_layout.save_weights(model, ours)
+    save_weights(model, ours)
     model.save_weights(theirs)
     assert tree(ours) == tree(theirs)
 
@@ -189,7 +201,7 @@ def test_stock_load_weights_restores_everything(tmp_path, name):
     if getattr(model, "optimizer", None) is not None:
         model.optimizer.iterations.assign(7)  # (a float16 overflow may have skipped every step)
     path = str(tmp_path / "m.weights.h5")
-    snapshot = h5_layout.WeightsWriter().snapshot(model)
+    snapshot = WeightsWriter().snapshot(model)
     assert snapshot is not None and snapshot.detached
     snapshot.write(path)
     fresh = fresh_like(name, model)
@@ -206,7 +218,7 @@ def test_stock_load_weights_restores_everything(tmp_path, name):
 def test_bfloat16_datasets_are_marked_as_keras_marks_them(tmp_path):
     model = original("bfloat16")
     path = str(tmp_path / "m.weights.h5")
-    h5_layout.save_weights(model, path)
+    save_weights(model, path)
     with h5py.File(path, "r") as f:
         kernel = f["layers/dense/vars/0"]
         assert kernel.attrs["dtype"] == "bfloat16"
@@ -216,7 +228,7 @@ def test_a_snapshot_holds_the_values_of_its_moment(tmp_path):
     model = sequential()
     randomize(model, 3)
     before = model.get_weights()
-    snapshot = h5_layout.WeightsWriter().snapshot(model)
+    snapshot = WeightsWriter().snapshot(model)
     randomize(model, 4)  # training goes on before the file is written
     path = str(tmp_path / "m.weights.h5")
     snapshot.write(path)
@@ -226,10 +238,10 @@ def test_a_snapshot_holds_the_values_of_its_moment(tmp_path):
 
 def test_a_batched_snapshot_is_not_changed_by_training(tmp_path):
     model = original("deep-compiled")
-    assert len(model.weights) + len(model.optimizer.variables) >= h5_layout._BatchReader.MIN_VARIABLES
+    assert len(model.weights) + len(model.optimizer.variables) >= host.BatchReader.MIN_VARIABLES
     randomize(model, 5)
     before = all_state(model)
-    snapshot = h5_layout.WeightsWriter().snapshot(model)
+    snapshot = WeightsWriter().snapshot(model)
     model.fit(X, Y, epochs=1, batch_size=8, verbose=0)  # in-place updates of every variable
     assert not all(np.array_equal(a, b) for a, b in zip(before, all_state(model)))
     path = str(tmp_path / "m.weights.h5")
@@ -244,28 +256,28 @@ def test_a_released_snapshot_lends_its_arrays_to_the_next_one(tmp_path, name):
 
     model = original(name)
     buffers = HostBuffers()
-    writer = h5_layout.WeightsWriter(buffers=buffers)
+    writer = WeightsWriter(buffers=buffers)
     randomize(model, 1)
     first_state = all_state(model)
     first = writer.snapshot(model)
     buffers.allow(first.nbytes)
-    arrays = list(first.arrays())
-    buffers.hold(arrays)  # a second holder (as the best weights kept in memory)
+    first_arrays = arrays(first)
+    buffers.hold(first_arrays)  # a second holder (as the best weights kept in memory)
     first.write(str(tmp_path / "1.weights.h5"))  # releases the snapshot's own hold
     randomize(model, 2)
     held = writer.snapshot(model)
     # Still held by the second holder: never reused.
-    held_arrays = list(held.arrays())
-    assert not any(a is b for a in held_arrays for b in arrays)
+    held_arrays = arrays(held)
+    assert not any(a is b for a in held_arrays for b in first_arrays)
     held.release()
-    buffers.release(arrays)  # the last holder is done
+    buffers.release(first_arrays)  # the last holder is done
     randomize(model, 3)
     third_state = all_state(model)
     third = writer.snapshot(model)
     # The third snapshot copied into arrays already mapped (the first's or the second's)...
     optimizer = getattr(model, "optimizer", None)
     count = len(model.weights) + len(optimizer.variables if optimizer else [])
-    mine = [a for a in third.arrays() if any(a is b for b in arrays + held_arrays)]
+    mine = [a for a in arrays(third) if any(a is b for b in first_arrays + held_arrays)]
     assert len(mine) == count
     third.write(str(tmp_path / "3.weights.h5"))
     # ...and each file holds the values of its own moment.
@@ -279,10 +291,10 @@ def test_snapshot_shares_its_copies_with_host_copies():
 
     model = original("sequential-compiled")
     buffers = HostBuffers()
-    snapshot = h5_layout.WeightsWriter(buffers=buffers).snapshot(model)
+    snapshot = WeightsWriter(buffers=buffers).snapshot(model)
     weights = buffers.copies(model.weights, snapshot.by_variable)
     slots = buffers.copies(model.optimizer.variables, snapshot.by_variable)
-    in_file = {id(a) for a in snapshot.arrays()}
+    in_file = {id(a) for a in arrays(snapshot)}
     assert all(id(a) in in_file for a in weights + slots)  # no second copy
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(weights, model.weights))
     assert snapshot.nbytes == sum(a.nbytes for a in weights + slots)
@@ -290,7 +302,7 @@ def test_snapshot_shares_its_copies_with_host_copies():
 
 def test_layout_follows_a_model_compiled_after_the_first_snapshot(tmp_path):
     model = sequential()
-    writer = h5_layout.WeightsWriter()
+    writer = WeightsWriter()
     first = writer.snapshot(model)
     assert all("optimizer" not in g for g, _, _ in first.groups)
     model.compile(keras.optimizers.Adam(), "mse")
@@ -305,7 +317,7 @@ def test_layout_follows_a_model_compiled_after_the_first_snapshot(tmp_path):
 def test_unbuilt_model_is_refused_as_keras_refuses_it():
     model = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="has not yet been built"):
-        h5_layout.WeightsWriter().snapshot(model)
+        WeightsWriter().snapshot(model)
 
 
 def test_layout_failure_falls_back_to_save_weights(tmp_path, monkeypatch):
@@ -314,7 +326,7 @@ def test_layout_failure_falls_back_to_save_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(h5_layout, "_capture_owners", broken)
     model = sequential()
-    saver = savers.WeightsSaver()
+    saver = WeightsEngine()
     with pytest.warns(UserWarning, match=r"model.save_weights. in the training thread .*simulated"):
         snapshot = saver.snapshot(model)
     assert not snapshot.detached
@@ -334,7 +346,7 @@ def test_a_model_that_overrides_save_weights_is_saved_with_it(tmp_path):
             super().save_weights(filepath, **kwargs)
 
     model = Custom([keras.Input((3,)), keras.layers.Dense(2)])
-    snapshot = savers.WeightsSaver().snapshot(model)
+    snapshot = WeightsEngine().snapshot(model)
     assert not snapshot.detached
     snapshot.write(str(tmp_path / "m.weights.h5"))
     assert calls == [str(tmp_path / "m.weights.h5")]
@@ -348,7 +360,7 @@ def test_large_datasets_are_handed_to_the_disk_piece_by_piece(tmp_path, monkeypa
     model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4096, use_bias=False)])  # 16 MiB
     randomize(model, 7)
     path = str(tmp_path / "m.weights.h5")
-    files.write_durably(path, h5_layout.WeightsWriter().snapshot(model).write)
+    files.write_durably(path, WeightsWriter().snapshot(model).write)
     assert len(calls) == 2 and all(n == files.WRITEBACK_BYTES for _, n in calls)
     assert calls[1][0] == calls[0][0] + files.WRITEBACK_BYTES  # consecutive pieces of one dataset
     fresh = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4096, use_bias=False)])

@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from keras_best.core.monitor import infer_mode
-from keras_best.frontends.metrics import direction_of, read_all, read_value
+from keras_best.frontends.metrics import read_all, read_value
+from keras_best.keras_adapter.fit import metric_direction
 
 
 def test_metric_object_is_read_and_not_reset():
@@ -162,16 +163,16 @@ def test_read_all_needs_a_mapping():
 )
 def test_direction_of_real_keras_metrics(metric, direction):
     assert getattr(metric, "_direction", None) == direction
-    assert direction_of(metric) == direction
+    assert metric_direction(metric) == direction
 
 
 def test_direction_of_non_metrics():
-    assert direction_of(0.5) is None
-    assert direction_of(tf.constant(0.5)) is None
+    assert metric_direction(0.5) is None
+    assert metric_direction(tf.constant(0.5)) is None
 
 
 def test_direction_decides_mode_when_the_name_gives_no_clue():
     with pytest.raises(ValueError, match="Cannot infer"):
         infer_mode("val_cos")
-    assert infer_mode("val_cos", direction_of(keras.metrics.CosineSimilarity())) == "max"
-    assert infer_mode("val_kl", direction_of(keras.metrics.KLDivergence())) == "min"
+    assert infer_mode("val_cos", metric_direction(keras.metrics.CosineSimilarity())) == "max"
+    assert infer_mode("val_kl", metric_direction(keras.metrics.KLDivergence())) == "min"

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, load_best
-from keras_best.cli.commands import main as cli
+from keras_best.cli import commands as cli
 from keras_best.cli.summary import summarize
-from keras_best.engines import savers
+from keras_best.core import formats
 from keras_best.storage import files, manifest
 from keras_best.storage.manifest import ManifestError
 from tests.conftest import BACKEND, make_model, perturb, run_json, weights_equal
@@ -159,7 +159,7 @@ FORMATS = [
     pytest.param(
         "export", {"save_format": "savedmodel"},
         {"export/saved_model.pb", "export/fingerprint.pb", "export/variables/variables.index",
-         "export/variables/variables.data-00000-of-00001", f"export/{savers.EXPORT_WEIGHTS_NAME}"},
+         "export/variables/variables.data-00000-of-00001", f"export/{formats.EXPORT_WEIGHTS_NAME}"},
         marks=pytest.mark.skipif(BACKEND != "tensorflow", reason="SavedModel export needs TensorFlow")),
 ]
 
@@ -185,7 +185,7 @@ def test_every_format(remote_dir, store, tmp_path, name, options, saved):
     assert weights_equal(restored, best)
     # ...and the stock loader of each format, on the file as stored there.
     local = store.download(record.path, str(tmp_path / files.basename(record.path)))
-    fmt = savers.resolve_format(name, options.get("save_format"))
+    fmt = formats.resolve_format(name, options.get("save_format"))
     if fmt == "weights":
         stock = make_model(seed=7)
         stock.load_weights(local)

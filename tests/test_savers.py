@@ -10,7 +10,9 @@ import pytest
 import tensorflow as tf
 
 from keras_best import BestWeightsTracker, load_best
-from keras_best.engines import savers
+from keras_best.core import formats
+from keras_best.engines import engine_for
+from keras_best.engines.savedmodel import ExportSnapshot
 from tests.conftest import make_model, perturb, run_json, weights_equal
 
 
@@ -29,7 +31,7 @@ from tests.conftest import make_model, perturb, run_json, weights_equal
     ],
 )
 def test_resolve_format(filepath, save_format, expected):
-    assert savers.resolve_format(filepath, save_format) == expected
+    assert formats.resolve_format(filepath, save_format) == expected
 
 
 @pytest.mark.parametrize(
@@ -51,19 +53,19 @@ def test_resolve_format(filepath, save_format, expected):
 )
 def test_resolve_format_errors(filepath, save_format, match):
     with pytest.raises(ValueError, match=match):
-        savers.resolve_format(filepath, save_format)
+        formats.resolve_format(filepath, save_format)
 
 
 def test_weights_file():
-    assert savers.weights_file("d/best.weights.h5", "weights") == "d/best.weights.h5"
-    assert savers.weights_file("d/export/", "savedmodel") == "d/export/" + savers.EXPORT_WEIGHTS_NAME
+    assert engine_for("weights").weights_file("d/best.weights.h5") == "d/best.weights.h5"
+    assert engine_for("savedmodel").weights_file("d/export/") == "d/export/" + formats.EXPORT_WEIGHTS_NAME
 
 
-# ----------------------------------------------------- savers, stock loaders
+# ---------------------------------------------------- engines, stock loaders
 def test_weights_saver_round_trip(tmp_path):
     model = make_model()
     path = str(tmp_path / "w.weights.h5")
-    savers.saver_for("weights").write(model, path)
+    engine_for("weights").snapshot(model).write(path)
     fresh = make_model(seed=9)
     fresh.load_weights(path)
     assert weights_equal(fresh, model)
@@ -72,7 +74,7 @@ def test_weights_saver_round_trip(tmp_path):
 def test_keras_saver_round_trip(tmp_path):
     model = make_model()
     path = str(tmp_path / "m.keras")
-    savers.saver_for("keras").write(model, path)
+    engine_for("keras").snapshot(model).write(path)
     loaded = keras.models.load_model(path)
     assert weights_equal(loaded, model)
 
@@ -212,7 +214,7 @@ def test_background_exports_serve_their_own_epoch_like_model_export(tmp_path, na
     model.compile(keras.optimizers.Adam(), "mse")
     template = str(tmp_path / "export-{epoch}")
     tracker = BestWeightsTracker(model, template, save_format="savedmodel", keep_top_k=2, verbose=0)
-    assert isinstance(tracker._run.saver.snapshot(model), savers.ExportSnapshot)  # written by the writer
+    assert isinstance(tracker._run.engine.snapshot(model), ExportSnapshot)  # written by the writer
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     per_epoch = []
     for epoch, v in enumerate([0.5, 0.3, 0.4, 0.2]):

@@ -1,2 +1,27 @@
 """Storage engines, one per on-disk form: `.weights.h5`, the `.keras` archive, SavedModel exports.
-Each writes a snapshot under a name, loads it back, and says whether it can write in the background."""
+Each takes a snapshot of a model, writes it under a name (in the background when it holds host
+copies only) and loads a saved name back into a model (the protocol is in `base`).
+
+Example:
+    >>> engine_for("weights").format
+    'weights'
+"""
+
+from __future__ import annotations
+
+from keras_best.core.formats import KERAS, WEIGHTS
+from keras_best.engines.base import Engine
+from keras_best.engines.keras_archive import KerasEngine
+from keras_best.engines.savedmodel import SavedModelEngine
+from keras_best.engines.weights_h5 import WeightsEngine
+from keras_best.storage.buffers import HostBuffers
+
+
+def engine_for(fmt: str, filepath: str = "", buffers: HostBuffers | None = None) -> Engine:
+    """The engine of format `fmt` (`keras_best.core.formats`) for files named
+    like `filepath`; its snapshots copy into (and are held in) `buffers` when given."""
+    if fmt == KERAS:
+        return KerasEngine(legacy_h5=str(filepath).endswith(".h5"), buffers=buffers)
+    if fmt == WEIGHTS:
+        return WeightsEngine(buffers)
+    return SavedModelEngine(buffers)

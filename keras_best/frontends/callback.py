@@ -7,11 +7,11 @@ from typing import Any
 
 import keras
 
+from keras_best.core import formats
 from keras_best.core.monitor import Decision
 from keras_best.core.objective import MonitorSpec
 from keras_best.core.options import Options, flag
 from keras_best.core.paths import RunPath
-from keras_best.engines import savers
 from keras_best.frontends.tracker import _LATER, BestWeightsTracker
 from keras_best.storage import files
 from keras_best.training_state.ema import EmaWatch
@@ -235,15 +235,15 @@ def _format_from_name(filepath: str, save_weights_only: bool) -> str:
                 ", the filepath provided must end in `.weights.h5` "
                 f"(Keras weights format). Received: filepath={filepath}"
             )
-        return savers.WEIGHTS
+        return formats.WEIGHTS
     if filepath.endswith(".weights.h5"):
-        return savers.WEIGHTS
+        return formats.WEIGHTS
     if not filepath.endswith((".keras", ".h5")):
         raise ValueError(
             "The filepath provided must end in `.keras` "
             f"(Keras model format). Received: filepath={filepath}"
         )
-    return savers.KERAS
+    return formats.KERAS
 
 
 def _direction_from_model(model: Any, monitor: str) -> str | None:

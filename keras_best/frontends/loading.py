@@ -9,7 +9,7 @@ import os
 from typing import Any, Mapping
 
 from keras_best.core.objective import Objective, Score, describe_require, rank_key
-from keras_best.engines import savers
+from keras_best.engines import engine_for
 from keras_best.storage import files, manifest
 
 
@@ -151,15 +151,15 @@ def load_best(
 
     record = choose()
     _check_architecture(model, data, directory)
-    fmt = data.save_format
+    engine = engine_for(data.save_format)
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
     try:
-        files.load_weights(model, savers.weights_file(record.path, fmt))
+        engine.load(model, record.path)
     except (FileNotFoundError, files.DamagedFileError):
         # A writer renamed the temp file into place meanwhile: read again.
         record = choose()
-        files.load_weights(model, savers.weights_file(record.path, fmt), hint)
+        engine.load(model, record.path, hint)
     return record
 
 

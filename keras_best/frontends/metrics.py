@@ -7,6 +7,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from keras_best.keras_adapter.host import host_view
+
 
 def read_value(key: str, value: Any) -> float:
     """Return `value` as a Python float.
@@ -73,16 +75,6 @@ def read_all(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): read_value(str(k), v) for k, v in metrics.items()}
 
 
-def direction_of(value: Any) -> str | None:
-    """A Keras metric's own direction hint: "up", "down" or None.
-
-    Keras 3 metrics carry it as the private `_direction` attribute; pinned by
-    `tests/test_metrics.py`.
-    """
-    direction = getattr(value, "_direction", None) if _is_metric(value) else None
-    return direction if direction in ("up", "down") else None
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     """A tensor of any backend (or an array-like) on the host, detached from
     any gradient."""
@@ -93,34 +85,6 @@ def _to_numpy(value: Any) -> np.ndarray:
     if isinstance(value, keras.Variable):
         value = value.value
     return np.asarray(host_view(value))
-
-
-def host_view(tensor: Any) -> np.ndarray:
-    """A JAX or torch tensor on the host, over the tensor's own buffer where it
-    can be (CPU): copy from it at once, never keep it. torch tensors are
-    detached from their gradient and read with `.numpy()` (NumPy 2 warns when
-    `np.array()` reads them); anything else goes through `convert_to_numpy`."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "torch" and hasattr(tensor, "detach"):
-        t = tensor.detach()
-        if str(t.dtype) != "torch.bfloat16":
-            return (t if t.device.type == "cpu" else t.cpu()).numpy()
-    elif backend == "jax" and not isinstance(tensor, (list, tuple)):
-        return np.asarray(tensor)
-    return keras.ops.convert_to_numpy(tensor)
-
-
-def start_host_copies(tensors: list[Any]) -> None:
-    """Start the device-to-host copy of every JAX array at once, so that with
-    an accelerator the copies overlap, instead of one `host_view` waiting for
-    each in turn (`jax.Array.copy_to_host_async`; on the CPU there is nothing
-    to copy). torch tensors and TensorFlow variables are read one by one."""
-    for t in tensors:
-        start = getattr(t, "copy_to_host_async", None)
-        if start is not None:
-            start()
 
 
 def _saw_nothing(metric: Any) -> bool:

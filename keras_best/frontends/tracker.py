@@ -15,8 +15,9 @@ from keras_best.core.options import Options, integer
 from keras_best.core.paths import RunPath
 from keras_best.core.retention import Record
 from keras_best.frontends.checks import check_format, check_model, check_optimizer
-from keras_best.frontends.metrics import direction_of, read_all
+from keras_best.frontends.metrics import read_all
 from keras_best.frontends.report import Reporter, restored_line, say
+from keras_best.keras_adapter.fit import metric_direction
 from keras_best.runner import distribute
 from keras_best.runner.preemption import Preempted, SignalWatch, signals_of
 from keras_best.runner.run import Run, SaveError, architecture_of
@@ -504,7 +505,7 @@ class BestWeightsTracker:
             )
         if not self._checked:
             for name in self.objective.unresolved:
-                self.mode_hint(direction_of(metrics.get(name)), name)
+                self.mode_hint(metric_direction(metrics.get(name)), name)
             self.objective.finalize()  # a name still unresolved raises: asks for mode="min" or "max"
             self._checked = True
 

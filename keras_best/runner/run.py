@@ -20,11 +20,12 @@ import json
 import warnings
 from typing import Any, Callable, Mapping
 
+from keras_best.core.formats import WEIGHTS
 from keras_best.core.objective import Objective, Score
 from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
-from keras_best.engines import savers
+from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute
 from keras_best.storage import files, manifest
 from keras_best.storage.buffers import HostBuffers
@@ -61,8 +62,8 @@ class Run:
         self.policy = Policy(options, objective)
         self.save_format = save_format
         self.buffers = HostBuffers()  # host copies reused from one save to the next
-        self.saver = savers.saver_for(savers.WEIGHTS if options.export_at_finish else save_format,
-                                     path.template, self.buffers)
+        self.engine = engine_for(WEIGHTS if options.export_at_finish else save_format, path.template,
+                                 self.buffers)
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
@@ -173,7 +174,7 @@ class Run:
                 )
             best = self.state.best_record()
             if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
-                weights = savers.weights_file(files.join(self.directory, best.path), self.saver.format)
+                weights = self.engine.weights_file(files.join(self.directory, best.path))
                 self.best_weights = _read_weights_of(model, weights)
             epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer,
                                      random=self.options.save_random_state)
@@ -228,7 +229,7 @@ class Run:
         if plan.save_as is not None:
             rel = plan.save_as
             tmp_rel = files.tmp_path(rel)
-            snapshot = self.saver.snapshot(model)  # on every worker: may be collective
+            snapshot = self.engine.snapshot(model)  # on every worker: may be collective
             txn.done.append((tmp_rel, lambda committed: snapshot.release()))
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
             copies.extend((reuse or {}).values())
@@ -306,7 +307,7 @@ class Run:
             monitor=self.objective.monitor_spec,
             mode=self.objective.mode_spec,
             require=self.objective.require_spec,
-            save_format=self.saver.format,
+            save_format=self.engine.format,
             filepath=self.path.template,
             architecture=self.architecture,
             state=self.state,
@@ -406,8 +407,7 @@ class Run:
             distribute.load_weights(model, files.join(self.directory, best.path), self.chief)
             rel = best.path[: -len(".weights.h5")]
             tmp_rel = files.tmp_path(rel)
-            exporter = savers.SavedModelSaver()
-            distribute.write_durably(files.join(self.directory, tmp_rel), lambda p: exporter.write(model, p),
+            distribute.write_durably(files.join(self.directory, tmp_rel), lambda p: savedmodel.export(model, p),
                                      self.chief)
             self.state = dataclasses.replace(self.state, export=rel)
             self.writer.submit(Transaction(state=self.record(), renames=[(tmp_rel, rel)]))

@@ -21,9 +21,11 @@ when the disk keeps up, two (the one being written and the spare).
 
 Example:
     >>> buffers = HostBuffers()
-    >>> first = buffers.copies([np.zeros(3)])
-    >>> buffers.release(first)
-    >>> buffers.copies([np.ones(3)])[0] is first[0]
+    >>> buffers.allow(1 << 20)  # keep up to 1 MiB of free arrays
+    >>> first = [np.zeros(3)]
+    >>> buffers.hold(first)  # a snapshot copied into it
+    >>> buffers.release(first)  # written: free again
+    >>> buffers.free_for([np.ones(3)])[0] is first[0]  # the next copy of that shape goes there
     True
 """
 
@@ -34,6 +36,8 @@ import weakref
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from keras_best.keras_adapter.host import read_into
 
 
 def _key(shape: Any, dtype: Any) -> tuple[tuple[int, ...], str] | None:
@@ -117,9 +121,7 @@ class HostBuffers:
     def copies(self, variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[np.ndarray]:
         """One held host copy of each variable: the array of `reuse` (a
         snapshot's `by_variable`) when it has one, else a copy into a free
-        array (see `h5_layout.read_into`)."""
-        from keras_best.keras_adapter.h5_layout import read_into
-
+        array (see `keras_adapter.host.read_into`)."""
         reuse = reuse or {}
         missing = [v for v in variables if id(v) not in reuse]
         read = dict(zip(map(id, missing), read_into(missing, self.free_for(missing)))) if missing else {}

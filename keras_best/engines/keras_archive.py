@@ -1,4 +1,4 @@
-"""Write a Keras `.keras` archive from a host snapshot, in any thread.
+"""`.keras` archives, written from a host snapshot in any thread.
 
 `model.save("m.keras")` writes a zip file (stored, not compressed) holding
 `metadata.json`, `config.json` and `model.weights.h5`, whose groups and
@@ -7,7 +7,7 @@ datasets are the ones `model.save_weights` writes (optimizer included), plus
 All of it comes from the live model, in the caller's thread. Here the
 training thread takes only what needs the live model: the two JSON documents
 (`h5_layout.model_json`) and one host copy of each saved variable (the
-`h5_layout` snapshot of `.weights.h5` files); `ArchiveSnapshot.write` builds
+snapshot of `.weights.h5` files, see `weights_h5`); `ArchiveSnapshot.write` builds
 the archive from them alone, so it may run in the background writer.
 
 The weights member is written in place: h5py writes it straight into the zip
@@ -18,11 +18,12 @@ compute their CRC and sizes and write its headers.
 A model that cannot be captured this way (an object that saves assets or has
 an unknown `save_own_variables`, a config that does not serialize, any other
 capture error) is saved with `model.save` in the training thread, with one
-warning saying why.
+warning saying why; so do, silently, a model class that overrides `save`
+and legacy `.h5` full-model files.
 
 Example:
-    >>> snapshot = ArchiveWriter().snapshot(model)  # doctest: +SKIP
-    >>> snapshot.write("best.keras")  # in any thread   # doctest: +SKIP
+    >>> snapshot = KerasEngine().snapshot(model)  # doctest: +SKIP
+    >>> snapshot.write("best.keras")  # in any thread  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import time
 import zipfile
 from typing import Any, Callable
 
+from keras_best.core.formats import KERAS
+from keras_best.engines.base import Engine, LiveSnapshot, Snapshot
+from keras_best.engines.weights_h5 import WeightsSnapshot, WeightsWriter
 from keras_best.keras_adapter import h5_layout
 from keras_best.storage import files
 from keras_best.storage.buffers import HostBuffers
@@ -40,18 +44,22 @@ CHUNK_BYTES = 8 << 20  # read back per zipfile call (CRC)
 H5_OVERHEAD_BYTES = 16 << 20  # more than HDF5's headers for any model (zip64 margin)
 
 
-class ArchiveSnapshot:
+class ArchiveSnapshot(Snapshot):
     """A model's `.keras` archive as host data: config and metadata JSON, and
     the weights snapshot of its `model.weights.h5` member."""
 
     detached = True  # holds host copies only: `write` may run in any thread
 
-    def __init__(self, config_json: str, metadata_json: str, weights: h5_layout.WeightsSnapshot) -> None:
+    def __init__(self, config_json: str, metadata_json: str, weights: WeightsSnapshot) -> None:
         self.config_json, self.metadata_json, self.weights = config_json, metadata_json, weights
 
     @property
     def by_variable(self) -> dict[int, Any]:
         return self.weights.by_variable
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes + len(self.config_json) + len(self.metadata_json)
 
     def release(self) -> None:
         """Done with the host copies (see `WeightsSnapshot.release`)."""
@@ -72,7 +80,7 @@ class ArchiveWriter:
     `None` when it must be saved with `model.save` (warned once)."""
 
     def __init__(self, buffers: HostBuffers | None = None) -> None:
-        self._weights = h5_layout.WeightsWriter(refuse_assets=True, fallback="model.save", buffers=buffers)
+        self._weights = WeightsWriter(refuse_assets=True, fallback="model.save", buffers=buffers)
         self._failed_for: int | None = None
 
     def snapshot(self, model: Any) -> ArchiveSnapshot | None:
@@ -89,6 +97,29 @@ class ArchiveWriter:
             self._weights.refuse(model, RuntimeError(f"its config could not be serialized: {e!r}"))
             return None
         return ArchiveSnapshot(config_json, metadata_json, weights)
+
+
+def _save(model: Any, path: str) -> None:
+    model.save(path)
+
+
+class KerasEngine(Engine):
+    """`.keras` archives, written from host copies (see `ArchiveWriter`);
+    legacy `.h5` full-model files (`legacy_h5=True`) with `model.save`."""
+
+    format = KERAS
+
+    def __init__(self, legacy_h5: bool = False, buffers: HostBuffers | None = None) -> None:
+        self._legacy_h5 = legacy_h5
+        self._archive = ArchiveWriter(buffers)
+
+    def snapshot(self, model: Any) -> Snapshot:
+        import keras
+
+        if self._legacy_h5 or type(model).save is not keras.Model.save:
+            return LiveSnapshot(model, _save)  # legacy format, or the model's own save
+        snap = self._archive.snapshot(model)
+        return LiveSnapshot(model, _save) if snap is None else snap
 
 
 def write_archive(path: str, members: list[tuple[str, bytes]], h5_name: str, fill: Callable[[Any], None],
