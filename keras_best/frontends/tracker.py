@@ -6,7 +6,7 @@ import dataclasses
 import inspect
 import time
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from keras_best.core import retention
 from keras_best.core.monitor import Decision, StopReason
@@ -358,13 +358,16 @@ class BestWeightsTracker:
 
         return left(self.initial_epoch)
 
-    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
+    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None, *,
+               swapped: Sequence[tuple[Any, Any]] = ()) -> Decision:
         """Read `metrics`, decide, save if better; return the `Decision`.
 
         `metrics` maps names to `keras.metrics.Metric` objects (read with
         `.result()`, not reset), tensors, numpy scalars or floats. `epoch` is
         0-based, as in Keras callbacks; each update must come after the one
         before (a later epoch, or a later `step` of the same epoch).
+        `swapped` (package-internal, for `BestCheckpoint`): the EMA (variable,
+        average) pairs whose values trade places in this update's training state.
         """
         if self.model is None:
             raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
@@ -376,7 +379,7 @@ class BestWeightsTracker:
             self._check_keys(metrics, values, step)
         previous_best = self.best
         plan = self._run.update(self.model, self.optimizer, epoch, step, values,
-                                self.objective.score(values) if validated else None)
+                                self.objective.score(values) if validated else None, swapped=swapped)
         if plan.write_state:
             self._state_written()
         shown = self.path.shown

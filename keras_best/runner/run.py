@@ -15,10 +15,8 @@ names are written.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import warnings
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from keras_best.core.formats import WEIGHTS
 from keras_best.core.objective import Objective, Score
@@ -33,7 +31,8 @@ from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
 from keras_best.storage.writer import Transaction, Writer
-from keras_best.training_state import rng, state
+from keras_best.training_state import parts, state
+from keras_best.training_state.parts import architecture_of
 
 
 class SaveError(OSError):
@@ -60,7 +59,6 @@ class Run:
         self.path, self.directory = path, path.directory
         self.options, self.objective = options, objective
         self.policy = Policy(options, objective)
-        self.save_format = save_format
         self.buffers = HostBuffers()  # host copies reused from one save to the next
         self.engine = engine_for(WEIGHTS if options.export_at_finish else save_format, path.template,
                                  self.buffers)
@@ -73,7 +71,6 @@ class Run:
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
         self.initial_step = 0
-        self.exchanged: list[tuple[Any, Any]] = []  # see keras_best.training_state.ema
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -157,29 +154,18 @@ class Run:
         if record.require != o.require_spec:
             raise ValueError(f"{where} require={record.require!r}, not {o.require_spec!r}. Use the same "
                              "constraints, or another directory for a new run.")
-        if record.architecture and model.built and record.architecture != architecture_of(model):
-            raise ValueError(
-                f"Cannot resume {self.directory}: the model's architecture (weight shapes) differs from "
-                "the one recorded there. Use the same model code, or another directory for a new run."
-            )
+        parts.check_architecture(model, record.architecture, self.directory)
         self.adopt(record, self.directory)
         self.resumed = True
-        last = record.state.last
-        if last and files.exists(files.join(self.directory, last["path"])):
-            if not model.built:
-                raise ValueError(
-                    f"Cannot resume {self.directory}: the model is not built yet, so its weights cannot "
-                    "be restored. Build it first (call it on a batch, or `model.build(input_shape)`), "
-                    "then create the tracker."
-                )
+        last = record.state.last and files.join(self.directory, record.state.last["path"])
+        if last and files.exists(last):
+            parts.require_built(model, resuming=self.directory)
             best = self.state.best_record()
             if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = self.engine.weights_file(files.join(self.directory, best.path))
                 self.best_weights = _read_weights_of(model, weights)
-            epoch, step = state.load(files.join(self.directory, last["path"]), model, optimizer,
-                                     random=self.options.save_random_state)
-            # A state saved mid-epoch continues in that epoch, at the next batch.
-            self.initial_epoch, self.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
+            self.initial_epoch, self.initial_step = state.resume(last, parts.for_model(
+                model, optimizer, random=self.options.save_random_state))
         elif self.history:
             self.initial_epoch = self.history[-1]["epoch"] + 1
 
@@ -195,14 +181,11 @@ class Run:
         self.architecture = record.architecture or self.architecture
 
     # ------------------------------------------------------------- update
-    def update(self, model: Any, optimizer: Any, epoch: int, step: int | None,
-               values: Mapping[str, float], score: Score | None) -> Plan:
-        """Plan one update with the policy and carry it out; return the plan."""
-        if not model.built or not model.weights:
-            raise ValueError(
-                "The model is not built yet (it has no weights), so there is nothing to save. Build it "
-                "first (call it on a batch, or `model.build(input_shape)`), then call update()."
-            )
+    def update(self, model: Any, optimizer: Any, epoch: int, step: int | None, values: Mapping[str, float],
+               score: Score | None, swapped: Sequence[tuple[Any, Any]] = ()) -> Plan:
+        """Plan one update with the policy and carry it out; return the plan. `swapped`: the EMA
+        (variable, average) pairs whose values trade places in this update's training state."""
+        parts.require_built(model)
         try:
             self.acquire()
         except OSError as e:  # e.g. a read-only directory: the lock file cannot be made
@@ -215,7 +198,7 @@ class Run:
         undo = _Undo(self.state, len(self.history), self.history_bytes, self.unwritten_from,
                      self.best_weights, self.architecture, epoch)
         try:
-            self._carry_out(plan, model, optimizer, epoch, step, undo)
+            self._carry_out(plan, model, optimizer, epoch, step, undo, swapped)
         except BaseException as e:
             self._undo(undo)
             if isinstance(e, OSError) and not isinstance(e, SaveError):
@@ -223,7 +206,8 @@ class Run:
             raise
         return plan
 
-    def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo) -> None:
+    def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo,
+                   swapped: Sequence[tuple[Any, Any]]) -> None:
         txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot, copies = None, None, []
         if plan.save_as is not None:
@@ -240,19 +224,10 @@ class Run:
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
             copies.extend(self.best_weights)
         if plan.write_state:
-            state_rel = plan.state.last["path"]
-            tmp_rel = files.tmp_path(state_rel)
-            # `exchanged`: pairs whose values trade places in the state (EMA weights swapped in).
-            trade = {id(a): b for pair in self.exchanged for a, b in (pair, pair[::-1])}
-            arrays = (self.buffers.copies([trade.get(id(v), v) for v in model.weights], reuse),
-                      self.buffers.copies([trade.get(id(v), v) for v in state.optimizer_variables(optimizer, model)],
-                                          reuse))
-            txn.done.append((tmp_rel, lambda committed: self.buffers.release(arrays[0] + arrays[1])))
-            copies.extend(arrays[0] + arrays[1])
-            saved_random = rng.capture(model) if self.options.save_random_state else None
-            self._add_write(txn, tmp_rel, lambda p: state.write(p, *arrays, epoch=epoch, step=step,
-                                                                 random=saved_random), True)
-            txn.renames.append((tmp_rel, state_rel))
+            taken = state.snapshot(parts.for_model(model, optimizer, random=self.options.save_random_state,
+                                                   swapped=swapped), self.buffers, reuse, epoch, step)
+            taken.add_to(txn, plan.state.last["path"])
+            copies.extend(taken.arrays)
         if replaced is not None:
             # The previous best weights, once this best is recorded (a failed
             # write brings them back: see `_undo`).
@@ -413,12 +388,6 @@ class Run:
             self.writer.submit(Transaction(state=self.record(), renames=[(tmp_rel, rel)]))
         finally:
             model.set_weights(current)
-
-
-def architecture_of(model: Any) -> str:
-    """A fingerprint of the model's variables (shapes and dtypes, in order)."""
-    spec = [(list(v.shape), str(getattr(v, "dtype", ""))) for v in model.weights]
-    return hashlib.sha1(json.dumps(spec).encode()).hexdigest()[:16]
 
 
 def _read_weights_of(model: Any, path: str) -> list[Any]:

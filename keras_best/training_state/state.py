@@ -1,99 +1,142 @@
-"""The resumable training state: model and optimizer variables in one h5 file.
+"""The resumable training state: one h5 file made of named parts.
 
-Variables are stored in the order of `model.weights` and
-`optimizer.variables`, which is stable for the same code, with their shapes
-checked on load. Kept apart from the Keras weights format on purpose: it must
-hold an optimizer that the model does not own (custom loops).
+A state is a list of `StatePart`s (today's: `keras_best.training_state.parts`),
+each one group of the file; the file's attrs hold the epoch and step. Saving
+goes in two steps: `snapshot` takes every part's host copies in the training
+thread, and `StateSnapshot.write` writes them (in the writer thread, from host
+arrays only). `load` reads and checks every part before it assigns any, so a
+file that is damaged or does not fit changes nothing.
+
+Example (a part of your own beside today's):
+
+    class Counter:
+        name = "counter"
+
+        def __init__(self, holder):
+            self.holder = holder
+
+        def copies(self, buffers, reuse):
+            return {"value": np.array(self.holder.value)}
+
+        def write(self, group, copies):
+            group.create_dataset("value", data=copies["value"])
+
+        def read(self, group, where):
+            if group is None:
+                raise ValueError(f"{where} holds no counter.")
+            return int(group["value"][()])
+
+        def assign(self, value):
+            self.holder.value = value
+
+    state.load(path, [*parts.for_model(model, optimizer), Counter(holder)])
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import dataclasses
+from typing import Any, Mapping, Protocol, Sequence
 
 import h5py
 import numpy as np
 
 from keras_best.storage import files
-from keras_best.training_state import rng
-
-LAST_NAME = files.LAST_NAME
-
-
-def optimizer_variables(optimizer: Any, model: Any) -> list[Any]:
-    """The optimizer's variables, building it first when needed."""
-    if optimizer is None:
-        return []
-    if not getattr(optimizer, "built", True):
-        optimizer.build(model.trainable_variables)
-    return list(optimizer.variables)
+from keras_best.storage.buffers import HostBuffers
+from keras_best.storage.writer import Transaction
 
 
-def write(path: str, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int,
-          step: int | None, random: Mapping[str, np.ndarray] | None = None) -> None:
-    files.write_h5(path, lambda f: _fill(f, model_arrays, optimizer_arrays, epoch, step, random or {}))
+class StatePart(Protocol):
+    """A named part of the training state: the group `name` of the state file."""
+
+    name: str
+
+    def copies(self, buffers: HostBuffers, reuse: Mapping[int, np.ndarray] | None) -> Mapping[str, np.ndarray]:
+        """Host copies of what the part holds, by dataset name (training thread).
+        Variables are copied with `buffers.copies(variables, reuse)`, so a copy
+        the best file's snapshot already took (`reuse`) is shared."""
+
+    def write(self, group: h5py.Group, copies: Mapping[str, np.ndarray]) -> None:
+        """Write `copies` into the part's (new, empty) group (writer thread)."""
+
+    def read(self, group: h5py.Group | None, where: str) -> Any:
+        """Read the part's group (`None` when the file has none) and check it
+        against the live objects; raise a `ValueError` naming `where` when it
+        does not fit. Assigns nothing: returns what `assign` takes."""
+
+    def assign(self, values: Any) -> None:
+        """Put back what `read` returned."""
 
 
-def _fill(f: Any, model_arrays: Sequence[np.ndarray], optimizer_arrays: Sequence[np.ndarray], epoch: int,
-          step: int | None, random: Mapping[str, np.ndarray]) -> None:
-    f.attrs["epoch"] = epoch
-    f.attrs["step"] = -1 if step is None else step
-    for group_name, arrays in (("model", model_arrays), ("optimizer", optimizer_arrays)):
-        group = f.create_group(group_name)
-        group.attrs["count"] = len(arrays)
-        for i, a in enumerate(arrays):
-            group.create_dataset(str(i), data=a)
-    if random:
-        group = f.create_group("random")
-        for name, a in random.items():
-            group.create_dataset(name, data=a)
+@dataclasses.dataclass(frozen=True)
+class StateSnapshot:
+    """Host copies of every part of a state, for one epoch (and step)."""
+
+    parts: tuple[tuple[StatePart, Mapping[str, np.ndarray]], ...]
+    epoch: int
+    step: int | None
+    buffers: HostBuffers
+
+    @property
+    def arrays(self) -> list[np.ndarray]:
+        """Every host array of the snapshot."""
+        return [a for _, copies in self.parts for a in copies.values()]
+
+    def add_to(self, txn: Transaction, rel: str) -> None:
+        """Have `txn` write the state file `rel` (the writer writes a temp file,
+        renamed on commit); the host copies go back to the pool once it is written."""
+        tmp_rel = files.tmp_path(rel)
+        txn.done.append((tmp_rel, lambda committed: self.buffers.release(self.arrays)))
+        txn.jobs.append((self.write, tmp_rel))  # dropped on non-chief workers (nothing to read)
+        txn.renames.append((tmp_rel, rel))
+
+    def write(self, path: str) -> None:
+        """Write the state file at the local `path`."""
+        files.write_h5(path, self._fill)
+
+    def _fill(self, f: Any) -> None:
+        f.attrs["epoch"] = self.epoch
+        f.attrs["step"] = -1 if self.step is None else self.step
+        for part, copies in self.parts:
+            part.write(f.create_group(part.name), copies)
 
 
-def load(path: str, model: Any, optimizer: Any, random: bool = True) -> tuple[int, int | None]:
-    """Assign the saved variables to `model` and `optimizer` (and, if
-    `random`, the saved random state: `keras_best.training_state.rng`); return (epoch, step).
+def snapshot(parts: Sequence[StatePart], buffers: HostBuffers, reuse: Mapping[int, np.ndarray] | None,
+             epoch: int, step: int | None) -> StateSnapshot:
+    """Host copies of every part (in the training thread)."""
+    _check_names(parts)
+    return StateSnapshot(tuple((part, part.copies(buffers, reuse)) for part in parts), epoch, step, buffers)
 
-    Everything is read and checked first: when the file is damaged or does
-    not fit, nothing is assigned (the model keeps its weights)."""
-    targets = [(list(model.weights), "model"), (optimizer_variables(optimizer, model), "optimizer")]
+
+def resume(path: str, parts: Sequence[StatePart]) -> tuple[int, int]:
+    """`load` the state file `path`; return where training goes on: (epoch,
+    step) of the next batch (a state saved mid-epoch continues in that epoch)."""
+    epoch, step = load(path, parts)
+    return (epoch + 1, 0) if step is None else (epoch, step + 1)
+
+
+def load(path: str, parts: Sequence[StatePart]) -> tuple[int, int | None]:
+    """Read and check every part of the state file `path`, then assign them
+    all; return (epoch, step).
+
+    When the file is damaged or a part does not fit, nothing is assigned (the
+    model keeps its weights)."""
+    _check_names(parts)
     try:
         with files.local_copy(path) as local, h5py.File(local, "r") as f:
-            arrays = [_read(f[what], variables, what, path) for variables, what in targets]
+            values = [part.read(f.get(part.name), path) for part in parts]
             step = int(f.attrs["step"])
             epoch = int(f.attrs["epoch"])
-            saved_random = {k: d[()] for k, d in f["random"].items()} if "random" in f else {}
     except (OSError, KeyError, TypeError) as e:
         raise files.DamagedFileError(
             f"Cannot resume from {path}: the training state there is damaged or incomplete ({e}). "
             "Pass resume=False to start a new run in that directory, or restore the file from a copy."
         ) from e
-    for (variables, _), values in zip(targets, arrays):
-        for v, a in zip(variables, values):
-            v.assign(a)
-    if random:
-        rng.restore(model, saved_random)
+    for part, value in zip(parts, values):
+        part.assign(value)
     return epoch, (None if step < 0 else step)
 
 
-def _read(group: Any, variables: list[Any], what: str, path: str) -> list[np.ndarray]:
-    count = int(group.attrs["count"])
-    if what == "optimizer" and not variables and count:
-        raise ValueError(
-            f"{path} holds optimizer state but no optimizer was given. Pass "
-            "`optimizer=` to the tracker (or compile the model) to resume training."
-        )
-    if count != len(variables):
-        raise ValueError(
-            f"Cannot resume: {path} holds {count} {what} variables but the {what} "
-            f"has {len(variables)}. Was the run recorded with another architecture "
-            "or optimizer?"
-        )
-    values = []
-    for i, v in enumerate(variables):
-        data = group[str(i)]
-        if tuple(data.shape) != tuple(v.shape):
-            raise ValueError(
-                f"Cannot resume: {what} variable {i} ({v.path if hasattr(v, 'path') else v.name}) "
-                f"has shape {tuple(v.shape)} but {path} holds {tuple(data.shape)}."
-            )
-        values.append(data[()])
-    return values
+def _check_names(parts: Sequence[StatePart]) -> None:
+    names = [part.name for part in parts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"The parts of a training state need distinct names. Received: {names}")
