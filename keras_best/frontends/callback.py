@@ -180,11 +180,9 @@ class BestCheckpoint(keras.callbacks.Callback):
             swap, exchange = ema.arrangement() if ema.active else (False, False)
             if swap:  # the evaluated (EMA) weights into the model for the save, and back
                 ema.swap()
-            self.tracker._run.exchanged = ema.pairs if exchange else []
             try:
-                self._act(self.tracker.update(epoch, logs))
+                self._act(self.tracker.update(epoch, logs, swapped=ema.pairs if exchange else ()))
             finally:
-                self.tracker._run.exchanged = []
                 if swap:
                     ema.swap()
         if self.tracker.preempted:  # after the epoch's update, or when there was none
