@@ -176,28 +176,26 @@ def test_best_k_table(kept, new, k, mode, pinned, expected):
     assert [r.epoch for r in out] == expected
 
 
-# (every, archived epochs, new (epoch, step), archived epochs after)
+# (every, archived epochs, new (epoch, step), archived epochs after, the new record among them)
 ARCHIVE_TABLE = [
-    (None, [], (0, None), []),
-    (1, [], (0, None), [0]),
-    (2, [], (0, None), []),
-    (2, [], (1, None), [1]),
-    (2, [1], (2, None), [1]),
-    (2, [1], (3, None), [1, 3]),
-    (2, [1, 3], (3, None), [1, 3]),  # a resumed epoch: its record is replaced, not doubled
-    (2, [1], (3, 5), [1]),  # a step inside an epoch is never archived
-    (3, [2, 5], (8, None), [2, 5, 8]),
+    (None, [], (0, None), [], False),
+    (1, [], (0, None), [0], True),
+    (2, [], (0, None), [], False),
+    (2, [], (1, None), [1], True),
+    (2, [1], (2, None), [1], False),
+    (2, [1], (3, None), [1, 3], True),
+    (2, [1, 3], (3, None), [1, 3], True),  # a resumed epoch: its record is replaced, not doubled
+    (2, [1], (3, 5), [1], False),  # a step inside an epoch is never archived
+    (3, [2, 5], (8, None), [2, 5, 8], True),
 ]
 
 
-@pytest.mark.parametrize("every,archived,new,expected", ARCHIVE_TABLE)
-def test_archive_table(every, archived, new, expected):
+@pytest.mark.parametrize("every,archived,new,expected,added", ARCHIVE_TABLE)
+def test_archive_table(every, archived, new, expected, added):
     records = [Record(e, 0.5, f"a{e}") for e in archived]
     fresh = Record(new[0], 0.1, "new", step=new[1])
     out = Archive(every).keep(records, fresh)
-    assert [r.epoch for r in out] == expected
-    assert any(r is fresh for r in out) == (new[0] in expected and new[0] not in archived or (
-        new[0] in archived and new[0] in expected and every is not None and new[1] is None and (new[0] + 1) % every == 0))
+    assert [r.epoch for r in out] == expected and any(r is fresh for r in out) is added
 
 
 # (n, kept paths newest first, new path, kept after)
