@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_best.core.monitor import infer_mode
+from keras_best.core.objective import infer_mode
 from keras_best.frontends.metrics import read_all, read_value
 from keras_best.keras_adapter.fit import metric_direction
 

@@ -9,13 +9,24 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best.core.monitor import Decision, Monitor, StopReason, check_mode, infer_mode
+from keras_best.core.monitor import Decision, Monitor, MonitorState, StopReason
+from keras_best.core.objective import Score, check_mode, infer_mode
 
 NAN, INF = math.nan, math.inf
 
 
-def _run(monitor: Monitor, values) -> list[Decision]:
-    return [monitor.step(epoch, v) for epoch, v in enumerate(values)]
+def _run(monitor: Monitor, values, state: MonitorState | None = None, start: int = 0) -> list[Decision]:
+    return _fold(monitor, values, state, start)[0]
+
+
+def _fold(monitor: Monitor, values, state: MonitorState | None = None, start: int = 0):
+    """Step `monitor` through `values` from `state`; return the decisions and the last state."""
+    state = MonitorState() if state is None else state
+    decisions = []
+    for epoch, v in enumerate(values, start=start):
+        decision, state = monitor.step(state, epoch, v)
+        decisions.append(decision)
+    return decisions, state
 
 
 # ----------------------------------------------------------------- improvement
@@ -60,7 +71,7 @@ def test_improvement_table(mode, min_delta, baseline, values, improved, best):
 
 
 def test_decision_is_frozen_and_carries_the_value():
-    d = Monitor("min").step(4, 0.5)
+    d, _ = Monitor("min").step(MonitorState(), 4, 0.5)
     assert (d.epoch, d.value, d.improved, d.best, d.best_epoch) == (4, 0.5, True, 0.5, 4)
     assert (d.saved_path, d.evicted, d.should_stop, d.stop_reason) == (None, (), False, StopReason.NONE)
     with pytest.raises(AttributeError):
@@ -69,9 +80,19 @@ def test_decision_is_frozen_and_carries_the_value():
 
 def test_is_improvement_does_not_change_state():
     m = Monitor("min")
-    m.step(0, 1.0)
-    assert m.is_improvement(0.5) and m.is_improvement(0.5)
-    assert (m.best, m.best_epoch, m.wait) == (1.0, 0, 0)
+    _, state = m.step(MonitorState(), 0, 1.0)
+    assert m.is_improvement(state, 0.5) and m.is_improvement(state, 0.5)
+    assert (state.best_value, state.best_epoch, state.wait) == (1.0, 0, 0)
+
+
+def test_a_step_leaves_its_state_as_it_was():
+    m = Monitor("min", patience=1)
+    before = MonitorState(Score(1.0), 0, 0, Score(1.0))
+    decision, after = m.step(before, 1, 2.0)
+    assert before == MonitorState(Score(1.0), 0, 0, Score(1.0)) and decision.should_stop
+    assert (after.wait, after.best_value) == (1, 1.0)
+    with pytest.raises(AttributeError):
+        after.wait = 0
 
 
 # -------------------------------------------------------------------- patience
@@ -148,9 +169,9 @@ def _keras_early_stopping_stop_epoch(values, **options):
 
 def _our_stop_epoch(values, **options):
     m = Monitor(options.pop("mode"), **options)
-    for epoch, v in enumerate(values):
-        if m.step(epoch, v).should_stop:
-            return epoch
+    for d in _run(m, values):
+        if d.should_stop:
+            return d.epoch
     return None
 
 
@@ -190,12 +211,9 @@ def test_state_dict_round_trip_continues_identically():
     options = dict(min_delta=0.01, patience=3, start_from_epoch=2)
     whole = _run(Monitor("min", **options), values)
     for split in range(len(values) + 1):
-        first = Monitor("min", **options)
-        head = [first.step(e, v) for e, v in enumerate(values[:split])]
-        state = json.loads(json.dumps(first.state_dict()))
-        second = Monitor("min", **options)
-        second.load_state_dict(state)
-        tail = [second.step(e, v) for e, v in enumerate(values[split:], start=split)]
+        head, state = _fold(Monitor("min", **options), values[:split])
+        state = MonitorState.from_json(json.loads(json.dumps(dict(state))))
+        tail = _run(Monitor("min", **options), values[split:], state, start=split)
         assert _same(head + tail, whole), split
 
 
@@ -208,17 +226,26 @@ def _same(a: list[Decision], b: list[Decision]) -> bool:
 
 @pytest.mark.parametrize("key", ["best", "best_epoch", "wait"])
 def test_load_state_dict_missing_key(key):
-    state = Monitor("min").state_dict()
+    state = dict(MonitorState())
     del state[key]
     with pytest.raises(ValueError, match=f"Required state attribute '{key}' is absent"):
-        Monitor("min").load_state_dict(state)
+        MonitorState.from_json(state)
 
 
 def test_load_state_dict_without_patience_best_uses_best():
     m = Monitor("min", patience=1)
-    m.load_state_dict({"best": 0.5, "best_epoch": 1, "wait": 0})
-    assert m.step(2, 0.6).should_stop
-    assert not Monitor("min", patience=1).step(0, 0.6).should_stop
+    state = MonitorState.from_json({"best": 0.5, "best_epoch": 1, "wait": 0})
+    assert m.step(state, 2, 0.6)[0].should_stop
+    assert not Monitor("min", patience=1).step(MonitorState(), 0, 0.6)[0].should_stop
+
+
+def test_the_json_form_keeps_the_keys_of_keras_best_json():
+    state = MonitorState(Score(0.5, (NAN,)), 3, 1, Score(0.4, (0.2,)))
+    assert list(state) == ["best", "best_epoch", "wait", "patience_best", "best_ties", "patience_ties"]
+    assert dict(state) == {**state.to_json(), "best_ties": [state.best.ties[0]]}
+    assert (state["best"], state["patience_best"], state["patience_ties"]) == (0.5, 0.4, [0.2])
+    assert dict(MonitorState()) == {"best": None, "best_epoch": None, "wait": 0, "patience_best": None,
+                                    "best_ties": [], "patience_ties": []}
 
 
 # ------------------------------------------------------------------ validation

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from keras_best.core.monitor import Monitor
+from keras_best.core.monitor import Monitor, MonitorState
 from keras_best.core.objective import OPS, Objective, Score, beats, compare_ties, rank_key
-from keras_best.core.retention import Record, ranked, retain
+from keras_best.core.retention import BestK, Record, ranked
 
 NAN, INF = math.nan, math.inf
 LEX = ("min", "max")  # monitor=["val_loss", "val_acc"]
@@ -71,9 +71,13 @@ def test_rank_key_agrees_with_beats():
 
 
 # ------------------------------------------------------ monitor decisions
-def _decide(objective: Objective, rows, **options):
-    engine = Monitor(objective.engine_modes, **options)
-    return [engine.step(e, objective.score(row)) for e, row in enumerate(rows)], engine
+def _decide(objective: Objective, rows, state=None, start=0, **options):
+    """Step a `Monitor` through `rows`; return the decisions and the last `MonitorState`."""
+    engine, state, decisions = Monitor(objective.engine_modes, **options), state or MonitorState(), []
+    for e, row in enumerate(rows, start=start):
+        decision, state = engine.step(state, e, objective.score(row))
+        decisions.append(decision)
+    return decisions, state
 
 
 # (rows of metrics, improved per epoch, best epoch)
@@ -92,7 +96,7 @@ LEX_ROWS = [
 def test_lexicographic_truth_table():
     decisions, engine = _decide(Objective(["val_loss", "val_acc"]), LEX_ROWS)
     assert [d.improved for d in decisions] == [True, True, False, False, False, True, True, False]
-    assert (engine.best, engine.best_epoch, engine.best_score.ties) == (0.4, 6, (0.1,))
+    assert (engine.best_value, engine.best_epoch, engine.best.ties) == (0.4, 6, (0.1,))
     assert decisions[3].ties[0] != decisions[3].ties[0]  # the NaN is reported as read
 
 
@@ -129,7 +133,7 @@ def test_constraint_truth_table(require, rows, improved):
     decisions, engine = _decide(objective, [{"val_loss": a, "val_recall": b} for a, b in rows])
     assert [d.improved for d in decisions] == improved
     if not any(improved):
-        assert engine.best is None and engine.best_epoch is None
+        assert engine.best_value is None and engine.best_epoch is None
     assert [d.feasible for d in decisions] == [objective.feasible({"val_loss": a, "val_recall": b})
                                                 for a, b in rows]
 
@@ -265,8 +269,8 @@ def test_top_k_with_tie_breaks_and_constraints():
     admitted = []
     for epoch, (loss, acc, feasible) in enumerate(rows):
         new = Record(epoch, loss, f"e{epoch}", ties=(acc,), feasible=feasible)
-        after, evicted, _ = retain(kept, new, 2, modes)
-        admitted.append(new.score.eligible and all(r is not new for r in evicted))
+        after = BestK(2, modes).keep(kept, new)
+        admitted.append(new.score.eligible and any(r is new for r in after))
         if admitted[-1]:
             kept = after
     assert admitted == [True, True, False, False, True]
@@ -295,18 +299,16 @@ def test_state_round_trip_with_tie_breaks_at_every_split():
     whole, _ = _decide(objective, rows, **options)
     key = [(d.improved, d.best, d.best_epoch, d.wait, d.should_stop) for d in whole]
     for split in range(len(rows) + 1):
-        first = Monitor(objective.engine_modes, **options)
-        head = [first.step(e, objective.score(r)) for e, r in enumerate(rows[:split])]
-        state = json.loads(json.dumps(first.state_dict()))
-        second = Monitor(objective.engine_modes, **options)
-        second.load_state_dict(state)
-        tail = [second.step(e, objective.score(r)) for e, r in enumerate(rows[split:], start=split)]
+        head, state = _decide(objective, rows[:split], **options)
+        state = MonitorState.from_json(json.loads(json.dumps(dict(state))))
+        tail, _ = _decide(objective, rows[split:], state, split, **options)
         assert [(d.improved, d.best, d.best_epoch, d.wait, d.should_stop) for d in head + tail] == key, split
 
 
 def test_version_1_state_without_ties_loads():
     m = Monitor(LEX)
-    m.load_state_dict({"best": 0.5, "best_epoch": 1, "wait": 0, "patience_best": 0.5})
-    assert m.best_score == Score(0.5, ())
-    assert m.step(2, Score(0.5, (0.1,))).improved is False  # a tie with an unknown tie-break keeps the old
-    assert m.step(3, Score(0.4, (0.1,))).improved is True
+    state = MonitorState.from_json({"best": 0.5, "best_epoch": 1, "wait": 0, "patience_best": 0.5})
+    assert state.best == Score(0.5, ())
+    decision, state = m.step(state, 2, Score(0.5, (0.1,)))
+    assert decision.improved is False  # a tie with an unknown tie-break keeps the old
+    assert m.step(state, 3, Score(0.4, (0.1,)))[0].improved is True

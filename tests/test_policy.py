@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from keras_best.core.monitor import MonitorState
 from keras_best.core.objective import Objective
 from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
@@ -54,6 +55,9 @@ class Sim:
     def check(self):
         """The one-best invariants, on the names and on the simulated disk."""
         self.state.check(self.options.keep_top_k)
+        for r in self.state.kept + self.state.archived:  # no kept file was overwritten by another epoch
+            assert self.disk[r.path] == r.epoch
+        assert set(self.disk) == {r.path for r in self.state.kept + self.state.archived}  # the rules' union
         record = self.state.best_record()
         if self.best is None:
             assert record is None and self.host_copy is None
@@ -62,9 +66,6 @@ class Sim:
         assert self.disk[record.path] == self.best_epoch  # the best file holds the best epoch's weights
         if self.options.restore_best_weights:
             assert self.host_copy == self.best_epoch
-        for r in self.state.kept:  # no kept file was overwritten by another epoch
-            assert self.disk[r.path] == r.epoch
-        assert set(self.disk) == {r.path for r in self.state.kept}
         assert math.isfinite(self.best)
 
 
@@ -129,6 +130,17 @@ def test_an_update_without_validation_decides_nothing_and_counts_no_patience():
     assert plan.state.engine == sim.state.engine and plan.state.last["epoch"] == 1
     sim.state = plan.state
     assert sim.update(2, 0.6).decision.should_stop  # the first epoch without improvement since 0
+
+
+def test_the_engine_state_is_a_frozen_value_and_the_rules_are_built_once():
+    sim = Sim(patience=2, keep_top_k=2)
+    sim.update(0, 0.5)
+    monitor, engine = sim.policy.monitor, sim.state.engine
+    plan = sim.update(1, 0.6)
+    assert sim.policy.monitor is monitor  # options checked once, not at every update
+    assert isinstance(engine, MonitorState) and (engine.best_value, engine.wait) == (0.5, 0)
+    assert plan.state.engine.wait == 1 and engine.wait == 0  # the old state is untouched
+    assert RunState(engine=dict(plan.state.engine)).engine == plan.state.engine  # the JSON form reads back
 
 
 @pytest.mark.parametrize("value", [0, np.False_, np.int64(0), False])
@@ -211,6 +223,7 @@ OPTIONS = st.fixed_dictionaries({
     "template": st.sampled_from(["e{epoch:02d}.weights.h5", "best-{val_loss:.1f}.weights.h5",
                                  "best.weights.h5", "{val_loss:.0f}-{val_acc:.1f}.keras"]),
     "require": st.sampled_from([None, {"val_acc": (">=", 0.5)}]),
+    "archive_every": st.sampled_from([None, None, 1, 3]),
 })
 
 
@@ -219,8 +232,8 @@ OPTIONS = st.fixed_dictionaries({
 def test_one_best_everywhere_after_every_update(options, rows):
     options = dict(options)
     template = options.pop("template")
-    if options["keep_top_k"] != 1 and not RunPath(template).fields:
-        options["keep_top_k"] = 1  # refused at construction by the tracker
+    if not RunPath(template).fields:  # refused at construction by the tracker
+        options["keep_top_k"], options["archive_every"] = 1, None
     sim = Sim(template, **options)
     seen_best = []
     for epoch, (value, acc) in enumerate(rows):

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from keras_best import BestCheckpoint, BestWeightsTracker, StopReason, load_best
 from keras_best.cli import summary as summary_lib
-from keras_best.core.monitor import Monitor
+from keras_best.core.monitor import Monitor, MonitorState
 from tests.conftest import make_model, perturb, run_json
 
 VALUES = st.lists(st.one_of(st.floats(0.0, 2.0), st.just(math.nan), st.just(math.inf)), min_size=1, max_size=20)
@@ -39,9 +39,10 @@ def test_the_run_stops_exactly_where_a_threshold_is_crossed(values, mode, stop, 
     from keras_best.core.objective import Score
 
     monitor = Monitor(mode, stopping_threshold=stop, divergence_threshold=diverge)
-    decisions = []
+    decisions, state = [], MonitorState()
     for epoch, (v, ok) in enumerate(zip(values, feasible)):
-        decisions.append(monitor.step(epoch, Score(v, feasible=ok)))
+        decision, state = monitor.step(state, epoch, Score(v, feasible=ok))
+        decisions.append(decision)
         if decisions[-1].should_stop:
             break
     want_epoch, want_reason = _reference_stop(values, mode, stop, diverge, feasible)

@@ -1,6 +1,10 @@
 """The decision engine: is this value better, and should training stop?
 
-Plain Python: no TensorFlow, no I/O. Unit-testable in microseconds.
+`Monitor` holds the rules (validated once, at construction); `MonitorState`
+is what a run has seen so far (a frozen value carried in
+`keras_best.core.policy.RunState`). `Monitor.step` is a pure function:
+`(state, epoch, value) -> (Decision, new state)`. Plain Python: no TensorFlow,
+no I/O. Unit-testable in microseconds.
 """
 
 from __future__ import annotations
@@ -8,17 +12,9 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
-from keras_best.core import objective as _objective  # objective imports us: use it at call time
-
-if TYPE_CHECKING:
-    from keras_best.core.objective import Score
-
-MODES = ("min", "max", "auto")
-
-_MIN_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "hinge", "crossentropy", "perplexity")
-_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fbeta", "iou", "r2", "top_k", "psnr", "ssim")
+from keras_best.core.objective import Score, beats
 
 
 class StopReason(str, enum.Enum):
@@ -91,42 +87,81 @@ class Decision:
     feasible: bool = True
 
 
-def infer_mode(monitor: str, direction: str | None = None) -> str:
-    """Return "min" or "max" for `monitor`, or raise `ValueError`.
+@dataclasses.dataclass(frozen=True)
+class MonitorState(Mapping[str, Any]):
+    """What the engine has seen so far. Frozen: `Monitor.step` returns the next one.
 
-    `direction` is a Keras metric object's own hint ("up"/"down") when known.
+    It reads as its JSON form (the "engine" of keras_best.json), a read-only
+    mapping: `state["best"]` is the best primary value, `dict(state)` what is
+    written. `MonitorState.from_json` reads it back.
 
-    >>> infer_mode("val_loss"), infer_mode("val_accuracy")
-    ('min', 'max')
+    Attributes:
+        best: the best `Score` (`None` until one is eligible and beats `baseline`).
+        best_epoch: the epoch of `best`.
+        wait: epochs since the last improvement that counts for patience.
+        patience_best: the best `Score` since `start_from_epoch` (what
+            patience compares with, as `keras.callbacks.EarlyStopping`).
+
+    >>> state = MonitorState(Score(0.5), 1, 0, Score(0.5))
+    >>> state["best"], MonitorState.from_json(dict(state)) == state
+    (0.5, True)
     """
-    if direction == "up":
-        return "max"
-    if direction == "down":
-        return "min"
-    name = monitor.lower()
-    if any(h in name for h in _MIN_HINTS):
-        return "min"
-    if any(h in name for h in _MAX_HINTS):
-        return "max"
-    raise ValueError(
-        f"Cannot infer whether `{monitor}` should be minimised or maximised. "
-        f'Pass `mode="min"` or `mode="max"`. Received: monitor={monitor!r}, mode="auto"'
-    )
+
+    best: Score | None = None
+    best_epoch: int | None = None
+    wait: int = 0
+    patience_best: Score | None = None
+
+    @property
+    def best_value(self) -> float | None:
+        """The best primary value (`None` until there is a best)."""
+        return None if self.best is None else self.best.primary
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "best": self.best_value,
+            "best_epoch": self.best_epoch,
+            "wait": self.wait,
+            "patience_best": None if self.patience_best is None else self.patience_best.primary,
+            "best_ties": [] if self.best is None else list(self.best.ties),
+            "patience_ties": [] if self.patience_best is None else list(self.patience_best.ties),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MonitorState:
+        """Read `to_json()`'s form back; raise `ValueError` for a missing required key."""
+        for key in ("best", "best_epoch", "wait"):
+            if key not in data:
+                raise ValueError(f"Required state attribute {key!r} is absent from {dict(data)!r}")
+        # Only eligible scores are ever stored, so they are feasible.
+        best = _stored_score(data["best"], data.get("best_ties"))
+        # Absent in manifests written before it existed: then it was `best`.
+        patience_best = _stored_score(data["patience_best"], data.get("patience_ties")) if (
+            "patience_best" in data) else best
+        return cls(best, data["best_epoch"], int(data["wait"]), patience_best)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_STATE_KEYS)
+
+    def __len__(self) -> int:
+        return len(_STATE_KEYS)
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise ValueError(
-            f'`mode` must be one of "min", "max" or "auto". Received: mode={mode!r}'
-        )
-    return mode
+_STATE_KEYS = ("best", "best_epoch", "wait", "patience_best", "best_ties", "patience_ties")
 
 
+@dataclasses.dataclass(frozen=True)
 class Monitor:
     """Decides whether a monitored value improved and whether to stop early.
 
+    The rules only: what a run has seen is a `MonitorState`, given to and
+    returned by `step`. Every argument is checked here, once.
+
     Args:
-        mode: "min" or "max" (resolve "auto" with `infer_mode` first), or a
+        modes: "min" or "max" (resolve "auto" with `infer_mode` first), or a
             sequence of those: the primary direction, then one per tie-break
             value of the `Score`s given to `step` (see `keras_best.core.objective`).
         min_delta: an improvement must beat the best by more than this
@@ -147,176 +182,140 @@ class Monitor:
             (`>` in "min" mode, `<` in "max" mode) or NaN: training diverged.
 
     Example:
-    >>> m = Monitor("min", patience=2)
-    >>> [m.step(e, v).improved for e, v in enumerate([3.0, 2.0, 2.5])]
-    [True, True, False]
-    >>> m.step(3, 2.2).should_stop
-    True
+    >>> m, state = Monitor("min", patience=2), MonitorState()
+    >>> for epoch, value in enumerate([3.0, 2.0, 2.5, 2.2]):
+    ...     decision, state = m.step(state, epoch, value)
+    ...     print(decision.improved, decision.should_stop)
+    True False
+    True False
+    False False
+    False True
     """
 
-    def __init__(
-        self,
-        mode: str | Sequence[str],
-        *,
-        min_delta: float = 0.0,
-        baseline: float | None = None,
-        patience: int | None = None,
-        start_from_epoch: int = 0,
-        stop_on_non_finite: bool = False,
-        stopping_threshold: float | None = None,
-        divergence_threshold: float | None = None,
-    ) -> None:
+    modes: tuple[str, ...]
+    min_delta: float = 0.0
+    baseline: float | None = None
+    patience: int | None = None
+    start_from_epoch: int = 0
+    stop_on_non_finite: bool = False
+    stopping_threshold: float | None = None
+    divergence_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        mode, set_ = self.modes, lambda name, value: object.__setattr__(self, name, value)
         modes = (mode,) if isinstance(mode, str) else tuple(mode)
         if not modes or any(m not in ("min", "max") for m in modes):
             raise ValueError(f'Monitor needs mode "min" or "max". Received: mode={mode!r}')
+        min_delta, baseline = self.min_delta, self.baseline
         if not _is_number(min_delta) or min_delta < 0 or not math.isfinite(min_delta):
             raise ValueError(
                 f"`min_delta` must be a finite number >= 0. Received: min_delta={min_delta!r}"
             )
         if baseline is not None and (not _is_number(baseline) or math.isnan(baseline)):
             raise ValueError(f"`baseline` must be a number or None. Received: baseline={baseline!r}")
+        patience, start = self.patience, self.start_from_epoch
         if patience is not None and (not isinstance(patience, int) or patience < 0):
             raise ValueError(
                 f"`patience` must be an int >= 0 or None. Received: patience={patience!r}"
             )
-        if not isinstance(start_from_epoch, int) or start_from_epoch < 0:
+        if not isinstance(start, int) or start < 0:
             raise ValueError(
-                "`start_from_epoch` must be an int >= 0. "
-                f"Received: start_from_epoch={start_from_epoch!r}"
+                f"`start_from_epoch` must be an int >= 0. Received: start_from_epoch={start!r}"
             )
-        for name, value in (("stopping_threshold", stopping_threshold), ("divergence_threshold", divergence_threshold)):
+        stop, diverge = self.stopping_threshold, self.divergence_threshold
+        for name, value in (("stopping_threshold", stop), ("divergence_threshold", diverge)):
             if value is not None and (not _is_number(value) or not math.isfinite(value)):
                 raise ValueError(f"`{name}` must be a finite number or None. Received: {name}={value!r}")
-        if stopping_threshold is not None and divergence_threshold is not None and not (
-            _signed(stopping_threshold, modes[0]) < _signed(divergence_threshold, modes[0])
-        ):
+        if stop is not None and diverge is not None and not _signed(stop, modes[0]) < _signed(diverge, modes[0]):
             raise ValueError(
                 f"`stopping_threshold` must be a better value than `divergence_threshold` for mode="
                 f"{modes[0]!r} ({'lower' if modes[0] == 'min' else 'higher'}), or no epoch could train "
-                f"on. Received: stopping_threshold={stopping_threshold!r}, "
-                f"divergence_threshold={divergence_threshold!r}"
+                f"on. Received: stopping_threshold={stop!r}, divergence_threshold={diverge!r}"
             )
-        self.stopping_threshold = None if stopping_threshold is None else float(stopping_threshold)
-        self.divergence_threshold = None if divergence_threshold is None else float(divergence_threshold)
-        self.mode = modes[0]
-        self.modes = modes
-        self.min_delta = float(min_delta)
-        self.baseline = None if baseline is None else float(baseline)
-        self.patience = patience
-        self.start_from_epoch = start_from_epoch
-        self.stop_on_non_finite = stop_on_non_finite
-        self.best_epoch: int | None = None
-        self.wait = 0
-        self._best: Score | None = None
-        # Patience compares with the best since `start_from_epoch` only, as
-        # keras.callbacks.EarlyStopping does (warm-up epochs are ignored).
-        self._patience_best: Score | None = None
-        self._baseline = None if self.baseline is None else _objective.Score(self.baseline)
+        set_("modes", modes)
+        set_("min_delta", float(min_delta))
+        for name in ("baseline", "stopping_threshold", "divergence_threshold"):
+            value = getattr(self, name)
+            set_(name, None if value is None else float(value))
 
     @property
-    def best(self) -> float | None:
-        """The best primary value (`None` until one is eligible and beats `baseline`)."""
-        return None if self._best is None else self._best.primary
+    def mode(self) -> str:
+        """The primary direction, "min" or "max"."""
+        return self.modes[0]
 
-    @property
-    def best_score(self) -> Score | None:
-        return self._best
-
-    @property
-    def patience_best(self) -> float | None:
-        return None if self._patience_best is None else self._patience_best.primary
-
-    def is_improvement(self, value: float | Score) -> bool:
-        """Pure check: would `value` beat the current best (or baseline)?"""
-        return self._beats(_score(value), self._best if self._best is not None else self._baseline)
+    def is_improvement(self, state: MonitorState, value: float | Score) -> bool:
+        """Would `value` beat `state`'s best (or the baseline, before a best)?"""
+        return self._beats(_score(value), state.best if state.best is not None else self._baseline)
 
     def clears_baseline(self, value: float | Score) -> bool:
         """Would `value` beat `baseline` as an improvement must (with `min_delta`)?
         True without a baseline, for an eligible value."""
         return self._beats(_score(value), self._baseline)
 
-    def _beats(self, score: Score, reference: Score | None) -> bool:
-        return _objective.beats(score, reference, self.modes, self.min_delta)
-
-    def step(self, epoch: int, value: float | Score) -> Decision:
-        """Record `value` (a number, or a `Score` with tie-breaks) for `epoch`."""
+    def step(self, state: MonitorState, epoch: int, value: float | Score) -> tuple[Decision, MonitorState]:
+        """Decide `value` (a number, or a `Score` with tie-breaks) for `epoch`
+        after `state`; return the decision and the state after it."""
         score = _score(value)
-        improved = self.is_improvement(score)
-        if improved:
-            self._best, self.best_epoch = score, epoch
-        patience_exhausted = False
+        improved = self.is_improvement(state, score)
+        best, best_epoch = (score, epoch) if improved else (state.best, state.best_epoch)
+        wait, patience_best, exhausted = state.wait, state.patience_best, False
         if epoch >= self.start_from_epoch:
             # keras.callbacks.EarlyStopping's rule: the counter restarts on a
             # value that beats the best since `start_from_epoch` and the
             # baseline; a value that beats only the former never stops.
-            self.wait += 1
-            if self._beats(score, self._patience_best):
-                self._patience_best = score
+            wait += 1
+            if self._beats(score, patience_best):
+                patience_best = score
                 if self._beats(score, self._baseline):
-                    self.wait = 0
+                    wait = 0
             else:
-                patience_exhausted = self.patience is not None and self.wait >= self.patience
-        reason = StopReason.NONE
-        signed = _signed(score.primary, self.mode)
-        if self.stop_on_non_finite and not math.isfinite(score.primary):
-            reason = StopReason.NON_FINITE_METRIC
-        elif self.stopping_threshold is not None and score.eligible and (
-            signed <= _signed(self.stopping_threshold, self.mode)
-        ):
-            reason = StopReason.STOPPING_THRESHOLD
-        elif self.divergence_threshold is not None and (
-            math.isnan(signed) or signed > _signed(self.divergence_threshold, self.mode)
-        ):
-            reason = StopReason.DIVERGENCE_THRESHOLD
-        elif patience_exhausted:
-            reason = StopReason.PATIENCE_EXHAUSTED
+                exhausted = self.patience is not None and wait >= self.patience
+        after = MonitorState(best, best_epoch, wait, patience_best)
+        reason = self._stop_reason(score, exhausted)
         return Decision(
             epoch=epoch,
             value=score.primary,
             improved=improved,
-            best=self.best,
-            best_epoch=self.best_epoch,
+            best=after.best_value,
+            best_epoch=best_epoch,
             should_stop=reason is not StopReason.NONE,
             stop_reason=reason,
-            wait=self.wait,
+            wait=wait,
             ties=score.ties,
             feasible=score.feasible,
-        )
+        ), after
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "wait": self.wait,
-            "patience_best": self.patience_best,
-            "best_ties": [] if self._best is None else list(self._best.ties),
-            "patience_ties": [] if self._patience_best is None else list(self._patience_best.ties),
-        }
+    def _stop_reason(self, score: Score, patience_exhausted: bool) -> StopReason:
+        signed = _signed(score.primary, self.mode)
+        if self.stop_on_non_finite and not math.isfinite(score.primary):
+            return StopReason.NON_FINITE_METRIC
+        if self.stopping_threshold is not None and score.eligible and (
+            signed <= _signed(self.stopping_threshold, self.mode)
+        ):
+            return StopReason.STOPPING_THRESHOLD
+        if self.divergence_threshold is not None and (
+            math.isnan(signed) or signed > _signed(self.divergence_threshold, self.mode)
+        ):
+            return StopReason.DIVERGENCE_THRESHOLD
+        return StopReason.PATIENCE_EXHAUSTED if patience_exhausted else StopReason.NONE
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for key in ("best", "best_epoch", "wait"):
-            if key not in state:
-                raise ValueError(f"Required state attribute {key!r} is absent from {dict(state)!r}")
-        # Only eligible scores are ever stored, so they are feasible.
-        self._best = _stored_score(state["best"], state.get("best_ties"))
-        self.best_epoch = state["best_epoch"]
-        self.wait = int(state["wait"])
-        # Absent in manifests written before it existed: then it was `best`.
-        if "patience_best" in state:
-            self._patience_best = _stored_score(state["patience_best"], state.get("patience_ties"))
-        else:
-            self._patience_best = self._best
+    @property
+    def _baseline(self) -> Score | None:
+        return None if self.baseline is None else Score(self.baseline)
+
+    def _beats(self, score: Score, reference: Score | None) -> bool:
+        return beats(score, reference, self.modes, self.min_delta)
 
 
 def _score(value: float | Score) -> Score:
-    return value if isinstance(value, _objective.Score) else _objective.Score(float(value))
+    return value if isinstance(value, Score) else Score(float(value))
 
 
 def _stored_score(primary: Any, ties: Any) -> Score | None:
     if primary is None:
         return None
     # NaN tie-breaks are written as "nan" in the manifest: float() reads both.
-    return _objective.Score(float(primary), tuple(float(t) for t in ties or ()))
+    return Score(float(primary), tuple(float(t) for t in ties or ()))
 
 
 def _is_number(x: Any) -> bool:

@@ -3,10 +3,11 @@
 An `Objective` is built from the tracker's `monitor`, `mode` and `require`
 options and is the only place that reads the monitored metrics. It turns a
 metrics dict into a `Score`: the primary value, the tie-break values and
-whether the epoch meets the constraints. `Monitor` (is it better? should we
-stop?) and `retention` (which files to keep) compare scores with `beats` and
-`rank_key` below, so the custom-loop tracker and the `fit()` callback decide
-the same way.
+whether the epoch meets the constraints (`keras_best.core.require`). `Monitor`
+(is it better? should we stop?) and `retention` (which files to keep) compare
+scores with `beats` and `rank_key` below, so the custom-loop tracker and the
+`fit()` callback decide the same way. A metric's direction ("min"/"max") is
+decided here too: `infer_mode`, `check_mode`, and `Objective.hint`.
 
 The order, written down:
 
@@ -26,22 +27,50 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import numbers
-import operator
 from typing import Any, Callable, Mapping, Sequence
 
-from keras_best.core import monitor as _monitor  # monitor imports us: use it at call time
+from keras_best.core import require as _require
+from keras_best.core.require import OPS, describe_require
 
 # What `monitor=` takes: a metric name, names compared in order, or a function of the metrics.
 MonitorSpec = str | Sequence[str] | Callable[[Mapping[str, float]], float]
 
-OPS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge,
-    ">": operator.gt,
-    "<=": operator.le,
-    "<": operator.lt,
-    "==": operator.eq,
-}
+MODES = ("min", "max", "auto")
+
+_MIN_HINTS = ("loss", "error", "mse", "mae", "mape", "msle", "hinge", "crossentropy", "perplexity")
+_MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fbeta", "iou", "r2", "top_k", "psnr", "ssim")
+
+
+def infer_mode(monitor: str, direction: str | None = None) -> str:
+    """Return "min" or "max" for `monitor`, or raise `ValueError`.
+
+    `direction` is a Keras metric object's own hint ("up"/"down") when known.
+
+    >>> infer_mode("val_loss"), infer_mode("val_accuracy"), infer_mode("val_score", "up")
+    ('min', 'max', 'max')
+    """
+    if direction == "up":
+        return "max"
+    if direction == "down":
+        return "min"
+    name = monitor.lower()
+    if any(h in name for h in _MIN_HINTS):
+        return "min"
+    if any(h in name for h in _MAX_HINTS):
+        return "max"
+    raise ValueError(
+        f"Cannot infer whether `{monitor}` should be minimised or maximised. "
+        f'Pass `mode="min"` or `mode="max"`. Received: monitor={monitor!r}, mode="auto"'
+    )
+
+
+def check_mode(mode: str) -> str:
+    """`mode` itself when it is one of `MODES`; raise `ValueError` otherwise."""
+    if mode not in MODES:
+        raise ValueError(
+            f'`mode` must be one of "min", "max" or "auto". Received: mode={mode!r}'
+        )
+    return mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,17 +194,17 @@ class Objective:
                 f"taking the metrics dict and returning a number. Received: monitor={monitor!r}"
             )
         self.is_list = isinstance(monitor, (list, tuple))
-        self.name = self.names[0] if self.names else _callable_name(monitor)
+        self.name = self.names[0] if self.names else _require.callable_name(monitor)
         self._modes: list[str | None] = self._resolve_modes(mode)
-        self.require = _parse_require(require)
+        self.require = _require.parse(require)
 
     # ------------------------------------------------------------- modes
     def _resolve_modes(self, mode: Any) -> list[str | None]:
         count = max(1, len(self.names))
         if isinstance(mode, str):
-            modes = [_monitor.check_mode(mode)] * count
+            modes = [check_mode(mode)] * count
         elif isinstance(mode, (list, tuple)) and all(isinstance(m, str) for m in mode):
-            modes = [_monitor.check_mode(m) for m in mode]
+            modes = [check_mode(m) for m in mode]
             if len(modes) != count:
                 what = f"monitor={list(self.names)!r}" if self.names else f"the score function `{self.name}`"
                 raise ValueError(
@@ -198,7 +227,7 @@ class Objective:
         for name, m in zip(self.names, modes):
             if m == "auto":
                 try:
-                    m = _monitor.infer_mode(name)
+                    m = infer_mode(name)
                 except ValueError:
                     m = None  # a Keras metric object may tell us later (`hint`)
             out.append(m)
@@ -229,13 +258,13 @@ class Objective:
         i = self.names.index(name)
         if self._modes[i] is not None:
             return False
-        self._modes[i] = _monitor.infer_mode(name, direction)
+        self._modes[i] = infer_mode(name, direction)
         return True
 
     def finalize(self) -> None:
         """Raise the `infer_mode` error for the first name still unresolved."""
         for name in self.unresolved:
-            _monitor.infer_mode(name)
+            infer_mode(name)
 
     # ---------------------------------------------------------- records
     @property
@@ -251,11 +280,7 @@ class Objective:
     @property
     def require_spec(self) -> Any:
         """JSON form of `require`: `{name: [op, threshold]}`, a callable's name, or None."""
-        if self.require is None:
-            return None
-        if callable(self.require):
-            return _callable_name(self.require, "require")
-        return {name: [op, threshold] for name, op, threshold in self.require}
+        return _require.spec(self.require)
 
     def load_modes(self, mode_spec: Any) -> None:
         """Take the modes recorded in a state or manifest (`mode_spec` shape)."""
@@ -289,15 +314,7 @@ class Objective:
                         f"update(): {sorted(values)}. HINT: pass it, e.g. "
                         f"tracker.update(epoch, {{{name!r}: val_metric}}), or set `monitor=`."
                     )
-        if self.require is not None and not callable(self.require):
-            for name, op, threshold in self.require:
-                if name not in values:
-                    raise ValueError(
-                        f"The constraint require={{{name!r}: ({op!r}, {threshold!r})}} names "
-                        f"the metric {name!r}, which is not among the metrics given to update(): "
-                        f"{sorted(values)}. Pass it to update() (in fit(): compile it as a metric "
-                        "and give validation data), or fix the name."
-                    )
+        _require.check_keys(self.require, values)
 
     def score(self, values: Mapping[str, float]) -> Score:
         """Score the metrics of one epoch (absent names read as NaN)."""
@@ -310,86 +327,12 @@ class Objective:
 
     def feasible(self, values: Mapping[str, float]) -> bool:
         """Does `values` meet every constraint? (a NaN or absent metric does not)."""
-        if self.require is None:
-            return True
-        if callable(self.require):
-            return _call_bool(self.require, values)
-        return all(
-            OPS[op](float(values.get(name, math.nan)), threshold) for name, op, threshold in self.require
-        )
-
-
-def describe_require(spec: Any) -> str:
-    """`require` in words, from its JSON form (`Objective.require_spec`, or as
-    read from keras_best.json: untrusted, so anything else is shown as it is).
-
-    >>> describe_require({"val_recall": [">=", 0.9]}), describe_require("recall_ok")
-    ('val_recall >= 0.9', 'require=recall_ok')
-    """
-    if spec is None:
-        return ""
-    if isinstance(spec, str):
-        return f"require={spec}"
-    try:
-        return ", ".join(f"{n} {op} {t:g}" for n, (op, t) in spec.items())
-    except (AttributeError, TypeError, ValueError):
-        return f"require={spec!r}"
-
-
-def _parse_require(require: Any) -> Any:
-    if require is None or callable(require):
-        return require
-    if not isinstance(require, Mapping) or not require:
-        raise ValueError(
-            "`require` must be a dict like {'val_recall': ('>=', 0.9)} or a callable taking "
-            f"the metrics dict and returning a bool. Received: require={require!r}"
-        )
-    parsed = []
-    for name, rule in require.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"`require` keys must be metric names. Received: {name!r}")
-        if not isinstance(rule, (tuple, list)) or len(rule) != 2:
-            raise ValueError(
-                f"`require[{name!r}]` must be an (op, threshold) pair such as ('>=', 0.9). "
-                f"Received: {rule!r}"
-            )
-        op, threshold = rule
-        if op not in OPS:
-            raise ValueError(
-                f"Unknown constraint op {op!r} in require[{name!r}]; use one of "
-                f"{', '.join(OPS)}. Received: require={{{name!r}: {tuple(rule)!r}}}"
-            )
-        if not _is_real(threshold) or math.isnan(threshold):
-            raise ValueError(
-                f"The threshold of require[{name!r}] must be a number. Received: {threshold!r}"
-            )
-        parsed.append((name, op, float(threshold)))
-    return tuple(parsed)
-
-
-def _callable_name(fn: Any, default: str = "score") -> str:
-    name = getattr(fn, "__name__", None)
-    return name if isinstance(name, str) and name and name != "<lambda>" else default
-
-
-def _is_real(x: Any) -> bool:
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and type(x).__name__ != "bool_"
-
-
-def _call(fn: Callable[[Mapping[str, float]], Any], what: str, values: Mapping[str, float]) -> Any:
-    try:
-        return fn(dict(values))
-    except KeyError as e:
-        key = e.args[0] if e.args else None
-        raise ValueError(
-            f"{what} read the metric {key!r}, which is not among the metrics given to "
-            f"update(): {sorted(values)}."
-        ) from e
+        return _require.feasible(self.require, values)
 
 
 def _call_number(fn: Callable[[Mapping[str, float]], Any], name: str, values: Mapping[str, float]) -> float:
-    result = _call(fn, f"The score function `{name}`", values)
-    if not _is_real(result):
+    result = _require.call(fn, f"The score function `{name}`", values)
+    if not _require.is_real(result):
         shape = getattr(result, "shape", None)
         if shape is not None and tuple(shape) == () and "bool" not in str(getattr(result, "dtype", "bool")):
             return float(result)  # a numpy or tensor scalar
@@ -400,15 +343,5 @@ def _call_number(fn: Callable[[Mapping[str, float]], Any], name: str, values: Ma
     return float(result)
 
 
-def _call_bool(fn: Callable[[Mapping[str, float]], Any], values: Mapping[str, float]) -> bool:
-    name = _callable_name(fn, "require")
-    result = _call(fn, f"The constraint `{name}` (require=)", values)
-    if isinstance(result, bool) or type(result).__name__ == "bool_":
-        return bool(result)
-    raise ValueError(
-        f"The constraint `{name}` (require=) must return True or False; it returned "
-        f"{result!r} ({type(result).__name__}) for the metrics {dict(values)!r}."
-    )
-
-
-__all__ = ["OPS", "Objective", "Score", "beats", "compare_ties", "describe_require", "rank_key"]
+__all__ = ["MODES", "OPS", "Objective", "Score", "beats", "check_mode", "compare_ties", "describe_require",
+           "infer_mode", "rank_key"]

@@ -1,11 +1,12 @@
 """The save policy: the run's state and one update's score in, a `Plan` out.
 
-Every rule of "is it better, is it saved, what is kept, is it the best,
-should training stop" lives here once: mode, `min_delta`, `baseline`, NaN,
-ties, `require` (through `keras_best.core.objective`), `save_best_only`, top-k
-admission, the pinned best, patience (through `Monitor`), and names that never
-overwrite a kept file of another epoch. Plain Python: no TensorFlow, no I/O.
-The executor (`keras_best.runner.run`) carries plans out and decides nothing.
+One update is one engine step (`Monitor.step`: is it better, should training
+stop) plus the union of what the retention rules keep (`BestK`, `Archive`,
+`LastN` in `keras_best.core.retention`): a file stays while any rule keeps
+it, and the others are evicted. Decided here once: `save_best_only` (which
+updates may enter the top k), the pinned best, and names that never overwrite
+a kept file of another epoch. Plain Python: no TensorFlow, no I/O. The
+executor (`keras_best.runner.run`) carries plans out and decides nothing.
 
 The invariants, checked by `RunState.check` and by the property tests:
 
@@ -30,13 +31,11 @@ import dataclasses
 import math
 from typing import Any, Callable, Mapping
 
-from keras_best.core import names, retention
-from keras_best.core.monitor import Decision, Monitor
+from keras_best.core import names
+from keras_best.core.monitor import Decision, Monitor, MonitorState
 from keras_best.core.objective import Objective, Score
 from keras_best.core.options import Options
-from keras_best.core.retention import Record
-
-Position = tuple  # (epoch, step | None)
+from keras_best.core.retention import Archive, BestK, LastN, Position, Record, ranked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +43,8 @@ class RunState:
     """What a run has decided so far. Immutable: a plan brings the next one.
 
     Attributes:
-        engine: `Monitor.state_dict()` (best score, patience counter); `None`
-            before the first update.
+        engine: the `MonitorState` (best score, patience counter); `None`
+            before the first update. Its JSON form (a mapping) is accepted too.
         kept: the records of the files kept on disk, best first.
         best_at: `(epoch, step)` of the best, a record in `kept` (or `None`).
         last: `{"path", "epoch", "step"}` of the training state, if written.
@@ -60,7 +59,7 @@ class RunState:
             (`last` is the newest).
     """
 
-    engine: Mapping[str, Any] | None = None
+    engine: MonitorState | None = None
     kept: tuple[Record, ...] = ()
     best_at: Position | None = None
     last: Mapping[str, Any] | None = None
@@ -69,6 +68,10 @@ class RunState:
     at: Position | None = None
     archived: tuple[Record, ...] = ()
     states: tuple[Mapping[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and not isinstance(self.engine, MonitorState):
+            object.__setattr__(self, "engine", MonitorState.from_json(self.engine))
 
     def best_record(self) -> Record | None:
         """The kept record of the best epoch (`None` before the first best)."""
@@ -81,9 +84,9 @@ class RunState:
 
     def check(self, keep_top_k: int | None) -> None:
         """Raise `AssertionError` when an invariant of the module docstring fails."""
-        names = [r.path for r in self.kept]
-        assert len(set(names)) == len(names), f"two kept records share a name: {names}"
-        assert all(names.name_problem(n) is None for n in names), names
+        paths = [r.path for r in self.kept]
+        assert len(set(paths)) == len(paths), f"two kept records share a name: {paths}"
+        assert all(names.name_problem(p) is None for p in paths), paths
         assert keep_top_k is None or len(self.kept) <= keep_top_k, (len(self.kept), keep_top_k)
         archived = {r.path: (r.epoch, r.step) for r in self.archived}
         assert len(archived) == len(self.archived), f"two archived records share a name: {self.archived}"
@@ -92,8 +95,8 @@ class RunState:
             assert archived.get(r.path, (r.epoch, r.step)) == (r.epoch, r.step), (r, archived)
         state_names = [s["path"] for s in ((self.last,) if self.last else ()) + tuple(self.states)]
         assert len(set(state_names)) == len(state_names), state_names
-        assert not set(state_names) & (set(names) | set(archived)), state_names
-        best = (self.engine or {}).get("best")
+        assert not set(state_names) & (set(paths) | set(archived)), state_names
+        best = None if self.engine is None else self.engine.best_value
         assert (best is None) == (self.best_at is None), (best, self.best_at)
         if self.best_at is not None:
             record = self.best_record()
@@ -128,13 +131,16 @@ class Policy:
     def __init__(self, options: Options, objective: Objective) -> None:
         self.options = options
         self.objective = objective
+        self._monitor: Monitor | None = None
 
-    def engine(self, state: RunState) -> Monitor:
-        """A `Monitor` holding `state`'s best and patience counter."""
-        engine = Monitor(self.objective.engine_modes, **self.options.monitor_options())
-        if state.engine is not None:
-            engine.load_state_dict(state.engine)
-        return engine
+    @property
+    def monitor(self) -> Monitor:
+        """The engine's rules, built (and checked) once for the objective's
+        modes, and again only if a Keras metric has resolved one since."""
+        modes = self.objective.engine_modes
+        if self._monitor is None or self._monitor.modes != modes:
+            self._monitor = Monitor(modes, **self.options.monitor_options())
+        return self._monitor
 
     def plan(
         self,
@@ -157,27 +163,21 @@ class Policy:
                 "epochs (and steps within an epoch) must move forward. Pass each epoch once, in "
                 "order (after resume=True, loop over tracker.epochs(n): it starts at tracker.initial_epoch)."
             )
-        engine = self.engine(state)
+        engine = MonitorState() if state.engine is None else state.engine
         if score is None:  # no validation values in this update: nothing decided, patience untouched
-            decision = Decision(epoch=epoch, value=math.nan, improved=False, best=engine.best,
+            decision = Decision(epoch=epoch, value=math.nan, improved=False, best=engine.best_value,
                                 best_epoch=engine.best_epoch, wait=engine.wait)
-            best_at, kept, save_as, evict = state.best_at, state.kept, None, ()
+            best_at = state.best_at
+            new = Record(epoch, math.nan, "", dict(values), step)
         else:
-            decision = engine.step(epoch, score)
+            decision, engine = self.monitor.step(engine, epoch, score)
             best_at = position if decision.improved else state.best_at
-            kept, save_as, evict = self._retain(state, engine, decision, score, values, position, best_at, name)
+            new = Record(epoch, score.primary, "", dict(values), step, score.ties, score.feasible)
+        admitted = score is not None and self._admits(decision, score)
+        kept, archived, save_as, archive = self._retain(state, new, admitted, best_at, name)
+        on_disk = {r.path for r in kept + archived}
+        evict = tuple(p for p in dict.fromkeys(r.path for r in state.kept + state.archived) if p not in on_disk)
         o = self.options
-        archived = state.archived
-        archive = o.archive_every is not None and step is None and (epoch + 1) % o.archive_every == 0
-        if archive:  # every archive_every epochs, a file no rule deletes
-            if save_as is None:
-                save_as = _free_name(name, {r.path for r in kept + state.archived})
-            replaced = [r.path for r in archived if (r.epoch, r.step) == position and r.path != save_as]
-            evict += tuple(p for p in replaced if p not in {r.path for r in kept})  # after a resume
-            archived = tuple(r for r in archived if (r.epoch, r.step) != position) + (
-                Record(epoch, math.nan if score is None else score.primary, save_as, dict(values), step,
-                       () if score is None else score.ties, True if score is None else score.feasible),)
-        evict = tuple(p for p in evict if p not in {r.path for r in archived})
         last, states, drop_states = self._states(state, epoch, step)
         stopped = state.stopped
         if decision.should_stop:
@@ -202,10 +202,42 @@ class Policy:
             keep_host_copy=decision.improved and o.restore_best_weights,
             write_state=o.keeps_state,
             entry=entry,
-            state=dataclasses.replace(state, engine=engine.state_dict(), kept=kept, best_at=best_at,
+            state=dataclasses.replace(state, engine=engine, kept=kept, best_at=best_at,
                                       last=last, stopped=stopped, at=position, archived=archived, states=states),
             drop_states=drop_states,
         )
+
+    def _admits(self, decision: Decision, score: Score) -> bool:
+        """Whether this update may enter the top k: every one, or with
+        `save_best_only` an improvement (with `keep_top_k` > 1, also one that
+        clears the baseline as a best would)."""
+        o = self.options
+        if not o.save_best_only:
+            return True
+        if o.keep_top_k in (None, 1):
+            return decision.improved
+        return decision.improved or self.monitor.clears_baseline(score)
+
+    def _retain(self, state: RunState, new: Record, admitted: bool, best_at: Position | None,
+                name: Callable[[int], str]):
+        """`(kept, archived, save_as, archive)`: what `BestK` and `Archive`
+        keep once `new` is considered, the name it is saved as (`None`: no rule
+        keeps it), and whether `Archive` keeps it."""
+        o, modes = self.options, self.objective.engine_modes
+        kept = state.kept
+        if admitted:  # a record of this update's own position (only after a resume) is replaced
+            top = BestK(o.keep_top_k, modes).keep([r for r in state.kept if r.position != new.position], new,
+                                                   pinned=best_at)
+            kept = top if any(r is new for r in top) else state.kept  # would be evicted at once: not written
+        archived = Archive(o.archive_every).keep(state.archived, new)
+        in_top, in_archive = any(r is new for r in kept), any(r is new for r in archived)
+        if not (in_top or in_archive):
+            return kept, archived, None, False
+        taken = {r.path for r in kept if r is not new} | {
+            r.path for r in state.archived if not in_top or r.position != new.position}
+        named = dataclasses.replace(new, path=_free_name(name, taken))  # never overwrite another epoch's file
+        kept = tuple(ranked([named if r is new else r for r in kept], modes)) if in_top else kept
+        return kept, tuple(named if r is new else r for r in archived), named.path, in_archive
 
     def _states(self, state: RunState, epoch: int, step: int | None):
         """`(last, states, drop)`: the training state this update writes, the
@@ -213,33 +245,12 @@ class Policy:
         o = self.options
         if not o.keeps_state:
             return state.last, state.states, ()
-        new = names.LAST_NAME if o.keep_last == 1 else names.state_name(epoch, step)
-        older = [s for s in ((state.last,) if state.last else ()) + tuple(state.states) if s["path"] != new]
-        return ({"path": new, "epoch": epoch, "step": step}, tuple(older[: o.keep_last - 1]),
-                tuple(s["path"] for s in older[o.keep_last - 1:]))
-
-    def _retain(self, state, engine, decision, score, values, position, best_at, name):
-        """`(kept, save_as, evict)`: whether this update enters the kept set, under which name."""
-        o, modes = self.options, self.objective.engine_modes
-        if not o.save_best_only:
-            candidate = True
-        elif o.keep_top_k in (None, 1):
-            candidate = decision.improved
-        else:  # may enter the top k without improving, if it clears the baseline as a best would
-            candidate = decision.improved or engine.clears_baseline(score)
-        if not candidate:
-            return state.kept, None, ()
-        same = [r for r in state.kept if (r.epoch, r.step) == position]  # only after a resume
-        others = [r for r in state.kept if (r.epoch, r.step) != position]
-        new = Record(position[0], score.primary, "", dict(values), position[1], score.ties, score.feasible)
-        kept, evicted, _ = retention.retain(others, new, o.keep_top_k, modes, best_at)
-        if all(r is not new for r in kept):
-            return state.kept, None, ()  # would be evicted at once: not written
-        taken = {r.path for r in kept if r is not new} | {r.path for r in state.archived if (r.epoch, r.step) != position}
-        save_as = _free_name(name, taken)  # never overwrite a kept file of another epoch
-        named = dataclasses.replace(new, path=save_as)
-        evict = tuple(dict.fromkeys(r.path for r in evicted + same if r.path != save_as))
-        return tuple(retention.ranked([named if r is new else r for r in kept], modes)), save_as, evict
+        new = {"path": names.LAST_NAME if o.keep_last == 1 else names.state_name(epoch, step),
+               "epoch": epoch, "step": step}
+        old = ((state.last,) if state.last else ()) + tuple(state.states)
+        kept = LastN(o.keep_last).keep(old, new)
+        paths = {s["path"] for s in kept}
+        return kept[0], kept[1:], tuple(s["path"] for s in old if s["path"] not in paths)
 
 
 def _free_name(name: Callable[[int], str], taken: set[str]) -> str:

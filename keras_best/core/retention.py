@@ -1,4 +1,13 @@
-"""Which saved files to keep: pure functions over `Record`s, no I/O.
+"""Which saved files to keep: small rules over `Record`s, pure, no I/O.
+
+Each rule is a frozen dataclass with one method, `keep(kept, new)`: the
+records it keeps once `new` joins those it kept so far (`new` among them only
+when the rule keeps it), as Orbax's preservation policies do. A file stays on
+disk while any rule keeps it (`keras_best.core.policy` takes the union):
+
+- `BestK(k, modes)`: the k best saved files (the run's best pinned);
+- `Archive(every)`: a file every `every` epochs, never deleted;
+- `LastN(n)`: the n newest training states.
 
 Records are ranked by their `Score` with `keras_best.core.objective.rank_key`,
 the same order `Monitor` uses to decide an improvement. Every `mode` argument
@@ -11,6 +20,8 @@ import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
 from keras_best.core.objective import Score, rank_key
+
+Position = tuple  # (epoch, step | None): where in training a file was written
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +44,11 @@ class Record:
     @property
     def score(self) -> Score:
         return Score(self.value, self.ties, self.feasible)
+
+    @property
+    def position(self) -> Position:
+        """`(epoch, step)`: where in training this file was written."""
+        return (self.epoch, self.step)
 
     def to_json(self) -> dict[str, Any]:
         data = {
@@ -79,38 +95,69 @@ def ranked(records: Iterable[Record], mode: str | Sequence[str]) -> list[Record]
     return sorted(records, key=sort_key(mode))
 
 
-def retain(
-    kept: Sequence[Record],
-    new: Record,
-    keep_top_k: int | None,
-    mode: str | Sequence[str],
-    pinned: tuple[int, int | None] | None = None,
-) -> tuple[list[Record], list[Record], list[Record]]:
-    """Add `new` to `kept`; return `(kept, evicted, replaced)`.
+@dataclasses.dataclass(frozen=True)
+class BestK:
+    """Keep the `k` best records (`k=None`: every one).
 
-    `replaced` are records whose file `new` overwrote (same path): they leave
-    the kept set without a delete. `evicted` fell out of the top k: their
-    files are to be deleted. With `keep_top_k=None` nothing is evicted.
     `pinned` is the `(epoch, step)` of the run's best (the one `Monitor`
-    chose, with `min_delta`): never evicted, even when files within
+    chose, with `min_delta`): never dropped, even when files within
     `min_delta` of it rank above it by raw value.
 
-    >>> a, b = Record(0, 0.5, "a"), Record(1, 0.4, "b")
-    >>> kept, evicted, _ = retain([a], b, 1, "min")
-    >>> [r.path for r in kept], [r.path for r in evicted]
-    (['b'], ['a'])
+    >>> a, b, c = Record(0, 0.5, "a"), Record(1, 0.4, "b"), Record(2, 0.6, "c")
+    >>> [r.path for r in BestK(1, ("min",)).keep([a], b)]
+    ['b']
+    >>> [r.path for r in BestK(2, ("min",)).keep([a, b], c, pinned=(0, None))]
+    ['a', 'b']
     """
-    replaced = [r for r in kept if r.path == new.path]
-    candidates = [r for r in kept if r.path != new.path] + [new]
-    if keep_top_k is None:
-        return candidates, [], replaced
-    order = ranked(candidates, mode)
-    order.sort(key=lambda r: not _is(r, pinned))  # stable: the pinned record first
-    keep = {id(r) for r in order[:keep_top_k]}
-    kept_out = [r for r in candidates if id(r) in keep]
-    evicted = [r for r in candidates if id(r) not in keep]
-    return kept_out, evicted, replaced
+
+    k: int | None
+    modes: str | Sequence[str] = "min"
+
+    def keep(self, kept: Sequence[Record], new: Record, pinned: Position | None = None) -> tuple[Record, ...]:
+        """`kept` and `new` (in that order), less those outside the best k."""
+        records = (*kept, new)
+        if self.k is None:
+            return records
+        rank = sort_key(self.modes)
+        order = sorted(records, key=lambda r: (pinned is None or r.position != tuple(pinned), rank(r)))
+        chosen = {id(r) for r in order[: self.k]}
+        return tuple(r for r in records if id(r) in chosen)
 
 
-def _is(record: Record, pinned: tuple[int, int | None] | None) -> bool:
-    return pinned is not None and (record.epoch, record.step) == tuple(pinned)
+@dataclasses.dataclass(frozen=True)
+class Archive:
+    """Keep every record kept so far, and `new` when its epoch ends a period
+    of `every` epochs (`None`: never). One record per `(epoch, step)`: a new
+    one replaces an older one of its position (a resumed epoch).
+
+    >>> [r.epoch for r in Archive(2).keep([Record(1, 0.5, "a")], Record(3, 0.4, "b"))]
+    [1, 3]
+    >>> [r.epoch for r in Archive(2).keep([Record(1, 0.5, "a")], Record(2, 0.4, "b"))]
+    [1]
+    """
+
+    every: int | None
+
+    def keep(self, kept: Sequence[Record], new: Record) -> tuple[Record, ...]:
+        """The archived records once `new` has been considered (oldest first)."""
+        if self.every is None or new.step is not None or (new.epoch + 1) % self.every:
+            return tuple(kept)
+        return (*(r for r in kept if r.position != new.position), new)
+
+
+@dataclasses.dataclass(frozen=True)
+class LastN:
+    """Keep the `n` newest training states (`{"path", "epoch", "step"}` entries).
+
+    >>> new = {"path": "s3", "epoch": 3, "step": None}
+    >>> [s["path"] for s in LastN(2).keep([{"path": "s2"}, {"path": "s1"}], new)]
+    ['s3', 's2']
+    """
+
+    n: int
+
+    def keep(self, kept: Sequence[Mapping[str, Any]], new: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+        """Newest first: `new`, then the newest of `kept` (newest first) but
+        one of `new`'s name, `n` in all."""
+        older = [s for s in kept if s["path"] != new["path"]]
+        return (new, *older[: self.n - 1])

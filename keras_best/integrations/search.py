@@ -33,7 +33,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 from filelock import FileLock, Timeout
 
 from keras_best.core import names
-from keras_best.core.monitor import check_mode, infer_mode
+from keras_best.core.objective import check_mode, infer_mode
 from keras_best.frontends import loading
 from keras_best.storage import files, manifest
 
