@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from keras_best.core.formats import KERAS
 from keras_best.engines.base import Engine, LiveSnapshot, Snapshot
-from keras_best.engines.weights_h5 import WeightsSnapshot, WeightsWriter
+from keras_best.engines.weights_h5 import OnWeights, WeightsSnapshot, WeightsWriter
 from keras_best.keras_adapter import h5_layout
 from keras_best.storage import files
 from keras_best.storage.buffers import HostBuffers
@@ -44,26 +44,14 @@ CHUNK_BYTES = 8 << 20  # read back per zipfile call (CRC)
 H5_OVERHEAD_BYTES = 16 << 20  # more than HDF5's headers for any model (zip64 margin)
 
 
-class ArchiveSnapshot(Snapshot):
+class ArchiveSnapshot(OnWeights):
     """A model's `.keras` archive as host data: config and metadata JSON, and
     the weights snapshot of its `model.weights.h5` member."""
 
-    detached = True  # holds host copies only: `write` may run in any thread
-
     def __init__(self, config_json: str, metadata_json: str, weights: WeightsSnapshot) -> None:
-        self.config_json, self.metadata_json, self.weights = config_json, metadata_json, weights
-
-    @property
-    def by_variable(self) -> dict[int, Any]:
-        return self.weights.by_variable
-
-    @property
-    def nbytes(self) -> int:
-        return self.weights.nbytes + len(self.config_json) + len(self.metadata_json)
-
-    def release(self) -> None:
-        """Done with the host copies (see `WeightsSnapshot.release`)."""
-        self.weights.release()
+        super().__init__(weights)
+        self.config_json, self.metadata_json = config_json, metadata_json
+        self.extra_bytes = len(config_json) + len(metadata_json)
 
     def write(self, path: str) -> None:
         """Write the archive at local `path` (a new file), fsynced."""

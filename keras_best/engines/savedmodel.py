@@ -23,7 +23,7 @@ from typing import Any
 
 from keras_best.core.formats import EXPORT_WEIGHTS_NAME, SAVEDMODEL
 from keras_best.engines.base import Engine, LiveSnapshot, Snapshot
-from keras_best.engines.weights_h5 import WeightsSnapshot, WeightsWriter
+from keras_best.engines.weights_h5 import OnWeights, WeightsSnapshot, WeightsWriter
 from keras_best.keras_adapter.h5_layout import export_signature
 from keras_best.storage.buffers import HostBuffers
 
@@ -84,21 +84,13 @@ class SavedModelEngine(Engine):
         return self._twin
 
 
-class ExportSnapshot(Snapshot):
-    """A SavedModel export as host copies: written by the model's twin."""
-
-    detached = True
+class ExportSnapshot(OnWeights):
+    """A SavedModel export as host copies: written by the model's twin (its
+    `arrays` are the weights' own copies, in `model.weights` order)."""
 
     def __init__(self, twin: _Twin, arrays: list[Any], weights: WeightsSnapshot) -> None:
-        self.twin, self.arrays, self.weights = twin, arrays, weights
-
-    @property
-    def by_variable(self) -> dict[int, Any]:
-        return self.weights.by_variable
-
-    @property
-    def nbytes(self) -> int:
-        return self.weights.nbytes  # `arrays` are the weights' own copies
+        super().__init__(weights)
+        self.twin, self.arrays = twin, arrays
 
     def write(self, path: str) -> None:
         try:
@@ -109,7 +101,7 @@ class ExportSnapshot(Snapshot):
 
     def release(self) -> None:
         self.arrays = []
-        self.weights.release()
+        super().release()
 
 
 class _Twin:

@@ -30,14 +30,8 @@ from keras_best.storage.buffers import HostBuffers
 
 
 class WeightsSnapshot(Snapshot):
-    """Host copies of a model's saved variables, in `.weights.h5` order.
-
-    Attributes:
-        groups: `(group_path, attrs, [(key, array), ...])` in creation order;
-            `attrs` is `None` for a group Keras creates without metadata.
-        by_variable: `id(variable) -> array` for every variable that was read
-            (so other files of the same update can reuse the same copies).
-    """
+    """A `LayoutCopy` (host copies in `.weights.h5` order) held in the run's
+    `HostBuffers` until `release()`, and written with plain h5py."""
 
     detached = True  # holds host arrays only: `write` may run in any thread
 
@@ -85,6 +79,30 @@ class WeightsSnapshot(Snapshot):
                     ds.attrs["dtype"] = "bfloat16"
                 else:
                     group[key] = value
+
+
+class OnWeights(Snapshot):
+    """A snapshot made of a `WeightsSnapshot` and more (a `.keras` archive's
+    JSON, a SavedModel twin): it shares the weights' host copies and lends
+    them back on `release()`."""
+
+    detached = True  # host data only: `write` may run in any thread
+    extra_bytes = 0  # host memory held beside the weights' copies
+
+    def __init__(self, weights: WeightsSnapshot) -> None:
+        self.weights = weights
+
+    @property
+    def by_variable(self) -> dict[int, np.ndarray]:
+        return self.weights.by_variable
+
+    @property
+    def nbytes(self) -> int:
+        return self.weights.nbytes + self.extra_bytes
+
+    def release(self) -> None:
+        """Done with the host copies (see `WeightsSnapshot.release`)."""
+        self.weights.release()
 
 
 class WeightsWriter:
