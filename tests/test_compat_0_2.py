@@ -76,6 +76,9 @@ def test_resume_continues_the_run(run_copy):
     tracker.finish()
     assert sorted(n for n in os.listdir(directory) if n.endswith(".weights.h5")) == [
         "002-0.5000.weights.h5", "003-0.7000.weights.h5", "006-0.4000.weights.h5"]
+    with open(os.path.join(directory, "keras_best.json")) as f:
+        data = json.load(f)  # rewritten in the current schema
+    assert data["version"] == 3 and data["best"] == {"epoch": 5, "value": 0.4, "path": "006-0.4000.weights.h5"}
     rec = load_best(make_model(), directory)
     assert (rec.epoch, rec.value, rec.path) == (5, 0.4, os.path.join(directory, "006-0.4000.weights.h5"))
     resumed = BestWeightsTracker(make_model(), os.path.join(directory, template), monitor="val_loss", mode="min",
