@@ -19,8 +19,7 @@ import keras
 import numpy as np
 import pytest
 
-from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, load_best
-from keras_best.cli.commands import main as cli
+from keras_best import BestCheckpoint, BestWeightsTracker, SaveError, cli, load_best
 from keras_best.cli.summary import summarize
 from keras_best.engines import savers
 from keras_best.storage import files, manifest
