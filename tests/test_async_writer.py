@@ -68,13 +68,13 @@ def save_txn(directory, name, job, kept, deletes=(), rollback=None):
     """A transaction as the tracker makes it: write `name`, name `kept`."""
     tmp = files.tmp_path(name)
     return Transaction(
-        state=run_record(kept),
+        record=run_record(kept),
         jobs=[(job.write, tmp)], renames=[(tmp, name)], deletes=list(deletes), rollback=rollback,
     )
 
 
 def record_txn(kept, rollback=None):
-    return Transaction(state=run_record(kept), rollback=rollback)
+    return Transaction(record=run_record(kept), rollback=rollback)
 
 
 def listing(directory):
@@ -98,10 +98,14 @@ def test_submit_returns_before_the_write_and_flush_waits(tmp_path, writer):
     job = Job(b"a", gate)
     writer.submit(save_txn(tmp_path, "a.bin", job, ["a.bin"]))
     assert job.started.wait(WAIT)
-    assert not writer.idle and not os.path.exists(tmp_path / "a.bin")
+    flushing = threading.Thread(target=writer.flush)
+    flushing.start()
+    flushing.join(0.2)
+    assert flushing.is_alive() and not os.path.exists(tmp_path / "a.bin")  # still writing: flush waits
     gate.set()
+    flushing.join(WAIT)
     writer.flush()
-    assert writer.idle and (tmp_path / "a.bin").read_bytes() == b"a"
+    assert not flushing.is_alive() and (tmp_path / "a.bin").read_bytes() == b"a"
     assert recorded(tmp_path) == ["a.bin"]
 
 
@@ -196,10 +200,10 @@ def test_two_snapshots_that_must_both_be_kept_make_submit_wait(tmp_path, writer)
     ],
 )
 def test_merge_rules(older_final, newer, kept_job):
-    older = Transaction(state=run_record([older_final]), jobs=[(print, "t-" + older_final)],
+    older = Transaction(record=run_record([older_final]), jobs=[(print, "t-" + older_final)],
                         renames=[("t-" + older_final, older_final)], deletes=["old"], rollback="older")
     txn = Transaction(
-        state=run_record(newer["kept"]),
+        record=run_record(newer["kept"]),
         jobs=[(print, "t2-" + r) for r in newer["renames"]],
         renames=[("t2-" + r, r) for r in newer["renames"]],
         deletes=newer.get("deletes", []), rollback="newer",
@@ -208,10 +212,10 @@ def test_merge_rules(older_final, newer, kept_job):
     if kept_job and txn.jobs:
         assert merged is None
         return
-    assert merged.state is txn.state and merged.rollback == "older"
+    assert merged.record is txn.record and merged.rollback == "older"
     assert (("t-" + older_final) in [t for _, t in merged.jobs]) == kept_job
     assert "old" in merged.deletes
-    assert merged.state.named_files() >= {final for _, final in merged.renames}
+    assert merged.record.named_files() >= {final for _, final in merged.renames}
 
 
 def test_named_files_reads_every_reference():
@@ -264,7 +268,7 @@ def slow_disk(tracker, busy_for=None):
     gate = threading.Event()
     job = Job(b"", gate)
     tmp = files.tmp_path("slow-disk")
-    tracker._run.writer.submit(Transaction(state=tracker._run.record(), jobs=[(job.write, tmp)], deletes=[tmp]))
+    tracker._run.writer.submit(Transaction(record=tracker._run.record(), jobs=[(job.write, tmp)], deletes=[tmp]))
     assert job.started.wait(WAIT)
     timer = None
     if busy_for is not None:
@@ -540,7 +544,7 @@ def slow(path):  # a slow disk: still writing when the script ends
     time.sleep(1.0)
     open(path, "wb").close()
 
-tracker._run.writer.submit(Transaction(state=tracker._run.record(), jobs=[(slow, ".kb-tmp-000000000000-slow")],
+tracker._run.writer.submit(Transaction(record=tracker._run.record(), jobs=[(slow, ".kb-tmp-000000000000-slow")],
                                    deletes=[".kb-tmp-000000000000-slow"]))
 started.wait()
 model.set_weights([w * 0 + 7 for w in model.get_weights()])

@@ -256,7 +256,7 @@ def _corrupt(directory, text):
         (lambda p: _corrupt(p / "bad", '{"format": "keras_best", "version": 1, "kept": "x"}'),
          r"keras_best\.json: field 'kept' must be a list, not str\. Was it edited by hand"),
         (lambda p: _corrupt(p / "bad", '{"format": "keras_best", "version": 99}'),
-         r"schema version 99; this keras-best reads 1 to 2\. Upgrade keras-best\."),
+         r"schema version 99; this keras-best reads 1 to 3\. Upgrade keras-best\."),
         (lambda p: _corrupt(p / "bad", '{"best": null}'), r"is not a keras-best manifest"),
         (lambda p: (p / "empty").mkdir() or str(p / "empty"),
          r"No keras-best run in '.*empty': keras_best\.json not found\. Pass the folder"),

@@ -14,7 +14,7 @@ import pytest
 
 from keras_best.engines.weights_h5 import WeightsEngine, WeightsWriter
 from keras_best.keras_adapter import h5_layout, host
-from keras_best.storage import files
+from keras_best.storage import files, h5file
 
 X = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
 Y = np.random.default_rng(1).normal(size=(16, 1)).astype("float32")
@@ -353,10 +353,10 @@ def test_a_model_that_overrides_save_weights_is_saved_with_it(tmp_path):
 
 
 def test_large_datasets_are_handed_to_the_disk_piece_by_piece(tmp_path, monkeypatch):
-    # The final fsync then waits only for the last pieces (see files.start_writeback).
+    # The final fsync then waits only for the last pieces (see h5file.start_writeback).
     calls = []
-    real = files.start_writeback
-    monkeypatch.setattr(files, "start_writeback", lambda fd, offset, n: (calls.append((offset, n)), real(fd, offset, n)))
+    real = h5file.start_writeback
+    monkeypatch.setattr(h5file, "start_writeback", lambda fd, offset, n: (calls.append((offset, n)), real(fd, offset, n)))
     model = keras.Sequential([keras.Input((1024,)), keras.layers.Dense(4096, use_bias=False)])  # 16 MiB
     randomize(model, 7)
     path = str(tmp_path / "m.weights.h5")

@@ -47,8 +47,50 @@ def test_write_then_read(tmp_path):
     data = manifest.read(str(tmp_path))
     assert data.monitor == "val_loss" and data.best is None and data.kept == ()
     raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert raw["format"] == "keras_best" and raw["version"] == manifest.SCHEMA_VERSION == 2
+    assert raw["format"] == "keras_best" and raw["version"] == manifest.SCHEMA_VERSION == 3
     assert os.listdir(tmp_path) == [MANIFEST_NAME]  # no temp file left behind
+
+
+def _best_state(ties=(), wait=2, patience_best=0.5) -> RunState:
+    best = Record(1, 0.5, "b.weights.h5", {"val_loss": 0.5, "val_acc": 0.7}, ties=tuple(ties))
+    other = Record(3, 0.6, "c.weights.h5", {"val_loss": 0.6, "val_acc": 0.8})
+    engine = {"best": 0.5, "best_epoch": 1, "wait": wait, "patience_best": patience_best,
+              "best_ties": list(ties), "patience_ties": []}
+    return RunState(engine=engine, kept=(best, other), best_at=(1, None))
+
+
+def test_version_3_stores_the_best_once(tmp_path):
+    RunRecord(monitor="val_loss", mode="min", state=_best_state(ties=[0.7])).write(str(tmp_path))
+    raw = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert raw["best"] == {"epoch": 1, "value": 0.5, "path": "b.weights.h5"}  # the documented contract
+    assert raw["engine"] == {"wait": 2, "patience_best": 0.5, "patience_ties": []}
+    assert raw["kept"][0]["ties"] == [0.7] and raw["kept"][0]["metrics"] == {"val_loss": 0.5, "val_acc": 0.7}
+    assert manifest.read(str(tmp_path)).state == _best_state(ties=[0.7])  # the engine's best read back
+
+
+@pytest.mark.parametrize("patch, field", [
+    ({"best": {"epoch": 1, "value": 0.55, "path": "b.weights.h5"}}, "best.value"),
+    ({"best": {"epoch": 2, "value": 0.5, "path": "b.weights.h5"}}, "best"),
+    ({"best": {"epoch": 1, "value": 0.5, "path": "x.weights.h5"}}, "best"),
+    ({"best": {"epoch": 1, "value": "low", "path": "b.weights.h5"}}, "best.value"),
+    ({"best": {"epoch": 1, "value": 0.5, "path": "../b.weights.h5"}}, "best.path"),
+    ({"engine": {"wait": -1}}, "engine.wait"),
+    ({"engine": {"patience_best": "low", "wait": 0}}, "engine.patience_best"),
+])
+def test_a_version_3_record_that_disagrees_with_itself_is_refused(tmp_path, patch, field):
+    RunRecord(monitor="val_loss", mode="min", state=_best_state()).write(str(tmp_path))
+    data = {**json.loads((tmp_path / MANIFEST_NAME).read_text()), **patch}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match=rf"field '{field}' .*Nothing in it was acted upon"):
+        manifest.read(str(tmp_path))
+
+
+def test_a_version_2_record_is_read_with_its_engine_as_written(tmp_path):
+    state = _best_state(patience_best=0.6)
+    v2 = {**RunRecord(monitor="val_loss", mode="min", state=state).to_json(), "version": 2,
+          "best": state.kept[0].to_json(), "engine": dict(state.engine)}
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(v2))
+    assert manifest.read(str(tmp_path)).state == state
 
 
 def test_write_replaces_atomically(tmp_path):
@@ -119,7 +161,7 @@ def test_json_that_is_not_a_manifest(tmp_path, content):
 
 def test_newer_schema(tmp_path):
     (tmp_path / MANIFEST_NAME).write_text(json.dumps({"format": "keras_best", "version": 99}))
-    with pytest.raises(ManifestError, match=r"schema version 99; this keras-best reads 1 to 2. Upgrade"):
+    with pytest.raises(ManifestError, match=r"schema version 99; this keras-best reads 1 to 3. Upgrade"):
         manifest.read(str(tmp_path))
 
 

@@ -297,7 +297,7 @@ def test_a_version_1_run_loads_resumes_and_inspects(tmp_path):
     tracker.update(2, {"val_loss": 0.3})
     tracker.finish()
     data = run_json(tmp_path)
-    assert data["version"] == 2 and "history" not in json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert data["version"] == 3 and "history" not in json.loads((tmp_path / MANIFEST_NAME).read_text())
     assert [h["epoch"] for h in data["history"]] == [0, 1, 2]  # the old history, carried over
 
 

@@ -208,7 +208,7 @@ class Run:
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo,
                    swapped: Sequence[tuple[Any, Any]]) -> None:
-        txn = Transaction(state=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
+        txn = Transaction(record=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot, copies = None, None, []
         if plan.save_as is not None:
             rel = plan.save_as
@@ -243,7 +243,7 @@ class Run:
         txn.history_head = lambda: manifest.encode_history(self.history[:written])
         self.history_bytes += len(txn.history)
         self.unwritten_from = len(self.history)
-        txn.state = self.record()
+        txn.record = self.record()
         self.writer.submit(txn)
 
     def _check_directory(self, epoch: int) -> None:
@@ -385,7 +385,7 @@ class Run:
             distribute.write_durably(files.join(self.directory, tmp_rel), lambda p: savedmodel.export(model, p),
                                      self.chief)
             self.state = dataclasses.replace(self.state, export=rel)
-            self.writer.submit(Transaction(state=self.record(), renames=[(tmp_rel, rel)]))
+            self.writer.submit(Transaction(record=self.record(), renames=[(tmp_rel, rel)]))
         finally:
             model.set_weights(current)
 

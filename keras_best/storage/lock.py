@@ -68,13 +68,11 @@ class DirectoryLock:
             )
         key = os.path.realpath(self.directory)
         other = _HELD.get(key)
-        if other is not None and other is not self and other._fd is not None:
+        if other is not None and other is not self and other.held:
             # Same process (a re-run notebook cell, a retried script): the newest
             # tracker takes over, once the older one's writes are done; the
             # older one is refused from now on.
-            if other.on_takeover is not None:
-                other.on_takeover()
-            self._fd, other._fd, other.stolen = other._fd, None, True
+            self._fd = other.hand_over()
             _HELD[key] = self
             return
         for _ in range(100):
@@ -98,6 +96,15 @@ class DirectoryLock:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
         self._fd = fd
         _HELD[key] = self
+
+    def hand_over(self) -> int:
+        """Give the held lock's descriptor to a newer lock of this process on
+        the same directory (after `on_takeover`); this one is refused from now on."""
+        if self.on_takeover is not None:
+            self.on_takeover()
+        fd, self._fd, self.stolen = self._fd, None, True
+        assert fd is not None, "hand_over() of a lock not held"
+        return fd
 
     def stale(self) -> bool:
         """True when the held lock file is no longer the one in the directory

@@ -108,9 +108,6 @@ class FsspecFS(RemoteFS):
         except Exception as e:  # noqa: BLE001 - gcsfs, s3fs... raise their own HTTP errors
             raise OSError(f"{type(e).__name__}: {e} ({path})") from e
 
-    def _rel(self, root: str, top: str) -> str:
-        return root[len(top):].strip("/")
-
     def exists(self, path: str) -> bool:
         return self.fs.exists(path)
 
@@ -124,9 +121,11 @@ class FsspecFS(RemoteFS):
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]
 
     def walk(self, path: str) -> Iterator[tuple[str, list[str]]]:
-        top = self.fs._strip_protocol(path)
+        import fsspec.core
+
+        top = fsspec.core.strip_protocol(path)
         for root, _, names in self.fs.walk(path):
-            yield self._rel(root, top), list(names)
+            yield root[len(top):].strip("/"), list(names)
 
     def read(self, path: str) -> bytes:
         return self.fs.cat_file(path)

@@ -1,4 +1,4 @@
-"""Apply transactions to the run directory (see `manifest` for the protocol).
+"""Apply transactions to the run directory (see `journal` for the protocol).
 
 A `Writer` commits each transaction at once (`background=False`) or hands it to
 a background thread (`background=True`), so the training loop never waits for
@@ -34,80 +34,12 @@ import sys
 import threading
 import traceback
 import weakref
-from typing import Any, Callable
 
-from keras_best.storage import files, manifest
+from keras_best.storage import files
+from keras_best.storage.journal import Transaction, commit
 
 IDLE_EXIT_S = 5.0  # a background thread with nothing to do exits after this
 WRITER_NICENESS = 10  # the writer thread's nice value, above the training threads'
-
-
-@dataclasses.dataclass
-class Transaction:
-    """One change to the run directory.
-
-    Attributes:
-        jobs: `(write_fn, tmp_rel)` pairs: `write_fn(local_path)` writes a
-            complete file whose temp name is `tmp_rel`.
-        renames: `(tmp_rel, final_rel)` pairs moved into place on commit
-            (jobs' temp files and files already written under temp names).
-        deletes: files (relative) removed on commit.
-        state: the `RunRecord` after the commit.
-        history: JSON lines appended to the history file at `state.history_bytes
-            - len(history)` before the record is written.
-        rollback: anything; `Writer.take_error` returns it with the error of
-            a background commit (for a merged transaction: the oldest's).
-        done: `(tmp_rel, fn)` pairs, each `fn(committed)` called once. For a
-            job's `tmp_rel`: when the job is over (written, failed, dropped
-            by a `merge`): its host copies may then be reused (see
-            `keras_best.storage.buffers`). For `None`: when the state before the
-            transaction is no longer needed, with `True` once it is
-            committed or merged after an older one (the merged transaction
-            rolls back past it), `False` when it failed or was dropped.
-    """
-
-    state: Any  # keras_best.storage.manifest.RunRecord
-    jobs: list[tuple[Callable[[str], None], str]] = dataclasses.field(default_factory=list)
-    renames: list[tuple[str, str]] = dataclasses.field(default_factory=list)
-    deletes: list[str] = dataclasses.field(default_factory=list)
-    rollback: Any = None  # given back with a background error (the caller's state before)
-    history: bytes = b""
-    history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
-    done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
-
-    def over(self, committed: bool) -> None:
-        """Run the `done` callbacks, once."""
-        done, self.done = self.done, []
-        for _, fn in done:
-            fn(committed)
-
-
-def commit(directory: str, txn: Transaction) -> None:
-    """Write `txn` so that a crash at any instant leaves a consistent run."""
-    written: list[str] = []
-    try:
-        for write_fn, tmp_rel in txn.jobs:
-            written.append(tmp_rel)
-            files.write_durably(files.join(directory, tmp_rel), write_fn)
-    except BaseException:
-        for tmp_rel, _ in txn.renames:
-            files.remove(files.join(directory, tmp_rel), missing_ok=True)
-        for tmp_rel in written:
-            files.remove(files.join(directory, tmp_rel), missing_ok=True)
-        raise
-    if txn.history:
-        manifest.append_history(directory, txn.state.history_bytes - len(txn.history), txn.history,
-                                txn.history_head or (lambda: b""))
-    if not txn.renames and not txn.deletes:
-        txn.state.write(directory)
-        return
-    pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
-    dataclasses.replace(txn.state, pending=pending).write(directory)
-    manifest.apply(directory, pending)
-    # The journal above is durable: if a crash loses this rename, the journal
-    # is found and applied again (idempotent); the next commit's fsync of the
-    # directory makes it durable. One journal commit of the file system less.
-    txn.state.write(directory, sync_dir=False)
 
 
 class Writer:
@@ -126,6 +58,7 @@ class Writer:
         self._writing = False
         self._error: tuple[BaseException, Transaction] | None = None
         self._thread: threading.Thread | None = None
+        self._closing = False
         if background and enabled:
             _register(self)
 
@@ -147,6 +80,7 @@ class Writer:
                 txn.over(committed)
             return
         with self._cond:
+            self._closing = False
             while True:
                 if self._error is not None:
                     _discard(self.directory, txn)
@@ -164,12 +98,6 @@ class Writer:
                 self._thread.start()
             self._cond.notify_all()
 
-    @property
-    def idle(self) -> bool:
-        """True when nothing is being written or waiting."""
-        with self._cond:
-            return self._pending is None and not self._writing
-
     def flush(self) -> None:
         """Wait until every submitted transaction is committed (or failed)."""
         with self._cond:
@@ -184,14 +112,23 @@ class Writer:
             return error
 
     def close(self) -> None:
+        """Wait for everything submitted, then end the background thread now
+        (instead of after `IDLE_EXIT_S` idle seconds). The writer stays usable:
+        a later `submit` starts a new thread."""
         self.flush()
+        with self._cond:
+            self._closing = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
 
     def _run(self) -> None:
         _lower_priority()
         while True:
             with self._cond:
                 while self._pending is None:
-                    if not self._cond.wait(IDLE_EXIT_S) and self._pending is None:
+                    if self._closing or (not self._cond.wait(IDLE_EXIT_S) and self._pending is None):
                         self._thread = None  # a later submit starts a new one
                         return
                 txn, self._pending = self._pending, None
@@ -238,7 +175,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
     state (the manifest after both) does not name it.
     """
     rewritten = {final for _, final in newer.renames}
-    named = newer.state.named_files()
+    named = newer.record.named_files()
     job_tmps = {tmp for _, tmp in older.jobs}
     kept_renames, kept_tmps, dropped_on_disk = [], set(), []
     for tmp, final in older.renames:
@@ -264,7 +201,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
         if rel not in deletes:
             deletes.append(rel)
     return Transaction(
-        state=newer.state,
+        record=newer.record,
         jobs=kept_jobs + list(newer.jobs),
         renames=kept_renames + list(newer.renames),
         deletes=deletes,

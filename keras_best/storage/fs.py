@@ -1,0 +1,281 @@
+"""One file-system interface for the run directory: `filesystem(path)` gives
+a `LocalFS` for local paths and a `RemoteFiles` (over `remote.filesystem`:
+fsspec or `tf.io.gfile`) for URLs. `keras_best.storage.files` calls these; the
+rules (temp name in the same directory, flush + fsync, atomic rename) hold on both.
+
+>>> type(filesystem("/tmp/run")).__name__, type(filesystem("memory://b/run")).__name__
+('LocalFS', 'RemoteFiles')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterator
+
+from keras_best.core.names import COMPLETE_MARKER, basename, is_remote, tmp_path
+from keras_best.storage import remote
+
+
+class FileSystem:
+    """What the run directory needs of a file system. Paths are full paths or URLs."""
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def isdir(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def makedirs(self, path: str) -> None:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def size(self, path: str) -> int:
+        """Bytes in a file or a directory tree (local links are not followed)."""
+        raise NotImplementedError
+
+    def read_bytes(self, path: str) -> bytes:
+        raise NotImplementedError
+
+    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+        """See `files.write_durably`."""
+        raise NotImplementedError
+
+    def local_copy(self, path: str) -> contextlib.AbstractContextManager[str]:
+        """See `files.local_copy`."""
+        raise NotImplementedError
+
+    def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
+        """See `files.replace`."""
+        raise NotImplementedError
+
+    def remove(self, path: str, missing_ok: bool = False) -> None:
+        """Delete a file or a directory tree."""
+        raise NotImplementedError
+
+    def probe_writable(self, directory: str) -> None:
+        """Raise `OSError` when files cannot be created in `directory` (a remote
+        one is not probed: its first write tells)."""
+
+
+class LocalFS(FileSystem):
+    """Local paths: `os`, with fsync of files and directories."""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
+    def makedirs(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def listdir(self, path: str) -> list[str]:
+        return os.listdir(path)
+
+    def size(self, path: str) -> int:
+        if os.path.isdir(path) and not os.path.islink(path):
+            return sum(os.lstat(os.path.join(root, f)).st_size for root, _, names in os.walk(path) for f in names)
+        return os.lstat(path).st_size
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+        try:
+            write(path)
+            fsync_path(path)
+        except BaseException:
+            self.remove(path, missing_ok=True)  # never leave a partial file behind
+            raise
+
+    @contextlib.contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        yield path
+
+    def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
+        if os.path.isdir(src) and os.path.isdir(dst):
+            # os.replace cannot replace a non-empty directory: swap via a side name.
+            old = tmp_path(dst)
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(src, dst)
+        if sync_dir:
+            fsync_dir(os.path.dirname(dst))
+
+    def remove(self, path: str, missing_ok: bool = False) -> None:
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            if not missing_ok:
+                raise
+
+    def probe_writable(self, directory: str) -> None:
+        probe = os.path.join(directory, tmp_path("probe"))
+        with open(probe, "wb"):
+            pass
+        self.remove(probe)
+
+
+class RemoteFiles(FileSystem):
+    """URLs: through a `remote.RemoteFS`, its errors turned into Python ones.
+    Files are written locally and uploaded; directories are copied (see `replace`)."""
+
+    def __init__(self, path: str) -> None:
+        self.fs = remote.filesystem(path)
+
+    def exists(self, path: str) -> bool:
+        with self.fs.errors(path):
+            return self.fs.exists(path)
+
+    def isdir(self, path: str) -> bool:
+        with self.fs.errors(path):
+            return self.fs.isdir(path)
+
+    def makedirs(self, path: str) -> None:
+        with self.fs.errors(path):
+            self.fs.makedirs(path)
+
+    def listdir(self, path: str) -> list[str]:
+        with self.fs.errors(path):
+            return self.fs.listdir(path)
+
+    def size(self, path: str) -> int:
+        fs = self.fs
+        with fs.errors(path):
+            if not fs.isdir(path):
+                return fs.size(path)
+            return sum(fs.size(_under(path, rel, n)) for rel, names in fs.walk(path) for n in names)
+
+    def read_bytes(self, path: str) -> bytes:
+        with self.fs.errors(path):
+            return self.fs.read(path)
+
+    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+        local_dir = tempfile.mkdtemp(prefix="keras_best-")
+        try:
+            local = os.path.join(local_dir, basename(path))
+            write(local)
+            with self.fs.errors(path):
+                self._upload(local, path)
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _upload(self, local: str, path: str) -> None:
+        fs = self.fs
+        if not os.path.isdir(local):
+            fs.upload(local, path)
+            return
+        for root, _, names in os.walk(local):
+            rel = os.path.relpath(root, local)
+            target = _under(path, "" if rel == "." else rel.replace(os.sep, "/"))
+            fs.makedirs(target)
+            for n in names:
+                fs.upload(os.path.join(root, n), f"{target}/{n}")
+        # Written last: the directory is complete (see `_replace_dir`).
+        fs.write(_under(path, COMPLETE_MARKER), remote.MARKER_DATA)
+
+    @contextlib.contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        local_dir = tempfile.mkdtemp(prefix="keras_best-")
+        try:
+            local = os.path.join(local_dir, basename(path))
+            with self.fs.errors(path):
+                self.fs.download(path, local)
+            yield local
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
+        with self.fs.errors(src):
+            if self.fs.isdir(src):
+                self._replace_dir(src.rstrip("/"), dst.rstrip("/"))
+            else:
+                self.fs.rename(src, dst)
+
+    def _replace_dir(self, src: str, dst: str) -> None:
+        """Move the remote directory `src` over `dst`, safe to repeat after a crash.
+
+        Remote directories cannot be renamed (object stores have no directories;
+        `tf.io.gfile.rename` drops a `ram://` directory's content), so the files
+        are copied. `src` holds `COMPLETE_MARKER` until the copy is complete: a
+        crash while copying leaves it, and the journal's roll-forward copies
+        again; a crash after leaves `src` without it, and only `src` is removed.
+        """
+        fs, marker = self.fs, _under(src, COMPLETE_MARKER)
+        if fs.exists(marker):
+            fs.rmtree(dst)
+            for rel, names in list(fs.walk(src)):
+                fs.makedirs(_under(dst, rel))
+                for n in names:
+                    if rel or n != COMPLETE_MARKER:
+                        fs.copy(_under(src, rel, n), _under(dst, rel, n))
+            fs.remove(marker)
+        fs.rmtree(src)
+
+    def remove(self, path: str, missing_ok: bool = False) -> None:
+        fs = self.fs
+        with fs.errors(path):
+            if not fs.exists(path):
+                if missing_ok:
+                    return
+                raise FileNotFoundError(path)
+            if fs.isdir(path):
+                fs.rmtree(path)
+            else:
+                fs.remove(path)
+
+
+_LOCAL = LocalFS()
+
+
+def filesystem(path: str) -> FileSystem:
+    """The file system of `path`: local, or the remote one its scheme names."""
+    return RemoteFiles(path) if is_remote(path) else _LOCAL
+
+
+def _under(top: str, rel: str, name: str = "") -> str:
+    """`top`/`rel`/`name` on a remote path, without empty parts."""
+    return "/".join(p for p in (top.rstrip("/"), rel, name) if p)
+
+
+def fsync_path(path: str) -> None:
+    """fsync a local file, or every file of a local directory tree."""
+    if os.path.isdir(path):
+        for root, _, names in os.walk(path):
+            for n in names:
+                _fsync_file(os.path.join(root, n))
+            fsync_dir(root)
+    else:
+        _fsync_file(path)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,124 @@
+"""How the run directory changes: one small journaled transaction at a time.
+
+Every change to the run directory is a `Transaction`, committed by `commit`:
+
+1. new files are written under temp names and fsynced, and new history lines
+   are written at the record's `history_bytes` offset and fsynced;
+2. the record is written with the new state *and* a journal
+   (`"pending": {"renames": [[tmp, final], ...], "deletes": [...]}`);
+3. the renames and deletes are applied (`apply`);
+4. the record is written again without the journal.
+
+A crash before (2) leaves the old record, stray temp files and history bytes
+past the recorded offset (ignored, and overwritten by the next append). A
+crash after (2) is rolled forward (`roll_forward`): a temp file that still
+exists is the content of its final name. So the record and the files never
+disagree, and `load_best` can read a directory at any instant, even while a
+run is writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+from keras_best.storage import files, history
+from keras_best.storage.record import RunRecord
+
+
+@dataclasses.dataclass
+class Transaction:
+    """One change to the run directory.
+
+    Attributes:
+        record: the `RunRecord` after the commit.
+        jobs: `(write_fn, tmp_rel)` pairs: `write_fn(local_path)` writes a
+            complete file whose temp name is `tmp_rel`.
+        renames: `(tmp_rel, final_rel)` pairs moved into place on commit
+            (jobs' temp files and files already written under temp names).
+        deletes: files (relative) removed on commit.
+        history: JSON lines appended to the history file at `record.history_bytes
+            - len(history)` before the record is written.
+        rollback: anything; `Writer.take_error` returns it with the error of
+            a background commit (for a merged transaction: the oldest's).
+        done: `(tmp_rel, fn)` pairs, each `fn(committed)` called once. For a
+            job's `tmp_rel`: when the job is over (written, failed, dropped
+            by a `merge`): its host copies may then be reused (see
+            `keras_best.storage.buffers`). For `None`: when the state before the
+            transaction is no longer needed, with `True` once it is
+            committed or merged after an older one (the merged transaction
+            rolls back past it), `False` when it failed or was dropped.
+    """
+
+    record: RunRecord
+    jobs: list[tuple[Callable[[str], None], str]] = dataclasses.field(default_factory=list)
+    renames: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    deletes: list[str] = dataclasses.field(default_factory=list)
+    rollback: Any = None  # given back with a background error (the caller's state before)
+    history: bytes = b""
+    history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
+    done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
+
+    def over(self, committed: bool) -> None:
+        """Run the `done` callbacks, once."""
+        done, self.done = self.done, []
+        for _, fn in done:
+            fn(committed)
+
+
+def commit(directory: str, txn: Transaction) -> None:
+    """Write `txn` so that a crash at any instant leaves a consistent run."""
+    written: list[str] = []
+    try:
+        for write_fn, tmp_rel in txn.jobs:
+            written.append(tmp_rel)
+            files.write_durably(files.join(directory, tmp_rel), write_fn)
+    except BaseException:
+        for tmp_rel, _ in txn.renames:
+            files.remove(files.join(directory, tmp_rel), missing_ok=True)
+        for tmp_rel in written:
+            files.remove(files.join(directory, tmp_rel), missing_ok=True)
+        raise
+    if txn.history:
+        history.append(directory, txn.record.history_bytes - len(txn.history), txn.history,
+                       txn.history_head or (lambda: b""))
+    if not txn.renames and not txn.deletes:
+        txn.record.write(directory)
+        return
+    pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
+    dataclasses.replace(txn.record, pending=pending).write(directory)
+    apply(directory, pending)
+    # The journal above is durable: if a crash loses this rename, the journal
+    # is found and applied again (idempotent); the next commit's fsync of the
+    # directory makes it durable. One journal commit of the file system less.
+    txn.record.write(directory, sync_dir=False)
+
+
+def roll_forward(directory: str, record: RunRecord) -> RunRecord:
+    """Finish a pending transaction left by a crash; remove stray temp files.
+
+    Returns the record without its journal (and writes it when it changed).
+    """
+    if record.pending:
+        apply(directory, record.pending)
+        record = dataclasses.replace(record, pending=None)
+        record.write(directory)
+    remove_tmp_files(directory)
+    return record
+
+
+def remove_tmp_files(directory: str) -> None:
+    """Delete temp files a crash left (names made by `files.tmp_path`)."""
+    for name in files.listdir(directory):
+        if files.is_tmp_name(name):
+            files.remove(files.join(directory, name), missing_ok=True)
+
+
+def apply(directory: str, pending: Mapping[str, Any]) -> None:
+    """Apply a journal: renames whose temp file exists, then deletes."""
+    for tmp, final in pending.get("renames", []):
+        src = files.join(directory, tmp)
+        if files.exists(src):
+            files.replace(src, files.join(directory, final))
+    for rel in pending.get("deletes", []):
+        files.remove(files.join(directory, rel), missing_ok=True)
