@@ -8,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from keras_best.core.monitor import infer_mode
-from keras_best.frontends.metrics import direction_of, read_all, read_value
+from keras_best.frontends.metrics import read_all, read_value
+from keras_best.keras_adapter.fit import metric_direction as direction_of
 
 
 def test_metric_object_is_read_and_not_reset():

@@ -73,16 +73,6 @@ def read_all(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): read_value(str(k), v) for k, v in metrics.items()}
 
 
-def direction_of(value: Any) -> str | None:
-    """A Keras metric's own direction hint: "up", "down" or None.
-
-    Keras 3 metrics carry it as the private `_direction` attribute; pinned by
-    `tests/test_metrics.py`.
-    """
-    direction = getattr(value, "_direction", None) if _is_metric(value) else None
-    return direction if direction in ("up", "down") else None
-
-
 def _to_numpy(value: Any) -> np.ndarray:
     """A tensor of any backend (or an array-like) on the host, detached from
     any gradient."""

@@ -195,8 +195,10 @@ class Run:
 
     # ------------------------------------------------------------- update
     def update(self, model: Any, optimizer: Any, epoch: int, step: int | None,
-               values: Mapping[str, float], score: Score | None) -> Plan:
-        """Plan one update with the policy and carry it out; return the plan."""
+               values: Mapping[str, float], score: Score | None, swapped: Any = ()) -> Plan:
+        """Plan one update with the policy and carry it out; return the plan.
+        `swapped`: pairs whose values trade places in the training state (EMA)."""
+        self.exchanged = list(swapped)
         if not model.built or not model.weights:
             raise ValueError(
                 "The model is not built yet (it has no weights), so there is nothing to save. Build it "
