@@ -13,6 +13,7 @@ from keras_best.core.options import Options, integer
 from keras_best.core.paths import RunPath
 from keras_best.core.retention import Record
 from keras_best.frontends import checks, report
+from keras_best.frontends.history import HistoryView
 from keras_best.frontends.metrics import read_all
 from keras_best.runner import distribute
 from keras_best.runner.preemption import SafePoints
@@ -37,8 +38,8 @@ class BestWeightsTracker:
             full model, and with `save_format="savedmodel"` a directory gets a
             TensorFlow SavedModel export. May hold `{epoch}` (1-based, as in
             Keras) and any metric key with a format spec, e.g.
-            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory is
-            the run directory.
+            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory
+            is the run directory.
         monitor: the key of the metrics passed to `update()` to rank by; or a
             list of keys compared in order (later keys break exact ties of
             earlier ones, each in its own direction); or a callable taking the
@@ -61,11 +62,10 @@ class BestWeightsTracker:
         save_state_every: also write the training state every so many
             seconds, at the end of a batch (`fit()`, `batches()`).
         save_state_every_batches: ... or every so many batches.
-        save_random_state: save the random state with the training state and
-            restore it on resume (the model's `SeedGenerator`s, e.g.
-            `Dropout`'s; Keras's global one; Python's `random`; NumPy's
-            global `np.random`; torch's CPU generator), so a resumed run
-            draws what an uninterrupted one would (see `keras_best.training_state.rng`).
+        save_random_state: save the random state (the model's and Keras's
+            `SeedGenerator`s, Python's, NumPy's and torch's) with the training
+            state and restore it on resume, so a resumed run draws what an
+            uninterrupted one would (see `keras_best.training_state.rng`).
         patience: stop after this many updates in a row without improvement
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
@@ -93,14 +93,13 @@ class BestWeightsTracker:
             count as not improving for `patience`.
         preempt_signals: the signals that announce a preemption (Slurm,
             Kubernetes, spot VMs send SIGTERM before killing a job): on one,
-            the training state is written at the next safe point (the end of
-            the batch in `fit()`, `batches()` and `run()`; or where your loop
-            checks `preempted`) and `Preempted` ends the process with status
-            128 + signal (143 for SIGTERM). Rerun with `resume=True` to go on.
-            "auto" (default): SIGTERM when the run keeps a training state
-            (`resume` or `save_last`), else none; a list such as
-            `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
-            the process at once, as it would have without keras-best.
+            the training state is written at the next safe point (a batch's
+            end in `fit()`, `batches()`, `run()`; or where your loop checks
+            `preempted`) and `Preempted` ends the process with status 128 +
+            signal (143 for SIGTERM); rerun with `resume=True`. "auto": SIGTERM
+            when the run keeps a training state, else none; a list such as
+            `["SIGTERM", "SIGUSR1"]`; or `None`. A second signal ends the
+            process at once (see `keras_best.runner.preemption`).
         async_save: write `.weights.h5` and `.keras` files, training states
             and the record in a background thread (default): `update()` only
             waits for host copies of the variables, and a write error is
@@ -109,10 +108,7 @@ class BestWeightsTracker:
             so does interpreter exit. `False` writes everything before
             `update()` returns. SavedModel exports are written in the
             training thread (`export_at_finish=True` exports once, at the
-            end). Host copies go round: a save copies into the arrays of one
-            already written, so the training thread takes no page faults, and
-            host memory holds at most four sets of them (written, waiting,
-            being copied, one spare), two when the disk keeps up.
+            end). Host copies are reused: see `keras_best.storage.buffers`.
 
     Example:
 
@@ -125,11 +121,8 @@ class BestWeightsTracker:
     tracker.finish()
     ```
 
-    Package-internal (what `BestCheckpoint` uses besides the public API):
-    `BestWeightsTracker(UNBOUND, filepath, ...)` makes a tracker without a
-    model, attached later by `bind(model, model_source=...)`;
-    `decide(epoch, metrics, step, swapped=...)` is `update()` with the EMA
-    pairs that trade places in this update's training state.
+    Package-internal, for `BestCheckpoint`: `BestWeightsTracker(UNBOUND, ...)`
+    (no model yet), `bind(model, model_source=)`, `decide(..., swapped=)`.
     """
 
     def __init__(self, model: Any, filepath: str, monitor: MonitorSpec = "val_loss", **options: Any) -> None:
@@ -151,13 +144,10 @@ class BestWeightsTracker:
             return getattr(self.options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # ------------------------------------------------------------------ setup
     def bind(self, model: Any, model_source: Callable[[], Any] | None = None) -> None:
-        """Attach the model (done by the constructor; `BestCheckpoint` does it
-        at `on_train_begin`). `model_source()` returns `model` ready to be
-        read, and is called before each read of its variables: in `fit()` on
-        JAX, Keras detaches the variables' values during an epoch and the
-        callback's `model` property puts them back."""
+        """Attach the model (the constructor does; `BestCheckpoint` at `on_train_begin`).
+        `model_source()`, called before each read of the variables, returns `model` with
+        their values in place (`fit()` on JAX detaches them during an epoch)."""
         checks.check_model(model, self.options)  # and its optimizer
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
@@ -174,15 +164,13 @@ class BestWeightsTracker:
 
     @property
     def mode(self) -> str | list[str | None] | None:
-        """The resolved mode ("min"/"max"; one per name for a list `monitor`;
-        `None` while "auto" is not resolved yet)."""
+        """The resolved mode: "min"/"max" (one per name of a list `monitor`), `None` while unresolved."""
         return self.objective.mode_spec
 
     @property
     def optimizer(self) -> Any:
         return checks.optimizer_of(self.model, self.options)
 
-    # --------------------------------------------------------------- public
     @property
     def best(self) -> float | None:
         """The best monitored value so far (`None` before the first improvement)."""
@@ -205,8 +193,7 @@ class BestWeightsTracker:
 
     @property
     def history(self) -> Sequence[dict[str, Any]]:
-        """One entry per update (epoch, step, value, improved, saved, wait,
-        metrics), as a read-only sequence that follows the run."""
+        """One entry per update (epoch, step, value, improved, saved, wait, metrics), read-only."""
         return self._history
 
     @property
@@ -231,10 +218,9 @@ class BestWeightsTracker:
         return self._safe.preempted
 
     def save_state(self, epoch: int, step: int | None = None) -> str:
-        """Write the training state now, as of `epoch` (and `step`, the last
-        batch done), and wait until it is durable; return its path. Decides
-        nothing: recorded in the history as an update without validation
-        values. Needs `resume=True` or `save_last=True`."""
+        """Write the training state now, as of `epoch` (and `step`, the last batch
+        done), and wait until it is durable; return its path. Decides nothing (an
+        update without validation values). Needs `resume=True` or `save_last=True`."""
         checks.check_keeps_state(self.options)
         self._write_state(integer("epoch", epoch, 0, allow_none=False), integer("step", step, 0))
         self.flush()
@@ -252,7 +238,6 @@ class BestWeightsTracker:
             for step, (x, y) in tracker.batches(epoch, train_batches):
                 train_step(x, y)
             tracker.update(epoch, {"val_loss": val_loss})
-        tracker.finish()
         ```
         """
         start = self.initial_step if epoch == self.initial_epoch else 0
@@ -264,11 +249,10 @@ class BestWeightsTracker:
             self.after_batch(epoch, step)
 
     def after_batch(self, epoch: int, step: int) -> None:
-        """A safe point, after training batch `step` of `epoch` (`batches()` and
-        `fit()` call it; a hand-written loop may call it itself). Writes the
-        training state when `save_state_every` / `save_state_every_batches`
-        say it is due (in the background); after a preemption signal writes
-        it, waits until it is durable, and raises `Preempted`."""
+        """A safe point, after training batch `step` of `epoch` (`batches()` and `fit()`
+        call it; a hand-written loop may too). Writes the training state when
+        `save_state_every(_batches)` say it is due (in the background); after a
+        preemption signal writes it, waits until it is durable, and raises `Preempted`."""
         if self._safe.due(epoch, step):
             self._write_state(epoch, step)
             if self.preempted:
@@ -295,16 +279,8 @@ class BestWeightsTracker:
         """The epochs left to train, up to `epochs`: from `initial_epoch` (0
         for a new run, the next one after `resume=True`), none once the run
         has stopped, and no more after an `update()` that said `should_stop`.
-
-        The loop to write, which a rerun of the same script cannot get wrong:
-
-        ```python
-        for epoch in tracker.epochs(100):
-            train_one_epoch()
-            tracker.update(epoch, {"val_loss": val_loss})
-        tracker.finish()
-        ```
-        """
+        The loop of the class example, which a rerun of the same script
+        cannot get wrong."""
         end = integer("epochs", epochs, 0, allow_none=False)
 
         def left(start: int) -> Iterator[int]:
@@ -355,11 +331,9 @@ class BestWeightsTracker:
 
     def finish(self) -> None:
         """Wait for writes; restore the best weights or export if asked.
-
-        Releases the run directory's lock; a later `update()` takes it again.
+        Releases the run directory's lock (a later `update()` takes it again).
         A background write that failed raises `SaveError` here, after the
-        best weights that are on disk were restored (if asked).
-        """
+        best weights that are on disk were restored (if asked)."""
         report.warn_if_never_validated(self.history, self.objective.name)
         self._safe.end_if_preempted()  # the run is not over: nothing restored or exported
         try:
@@ -370,10 +344,9 @@ class BestWeightsTracker:
         self._safe.end_if_preempted()  # a signal during finish(): the state written last is current
 
     def flush(self) -> None:
-        """Wait until every save so far is on disk and recorded (what `finish()`
-        waits for, keeping the run directory's lock). Raises `SaveError` if a
-        background write failed; the tracker then holds the previous best, as
-        the directory does."""
+        """Wait until every save so far is on disk and recorded (as `finish()`,
+        keeping the lock). Raises `SaveError` if a background write failed;
+        the tracker then holds the previous best, as the directory does."""
         self._run.writer.flush()
         self._run.raise_write_error()
 
@@ -397,12 +370,8 @@ class BestWeightsTracker:
         epoch, shows a `keras.utils.Progbar` line per epoch, and calls
         `finish()`. Loops over `epochs(epochs)`: a resumed run continues at
         `initial_epoch`, one that already stopped trains nothing. Returns
-        `history`.
-
-        ```python
-        tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,
-                    metrics=[train_loss, val_loss])
-        ```
+        `history`. E.g. `tracker.run(train_step, val_step, train_ds, val_ds,
+        epochs=20, metrics=[train_loss, val_loss])`.
         """
         from keras_best.frontends.loop import run_epochs
 
@@ -410,7 +379,6 @@ class BestWeightsTracker:
         self.finish()
         return self.history
 
-    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The tracker's decisions as plain JSON-able data (keras_best.json's
         fields, with the history)."""
@@ -422,35 +390,9 @@ class BestWeightsTracker:
         self._run.adopt(RunRecord.from_json({"format": "keras_best", "version": 1, **data}, "state_dict"))
 
 
-class HistoryView(Sequence):
-    """A read-only view of a run's history (the run's own list, never a copy);
-    equal to a list or tuple with the same entries."""
-
-    def __init__(self, run: Run) -> None:
-        self._run = run
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._run.history[index]
-
-    def __len__(self) -> int:
-        return len(self._run.history)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (list, tuple, HistoryView)):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return repr(list(self))
-
-
 UNBOUND = object()  # a tracker whose model comes later, with `bind()` (BestCheckpoint)
-_PARAMETERS = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-               inspect.Parameter("filepath", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-    inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY if f.name != "monitor" else
-                      inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
-    for f in dataclasses.fields(Options)]
+_POSITIONAL, _KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
 BestWeightsTracker.__init__.__signature__ = inspect.Signature(  # help() shows every option
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *_PARAMETERS])
+    [inspect.Parameter(name, _POSITIONAL) for name in ("self", "model", "filepath")] + [
+        inspect.Parameter(f.name, _POSITIONAL if f.name == "monitor" else _KEYWORD, default=f.default)
+        for f in dataclasses.fields(Options)])
