@@ -242,6 +242,36 @@ def test_fit_with_save_freq_and_batch_in_name_matches_model_checkpoint(tmp_path,
         assert _same(a.get_weights(), b.get_weights())
 
 
+def test_fit_with_save_freq_counts_batches_as_model_checkpoint_with_steps_per_execution(tmp_path, fit_data):
+    x, y, _, _ = fit_data
+    name = "e{epoch}-b{batch}.weights.h5"
+    model = _compiled()
+    model.compile(optimizer=keras.optimizers.SGD(0.8), loss="binary_crossentropy", steps_per_execution=2)
+    ours = BestCheckpoint(str(tmp_path / "ours" / name), save_weights_only=True, save_freq=3)
+    theirs = keras.callbacks.ModelCheckpoint(str(tmp_path / "keras" / name), save_weights_only=True, save_freq=3)
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[ours, theirs])  # 8 batches, seen 2 by 2
+    assert _files(tmp_path / "ours") == _files(tmp_path / "keras") != []
+
+
+def test_front_ends_touch_no_private_attribute_of_another_object():
+    import ast
+    import pathlib
+
+    import keras_best.frontends
+
+    found = []
+    for path in sorted(pathlib.Path(keras_best.frontends.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") and not (
+                    isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr") and (
+                    len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
+                    and str(node.args[1].value).startswith("_")):
+                found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
+    assert found == []
+
+
 def test_fit_save_best_only_with_save_freq(tmp_path, fit_data):
     # ModelCheckpoint raises TypeError here (Keras 3.15); we save the best batch.
     x, y, _, _ = fit_data

@@ -312,6 +312,42 @@ def test_run_drives_the_loop(tmp_path, capsys):
     assert f"Epoch 1/{EPOCHS}" in out and "val_loss:" in out and "early stopping" in out
 
 
+def test_history_is_a_read_only_view_of_the_run(tmp_path, model):
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), verbose=0)
+    history = tracker.history
+    assert history == [] and len(history) == 0 and not isinstance(history, list)
+    tracker.update(0, {"val_loss": 0.5})
+    tracker.update(1, {"val_loss": 0.4})
+    assert history is tracker.history and len(history) == 2  # the view follows the run
+    assert [h["epoch"] for h in history] == [0, 1] and history[-1]["value"] == 0.4
+    assert history == list(history) and history == tuple(history)
+    with pytest.raises(AttributeError):
+        history.append({})
+    with pytest.raises(TypeError):
+        history[0] = {}
+    with pytest.raises(TypeError):
+        del history[0]
+    assert tracker.state_dict()["history"] == list(history)
+    tracker.finish()
+
+
+def test_a_bound_model_source_is_read_before_each_use_of_the_variables(tmp_path, model):
+    from keras_best.frontends.tracker import UNBOUND
+
+    reads = []
+    tracker = BestWeightsTracker(UNBOUND, str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=None,
+                                 save_last=True, optimizer=keras.optimizers.SGD(), verbose=0,
+                                 restore_best_weights=True)
+    tracker.bind(model, model_source=lambda: reads.append(1) or model)
+    assert reads == []
+    tracker.update(0, {"val_loss": 0.5})
+    assert len(reads) == 1
+    tracker.save_state(1, 3)
+    assert len(reads) == 2
+    tracker.finish()
+    assert len(reads) == 3
+
+
 def test_run_with_a_mapping_of_metrics(tmp_path):
     loop = Loop()
     tracker = BestWeightsTracker(loop.model, str(tmp_path / "best.weights.h5"), verbose=0)

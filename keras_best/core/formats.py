@@ -10,15 +10,34 @@ FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
 EXPORT_WEIGHTS_NAME = "keras_best.weights.h5"
 
 
-def resolve_format(filepath: str, save_format: str | None = None) -> str:
+def resolve_format(filepath: str, save_format: str | None = None, save_weights_only: bool | None = None) -> str:
     """The format implied by `filepath` and `save_format`, or a `ValueError`.
+
+    With `save_weights_only` (True or False) and no `save_format`, the file
+    name rules and messages of `keras.callbacks.ModelCheckpoint` apply
+    (`BestCheckpoint` takes its arguments).
 
     >>> resolve_format("best.weights.h5"), resolve_format("m.keras")
     ('weights', 'keras')
     >>> resolve_format("export/best", "savedmodel")
     'savedmodel'
+    >>> resolve_format("m.h5", save_weights_only=False)  # legacy `.h5`: a full model, as Keras saves it
+    'keras'
     """
     name = str(filepath)
+    if save_format is None and save_weights_only is not None:
+        if save_weights_only and not name.endswith(".weights.h5"):
+            raise ValueError(
+                "When using `save_weights_only=True` in `ModelCheckpoint`"
+                ", the filepath provided must end in `.weights.h5` "
+                f"(Keras weights format). Received: filepath={name}"
+            )
+        if not name.endswith((".weights.h5", ".keras", ".h5")):
+            raise ValueError(
+                "The filepath provided must end in `.keras` "
+                f"(Keras model format). Received: filepath={name}"
+            )
+        return WEIGHTS if name.endswith(".weights.h5") else KERAS
     if save_format is not None:
         aliases = {"tf": SAVEDMODEL, "tf_saved_model": SAVEDMODEL, "h5": WEIGHTS}
         fmt = aliases.get(save_format, save_format)

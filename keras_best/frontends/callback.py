@@ -7,12 +7,15 @@ from typing import Any
 
 import keras
 
-from keras_best.core import formats
+from keras_best.core import cadence
+from keras_best.core.formats import resolve_format
 from keras_best.core.monitor import Decision
 from keras_best.core.objective import MonitorSpec
 from keras_best.core.options import Options, flag
 from keras_best.core.paths import RunPath
-from keras_best.frontends.tracker import _LATER, BestWeightsTracker
+from keras_best.frontends import checks
+from keras_best.frontends.tracker import UNBOUND, BestWeightsTracker
+from keras_best.keras_adapter.fit import clear_initial_epoch, set_initial_epoch
 from keras_best.storage import files
 from keras_best.training_state.ema import EmaWatch
 
@@ -74,27 +77,23 @@ class BestCheckpoint(keras.callbacks.Callback):
                 f"Unrecognized save_freq: {save_freq}. "
                 "Expected save_freq are 'epoch' or integer values"
             )
-        if save_freq == "epoch" and "batch" in RunPath(filepath).fields:
-            raise ValueError(
-                "`filepath` uses {batch}, but with save_freq='epoch' saves happen at epoch "
-                "ends, where there is no batch. Use {epoch}, or an int save_freq to save "
-                f"every N batches. Received: filepath={filepath}"
-            )
+        checks.check_placeholders(RunPath(filepath), save_freq=save_freq)
         Options.check_names("BestCheckpoint", options)
         if "baseline" in options:
             raise TypeError("BestCheckpoint takes `initial_value_threshold` (as ModelCheckpoint), not `baseline`.")
         if options.get("save_format") is None:
-            options["save_format"] = _format_from_name(filepath, flag("save_weights_only", save_weights_only))
+            options["save_format"] = resolve_format(filepath, None, flag("save_weights_only", save_weights_only))
         if isinstance(keep_top_k, str) and keep_top_k == "auto":
             # As ModelCheckpoint: every file its name tells apart is kept; a fixed name is one file.
             keep_top_k = None if RunPath(filepath).fields else 1
         self.save_freq = save_freq
         self.tracker = BestWeightsTracker(
-            _LATER, filepath, monitor, verbose=verbose, save_best_only=save_best_only, mode=mode,
+            UNBOUND, filepath, monitor, verbose=verbose, save_best_only=save_best_only, mode=mode,
             baseline=initial_value_threshold, keep_top_k=keep_top_k, **options)
-        self._batches_since_save = 0
+        # When to update: at epoch ends, or every `save_freq` batches counted as ModelCheckpoint does.
+        self._cadence = cadence.every(epoch=True) if save_freq == "epoch" else cadence.every(batches=save_freq)
+        self._since_save = cadence.Progress()
         self._ema: EmaWatch | None = None
-        self._last_batch = None
         self._epoch = 0
 
     # ModelCheckpoint attribute names, for code that reads them.
@@ -121,18 +120,15 @@ class BestCheckpoint(keras.callbacks.Callback):
         return self.tracker.monitor
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        for name in self.tracker.objective.unresolved:
-            self.tracker.mode_hint(_direction_from_model(self.model, name), name)
-        self.tracker._live_model = lambda: self.model  # on JAX, puts the variables' values back
         if self.tracker.model is not self.model:
-            self.tracker.bind(self.model)
-            # What keras.callbacks.BackupAndRestore does (there is no public way):
-            # continue after the last saved epoch, or run none if the resumed
-            # run had already stopped early.
+            # Every read of the variables goes through `self.model`: on JAX, it puts their values back.
+            self.tracker.bind(self.model, model_source=lambda: self.model)
+            # What keras.callbacks.BackupAndRestore does: continue after the last saved
+            # epoch, or run none if the resumed run had already stopped early.
             if self.tracker.stopped:
-                self.model._initial_epoch = (self.params or {}).get("epochs", self.tracker.initial_epoch)
+                set_initial_epoch(self.model, (self.params or {}).get("epochs", self.tracker.initial_epoch))
             elif self.tracker.initial_epoch:
-                self.model._initial_epoch = self.tracker.initial_epoch
+                set_initial_epoch(self.model, self.tracker.initial_epoch)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
@@ -141,116 +137,62 @@ class BestCheckpoint(keras.callbacks.Callback):
         ema = self._ema_watch()
         steps = (self.params or {}).get("steps")
         if ema.active and (steps is None or batch == steps - 1):
-            self.tracker.model = self.model
             ema.saw_training()
-        self._save_on_batch(batch, logs)
-        if self.tracker.options.keeps_state:
-            self.tracker.after_batch(self._epoch, batch)
+        self._since_save = self._since_save.after_batch(self._epoch, batch)
+        if self._cadence.due(self._since_save.moment(cadence.BATCH)):
+            self._since_save = self._since_save.saved()
+            self._act(self.tracker.decide(self._epoch, self._logs(logs), step=batch))
+        self.tracker.after_batch(self._epoch, batch)
 
     def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if batch == 0 and self._ema is not None and self._ema.active:
-            self.tracker.model = self.model
-            self._ema.saw_validation()
+            self._ema_watch().saw_validation()
 
     def _ema_watch(self) -> EmaWatch:
-        """The EMA fingerprints (`keras_best.training_state.ema`), once the optimizer is built."""
+        """The EMA fingerprints (`keras_best.training_state.ema`), once the
+        optimizer is built. Reads `self.model`: on JAX, that puts the
+        variables' values back, for the fingerprints to read."""
         optimizer = getattr(self.model, "optimizer", None)
         if self._ema is None or (not self._ema.active and getattr(optimizer, "built", False)):
             self._ema = EmaWatch(optimizer)
         return self._ema
 
-    def _save_on_batch(self, batch: int, logs: dict[str, Any] | None) -> None:
-        if self.save_freq == "epoch":
-            return
-        if self._last_batch is None or batch <= self._last_batch:
-            self._batches_since_save += batch + 1  # a new epoch: batches are 0-based
-        else:
-            self._batches_since_save += batch - self._last_batch
-        self._last_batch = batch
-        if self._batches_since_save >= self.save_freq:
-            self._batches_since_save = 0
-            self._resolve_mode()
-            self._act(self.tracker.update(self._epoch, self._checked(logs), step=batch))
-
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        if self.save_freq == "epoch":
-            self._resolve_mode()
-            logs = self._checked(logs)
+        if self._cadence.due(cadence.Moment(cadence.EPOCH)):
+            logs = self._logs(logs)
             ema = self._ema_watch()
             swap, exchange = ema.arrangement() if ema.active else (False, False)
             if swap:  # the evaluated (EMA) weights into the model for the save, and back
                 ema.swap()
             try:
-                self._act(self.tracker.update(epoch, logs, swapped=ema.pairs if exchange else ()))
+                self._act(self.tracker.decide(epoch, logs, swapped=ema.pairs if exchange else ()))
             finally:
                 if swap:
                     ema.swap()
         if self.tracker.preempted:  # after the epoch's update, or when there was none
-            self.tracker.model = self.model
             self.tracker.save_state(epoch)
             self.tracker.finish()  # raises Preempted
 
-    def _checked(self, logs: dict[str, Any] | None) -> dict[str, Any]:
-        """The logs, or a `fit()`-worded error when a monitored key is missing.
-
-        Reads `self.model` first: on JAX, Keras detaches the variables' values
-        during an epoch, and the `Callback.model` property puts them back."""
-        self.tracker.model = self.model
+    def _logs(self, logs: dict[str, Any] | None) -> dict[str, Any]:
+        """The logs, or a `fit()`-worded error when a monitored key is missing
+        from logs that hold validation values (`checks.validated`: without
+        them, the update is recorded and decides nothing; `finish()` warns if
+        validation never came)."""
         logs = dict(logs or {})
         missing = [n for n in self.tracker.objective.names if n not in logs]
-        if not missing or not self.tracker.options.needs_monitor:
-            return logs
-        if missing[0].startswith("val_") and not any(k.startswith("val_") for k in logs):
-            # No validation in these logs (validation_freq, save_freq=N batches, or none at all): the
-            # update is recorded and decides nothing; finish() warns if validation never came.
-            return logs
-        raise ValueError(
-            f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
-            "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."
-        )
-
-    def _resolve_mode(self) -> None:
-        # Compiled metrics are built by the first step, after on_train_begin.
-        for name in self.tracker.objective.unresolved:
-            self.tracker.mode_hint(_direction_from_model(self.model, name), name)
+        if missing and self.tracker.options.needs_monitor and checks.validated(
+                self.tracker.objective, self.tracker.options, logs):
+            raise ValueError(
+                f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
+                "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."
+            )
+        return logs
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.tracker.resume and getattr(self.model, "_initial_epoch", None) is not None:
-            self.model._initial_epoch = None  # a later fit() starts where it is told
+        if self.tracker.resume:
+            clear_initial_epoch(self.model)  # a later fit() starts where it is told
         self.tracker.finish()
 
     def _act(self, decision: Decision) -> None:
         if decision.should_stop:
             self.model.stop_training = True
-
-
-def _format_from_name(filepath: str, save_weights_only: bool) -> str:
-    """ModelCheckpoint's file-name rules, with its error messages."""
-    if save_weights_only:
-        if not filepath.endswith(".weights.h5"):
-            raise ValueError(
-                "When using `save_weights_only=True` in `ModelCheckpoint`"
-                ", the filepath provided must end in `.weights.h5` "
-                f"(Keras weights format). Received: filepath={filepath}"
-            )
-        return formats.WEIGHTS
-    if filepath.endswith(".weights.h5"):
-        return formats.WEIGHTS
-    if not filepath.endswith((".keras", ".h5")):
-        raise ValueError(
-            "The filepath provided must end in `.keras` "
-            f"(Keras model format). Received: filepath={filepath}"
-        )
-    return formats.KERAS
-
-
-def _direction_from_model(model: Any, monitor: str) -> str | None:
-    """The direction ("up"/"down") of the compiled metric that `monitor` names."""
-    name = monitor[4:] if monitor.startswith("val_") else monitor
-    stack = list(getattr(model, "metrics", []))
-    while stack:
-        m = stack.pop()
-        stack.extend(getattr(m, "metrics", []) if m is not None and not hasattr(m, "_direction") else [])
-        if getattr(m, "name", None) == name and getattr(m, "_direction", None) in ("up", "down"):
-            return m._direction
-    return None

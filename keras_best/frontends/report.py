@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
-from typing import Any, Mapping
+import warnings
+from typing import Any, Mapping, Sequence
 
 from keras_best.core.monitor import Decision, describe_stop
 
@@ -79,10 +80,32 @@ class Reporter:
         return f"Resuming {directory} at epoch {initial_epoch + 1} ({so_far})"
 
 
+def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int) -> None:
+    """`reporter.report(...)`, where a failure only warns: the save is committed, never undo it for a print."""
+    try:
+        reporter.report(d, previous_best, verbose)
+    except Exception as e:  # noqa: BLE001 - see above
+        warnings.warn(f"keras-best could not print epoch {d.epoch + 1}'s line: {e!r}", stacklevel=4)
+
+
+def warn_if_never_validated(history: Sequence[Mapping[str, Any]], name: str) -> None:
+    """Warn at the end of a run when no update held validation values."""
+    if history and not any(h.get("validated", True) for h in history):
+        warnings.warn(
+            f"The monitored {name!r} was never among the metrics: no update held "
+            "validation values, so no best was chosen or saved. Give validation data (in fit(): "
+            "validation_data= or validation_split=, and check validation_freq), or monitor a "
+            "training metric.", stacklevel=3)
+
+
 def restored_line(epoch: int, step: int | None = None) -> str:
     """The line `keras.callbacks.EarlyStopping` prints when it restores the best weights."""
     batch = "" if step is None else f" (batch {step + 1})"
     return f"Restoring model weights from the end of the best epoch: {epoch + 1}{batch}."
+
+
+def say_restored(epoch: int, step: int | None = None) -> None:
+    say(restored_line(epoch, step))
 
 
 def say(text: str) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import time
-import warnings
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from keras_best.core import retention
@@ -14,17 +12,17 @@ from keras_best.core.objective import MonitorSpec, Objective
 from keras_best.core.options import Options, integer
 from keras_best.core.paths import RunPath
 from keras_best.core.retention import Record
-from keras_best.frontends.checks import check_format, check_model, check_optimizer
+from keras_best.frontends import checks, report
+from keras_best.frontends.history import HistoryView
 from keras_best.frontends.metrics import read_all
-from keras_best.frontends.report import Reporter, restored_line, say
-from keras_best.keras_adapter.fit import metric_direction
 from keras_best.runner import distribute
-from keras_best.runner.preemption import Preempted, SignalWatch, signals_of
+from keras_best.runner.preemption import SafePoints
 from keras_best.runner.run import Run, SaveError, architecture_of
 from keras_best.storage.manifest import RunRecord
 
 __all__ = ["BestWeightsTracker", "SaveError", "architecture_of"]
 _OPTIONS = tuple(f.name for f in dataclasses.fields(Options))
+_STATE_KEYS = ("monitor", "mode", "require", "engine", "best", "kept", "last", "stopped", "export")  # state_dict()
 
 
 class BestWeightsTracker:
@@ -40,8 +38,8 @@ class BestWeightsTracker:
             full model, and with `save_format="savedmodel"` a directory gets a
             TensorFlow SavedModel export. May hold `{epoch}` (1-based, as in
             Keras) and any metric key with a format spec, e.g.
-            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory is
-            the run directory.
+            `"runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5"`. Its directory
+            is the run directory.
         monitor: the key of the metrics passed to `update()` to rank by; or a
             list of keys compared in order (later keys break exact ties of
             earlier ones, each in its own direction); or a callable taking the
@@ -64,11 +62,10 @@ class BestWeightsTracker:
         save_state_every: also write the training state every so many
             seconds, at the end of a batch (`fit()`, `batches()`).
         save_state_every_batches: ... or every so many batches.
-        save_random_state: save the random state with the training state and
-            restore it on resume (the model's `SeedGenerator`s, e.g.
-            `Dropout`'s; Keras's global one; Python's `random`; NumPy's
-            global `np.random`; torch's CPU generator), so a resumed run
-            draws what an uninterrupted one would (see `keras_best.training_state.rng`).
+        save_random_state: save the random state (the model's and Keras's
+            `SeedGenerator`s, Python's, NumPy's and torch's) with the training
+            state and restore it on resume, so a resumed run draws what an
+            uninterrupted one would (see `keras_best.training_state.rng`).
         patience: stop after this many updates in a row without improvement
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
@@ -96,14 +93,13 @@ class BestWeightsTracker:
             count as not improving for `patience`.
         preempt_signals: the signals that announce a preemption (Slurm,
             Kubernetes, spot VMs send SIGTERM before killing a job): on one,
-            the training state is written at the next safe point (the end of
-            the batch in `fit()`, `batches()` and `run()`; or where your loop
-            checks `preempted`) and `Preempted` ends the process with status
-            128 + signal (143 for SIGTERM). Rerun with `resume=True` to go on.
-            "auto" (default): SIGTERM when the run keeps a training state
-            (`resume` or `save_last`), else none; a list such as
-            `["SIGTERM", "SIGUSR1"]`; or `None`. A second such signal ends
-            the process at once, as it would have without keras-best.
+            the training state is written at the next safe point (a batch's
+            end in `fit()`, `batches()`, `run()`; or where your loop checks
+            `preempted`) and `Preempted` ends the process with status 128 +
+            signal (143 for SIGTERM); rerun with `resume=True`. "auto": SIGTERM
+            when the run keeps a training state, else none; a list such as
+            `["SIGTERM", "SIGUSR1"]`; or `None`. A second signal ends the
+            process at once (see `keras_best.runner.preemption`).
         async_save: write `.weights.h5` and `.keras` files, training states
             and the record in a background thread (default): `update()` only
             waits for host copies of the variables, and a write error is
@@ -112,10 +108,7 @@ class BestWeightsTracker:
             so does interpreter exit. `False` writes everything before
             `update()` returns. SavedModel exports are written in the
             training thread (`export_at_finish=True` exports once, at the
-            end). Host copies go round: a save copies into the arrays of one
-            already written, so the training thread takes no page faults, and
-            host memory holds at most four sets of them (written, waiting,
-            being copied, one spare), two when the disk keeps up.
+            end). Host copies are reused: see `keras_best.storage.buffers`.
 
     Example:
 
@@ -127,6 +120,9 @@ class BestWeightsTracker:
         tracker.update(epoch, {"val_loss": val_loss_metric})
     tracker.finish()
     ```
+
+    Package-internal, for `BestCheckpoint`: `BestWeightsTracker(UNBOUND, ...)`
+    (no model yet), `bind(model, model_source=)`, `decide(..., swapped=)`.
     """
 
     def __init__(self, model: Any, filepath: str, monitor: MonitorSpec = "val_loss", **options: Any) -> None:
@@ -134,27 +130,13 @@ class BestWeightsTracker:
         self.path = RunPath(filepath)
         self.filepath, self.directory = self.path.filepath, self.path.directory
         self.objective = Objective(o.monitor, o.mode, o.require)
-        if o.keep_top_k is not None and o.keep_top_k > 1 and not self.path.fields:
-            raise ValueError(
-                f"keep_top_k={o.keep_top_k} keeps several files, so `filepath` needs a "
-                "placeholder that differs per epoch, e.g. 'best-{epoch:03d}.weights.h5'. "
-                f"Received: filepath={self.filepath}"
-            )
-        if o.archive_every is not None and not self.path.fields:
-            raise ValueError(
-                f"archive_every={o.archive_every} keeps a file every {o.archive_every} epochs besides the "
-                "best, so `filepath` needs a placeholder that differs per epoch, e.g. "
-                f"'{{epoch:03d}}.weights.h5'. Received: filepath={self.filepath}"
-            )
-        self._run = Run(self.path, o, self.objective, check_format(self.filepath, o))
-        self.verbose = o.verbose
-        self._reporter = Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k, o.recorded())
-        self._checked = False
-        self._signals: SignalWatch | None = None
-        self._batches_since_state, self._state_clock = 0, time.monotonic()
-        self._live_model: Callable[[], Any] | None = None  # set by BestCheckpoint
-        self.model = None
-        if model is not _LATER:
+        checks.check_placeholders(self.path, o)
+        self._run = Run(self.path, o, self.objective, checks.check_format(self.filepath, o))
+        self._reporter = report.Reporter(self.objective, o.baseline, o.save_best_only, o.keep_top_k, o.recorded())
+        self._safe = SafePoints(self._run, o)  # periodic training states, preemption
+        self._history = HistoryView(self._run)
+        self.model, self._model_source = None, lambda: self.model
+        if model is not UNBOUND:
             self.bind(model)
 
     def __getattr__(self, name: str) -> Any:
@@ -162,25 +144,18 @@ class BestWeightsTracker:
             return getattr(self.options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    # ------------------------------------------------------------------ setup
-    def bind(self, model: Any) -> None:
-        """Attach the model (done by the constructor; the callback does it late)."""
-        check_model(model)
-        check_optimizer(self.options.optimizer, model)
-        self.model = model
-        if self.options.keeps_state and self.optimizer is None:
-            option = "resume=True" if self.options.resume else "save_last=True"
-            warnings.warn(
-                f"{option} saves the training state to continue from, but there is no optimizer to save "
-                "in it: the model is not compiled and no `optimizer=` was given. A resumed run would "
-                "start the optimizer afresh (Adam's moments and step count lost). Pass "
-                "optimizer=<the optimizer your train step applies>.", stacklevel=3)
+    def bind(self, model: Any, model_source: Callable[[], Any] | None = None) -> None:
+        """Attach the model (the constructor does; `BestCheckpoint` at `on_train_begin`).
+        `model_source()`, called before each read of the variables, returns `model` with
+        their values in place (`fit()` on JAX detaches them during an epoch)."""
+        checks.check_model(model, self.options)  # and its optimizer
+        self.model, self._model_source = model, model_source or (lambda: self.model)
+        checks.resolve_modes(self.objective, model)
         self._run.open(model, self.optimizer)
         if self._run.resumed and self._run.chief and self.verbose:
-            say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
-                                            self._run.state.stopped))
-        if self._signals is None:
-            self._signals = SignalWatch(signals_of(self.options.preempt_signals, self.options.keeps_state))
+            report.say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
+                                                   self._run.state.stopped))
+        self._safe.start(self.initial_epoch, self.initial_step)
 
     def mode_hint(self, direction: str | None, name: str | None = None) -> None:
         """Resolve `mode="auto"` of `name` (default: the primary metric) from a
@@ -189,15 +164,13 @@ class BestWeightsTracker:
 
     @property
     def mode(self) -> str | list[str | None] | None:
-        """The resolved mode ("min"/"max"; one per name for a list `monitor`;
-        `None` while "auto" is not resolved yet)."""
+        """The resolved mode: "min"/"max" (one per name of a list `monitor`), `None` while unresolved."""
         return self.objective.mode_spec
 
     @property
     def optimizer(self) -> Any:
-        return self.options.optimizer if self.options.optimizer is not None else getattr(self.model, "optimizer", None)
+        return checks.optimizer_of(self.model, self.options)
 
-    # --------------------------------------------------------------- public
     @property
     def best(self) -> float | None:
         """The best monitored value so far (`None` before the first improvement)."""
@@ -219,9 +192,9 @@ class BestWeightsTracker:
         return retention.ranked(self._run.state.kept, self.objective.engine_modes)
 
     @property
-    def history(self) -> list[dict[str, Any]]:
-        """One entry per update: epoch, step, value, improved, saved, wait, metrics."""
-        return self._run.history
+    def history(self) -> Sequence[dict[str, Any]]:
+        """One entry per update (epoch, step, value, improved, saved, wait, metrics), read-only."""
+        return self._history
 
     @property
     def initial_epoch(self) -> int:
@@ -242,20 +215,14 @@ class BestWeightsTracker:
         that does not use `batches()` checks it after each batch:
         `if tracker.preempted: tracker.save_state(epoch, step); break`, then
         `tracker.finish()` raises `Preempted`."""
-        return self._signals is not None and self._signals.received is not None
+        return self._safe.preempted
 
     def save_state(self, epoch: int, step: int | None = None) -> str:
-        """Write the training state now, as of `epoch` (and `step`, the last
-        batch done), and wait until it is durable; return its path. Decides
-        nothing: recorded in the history as an update without validation
-        values. Needs `resume=True` or `save_last=True`."""
-        if not self.options.keeps_state:
-            raise ValueError("save_state() writes the training state, which this run does not keep: pass "
-                             "resume=True (or save_last=True) to the tracker.")
-        epoch = integer("epoch", epoch, 0, allow_none=False)
-        step = integer("step", step, 0)
-        if self._run.state.at != (epoch, step):  # else that update already wrote it
-            self._update_state_only(epoch, step)
+        """Write the training state now, as of `epoch` (and `step`, the last batch
+        done), and wait until it is durable; return its path. Decides nothing (an
+        update without validation values). Needs `resume=True` or `save_last=True`."""
+        checks.check_keeps_state(self.options)
+        self._write_state(integer("epoch", epoch, 0, allow_none=False), integer("step", step, 0))
         self.flush()
         return self.path.shown(self._run.state.last["path"])
 
@@ -271,12 +238,10 @@ class BestWeightsTracker:
             for step, (x, y) in tracker.batches(epoch, train_batches):
                 train_step(x, y)
             tracker.update(epoch, {"val_loss": val_loss})
-        tracker.finish()
         ```
         """
         start = self.initial_step if epoch == self.initial_epoch else 0
-        if self.preempted:  # came between epochs: the state written last is current
-            self._end_preempted()
+        self._safe.end_if_preempted()  # a signal between epochs: the state written last is current
         for step, batch in enumerate(data):
             if step < start:
                 continue
@@ -284,43 +249,21 @@ class BestWeightsTracker:
             self.after_batch(epoch, step)
 
     def after_batch(self, epoch: int, step: int) -> None:
-        """A safe point, after training batch `step` of `epoch` (`batches()` and
-        `fit()` call it; a hand-written loop may call it itself). Writes the
-        training state when `save_state_every` / `save_state_every_batches`
-        say it is due (in the background); after a preemption signal writes
-        it, waits until it is durable, and raises `Preempted`."""
-        o = self.options
-        self._batches_since_state += 1
-        due = (o.save_state_every_batches is not None and self._batches_since_state >= o.save_state_every_batches) or (
-            o.save_state_every is not None and time.monotonic() - self._state_clock >= o.save_state_every)
-        if not (due or self.preempted):
-            return
-        if self._live_model is not None:
-            self.model = self._live_model()  # fit() on JAX: the variables' values put back
-        if self.preempted:
-            self.save_state(epoch, step)
-            self._end_preempted()
+        """A safe point, after training batch `step` of `epoch` (`batches()` and `fit()`
+        call it; a hand-written loop may too). Writes the training state when
+        `save_state_every(_batches)` say it is due (in the background); after a
+        preemption signal writes it, waits until it is durable, and raises `Preempted`."""
+        if self._safe.due(epoch, step):
+            self._write_state(epoch, step)
+            if self.preempted:
+                self.flush()
+                self._safe.end_if_preempted()
+
+    def _write_state(self, epoch: int, step: int | None) -> None:
+        """Record an update that writes the training state and decides nothing
+        (none when the update of `(epoch, step)` already wrote it)."""
         if self._run.state.at != (epoch, step):
-            self._update_state_only(epoch, step)
-
-    def _update_state_only(self, epoch: int, step: int | None) -> None:
-        """Record an update that writes the training state and decides nothing."""
-        self._run.update(self.model, self.optimizer, epoch, step, {}, None)
-        self._state_written()
-
-    def _state_written(self) -> None:
-        self._batches_since_state, self._state_clock = 0, time.monotonic()
-
-    def _end_preempted(self) -> None:
-        last = self._run.state.last or {}
-        try:
-            self._run.close()
-        finally:
-            self._signals.close()
-        preempted = Preempted(self._signals.received, last.get("epoch"), last.get("step"))
-        if self.verbose and self._run.chief:
-            print(f"keras-best: {preempted}")
-        raise preempted
+            self._apply(epoch, step, {}, None)
 
     @property
     def stopped(self) -> bool:
@@ -336,24 +279,15 @@ class BestWeightsTracker:
         """The epochs left to train, up to `epochs`: from `initial_epoch` (0
         for a new run, the next one after `resume=True`), none once the run
         has stopped, and no more after an `update()` that said `should_stop`.
-
-        The loop to write, which a rerun of the same script cannot get wrong:
-
-        ```python
-        for epoch in tracker.epochs(100):
-            train_one_epoch()
-            tracker.update(epoch, {"val_loss": val_loss})
-        tracker.finish()
-        ```
-        """
+        The loop of the class example, which a rerun of the same script
+        cannot get wrong."""
         end = integer("epochs", epochs, 0, allow_none=False)
 
         def left(start: int) -> Iterator[int]:
             for epoch in range(start, end):
                 if self.stopped:
                     return
-                if self.preempted:  # the state written by the last update is current
-                    self._end_preempted()
+                self._safe.end_if_preempted()  # the state written by the last update is current
                 yield epoch
 
         return left(self.initial_epoch)
@@ -369,62 +303,53 @@ class BestWeightsTracker:
         `swapped` (package-internal, for `BestCheckpoint`): the EMA (variable,
         average) pairs whose values trade places in this update's training state.
         """
+        return self.decide(epoch, metrics, step)
+
+    def decide(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None, swapped: Sequence = ()) -> Decision:
+        """`update()`, where the variable pairs in `swapped` trade places in
+        this update's training state (the EMA weights `fit()` swapped in:
+        `keras_best.training_state.ema`). Package-internal: `BestCheckpoint`."""
         if self.model is None:
             raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
-        epoch = integer("epoch", epoch, 0, allow_none=False)
-        step = integer("step", step, 0)
+        epoch, step = integer("epoch", epoch, 0, allow_none=False), integer("step", step, 0)
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
-        validated = self._validated(values)
+        validated = checks.validated(self.objective, self.options, values)
         if validated:
-            self._check_keys(metrics, values, step)
+            checks.check_update(self.objective, self.options, self.path, values, step)
+            checks.resolve_modes(self.objective, self.model, metrics, final=True)
         previous_best = self.best
-        plan = self._run.update(self.model, self.optimizer, epoch, step, values,
-                                self.objective.score(values) if validated else None, swapped=swapped)
-        if plan.write_state:
-            self._state_written()
-        shown = self.path.shown
-        decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and shown(plan.save_as),
-                                       evicted=tuple(shown(p) for p in plan.evict))
+        plan = self._apply(epoch, step, values, self.objective.score(values) if validated else None, swapped)
+        decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),
+                                       evicted=tuple(self.path.shown(p) for p in plan.evict))
         if self._run.chief and validated:  # workers decide alike; the chief saves and speaks
-            try:
-                self._reporter.report(decision, previous_best, self.verbose)
-            except Exception as e:  # noqa: BLE001 - the save is committed: never undo it for a print
-                warnings.warn(f"keras-best could not print epoch {epoch + 1}'s line: {e!r}", stacklevel=2)
+            report.announce(self._reporter, decision, previous_best, self.verbose)
         return decision
+
+    def _apply(self, epoch: int, step: int | None, values: Mapping, score: Any, swapped: Sequence = ()) -> Any:
+        """Carry out one update with the live model; a training state written restarts the state cadence."""
+        plan = self._run.update(self._model_source(), self.optimizer, epoch, step, values, score, swapped=swapped)
+        if plan.write_state:
+            self._safe.written()
+        return plan
 
     def finish(self) -> None:
         """Wait for writes; restore the best weights or export if asked.
-
-        Releases the run directory's lock; a later `update()` takes it again.
+        Releases the run directory's lock (a later `update()` takes it again).
         A background write that failed raises `SaveError` here, after the
-        best weights that are on disk were restored (if asked).
-        """
-        if self.history and not any(h.get("validated", True) for h in self.history):
-            warnings.warn(
-                f"The monitored {self.objective.name!r} was never among the metrics: no update held "
-                "validation values, so no best was chosen or saved. Give validation data (in fit(): "
-                "validation_data= or validation_split=, and check validation_freq), or monitor a "
-                "training metric.", stacklevel=2)
-        if self.preempted:  # the run is not over: nothing restored or exported
-            self._end_preempted()
-
-        def restored(epoch: int, step: int | None) -> None:
-            if self._run.chief and self.verbose:
-                say(restored_line(epoch, step))
-
+        best weights that are on disk were restored (if asked)."""
+        report.warn_if_never_validated(self.history, self.objective.name)
+        self._safe.end_if_preempted()  # the run is not over: nothing restored or exported
         try:
-            self._run.finish(self.model, on_restore=restored)
+            self._run.finish(self._model_source(),
+                             on_restore=report.say_restored if self._run.chief and self.verbose else None)
         finally:
-            if self._signals is not None:
-                self._signals.close()
-        if self.preempted:  # a signal during finish(): the state written last is current
-            self._end_preempted()
+            self._safe.close()
+        self._safe.end_if_preempted()  # a signal during finish(): the state written last is current
 
     def flush(self) -> None:
-        """Wait until every save so far is on disk and recorded (what `finish()`
-        waits for, keeping the run directory's lock). Raises `SaveError` if a
-        background write failed; the tracker then holds the previous best, as
-        the directory does."""
+        """Wait until every save so far is on disk and recorded (as `finish()`,
+        keeping the lock). Raises `SaveError` if a background write failed;
+        the tracker then holds the previous best, as the directory does."""
         self._run.writer.flush()
         self._run.raise_write_error()
 
@@ -435,18 +360,11 @@ class BestWeightsTracker:
         try:
             self._run.close()
         finally:
-            if self._signals is not None:
-                self._signals.close()
+            self._safe.close()
 
-    def run(
-        self,
-        train_step: Callable[..., Any],
-        validation_step: Callable[..., Any],
-        train_data: Iterable[Any],
-        validation_data: Iterable[Any],
-        epochs: int,
-        metrics: Iterable[Any] | Mapping[str, Any] = (),
-    ) -> list[dict[str, Any]]:
+    def run(self, train_step: Callable[..., Any], validation_step: Callable[..., Any], train_data: Iterable[Any],
+            validation_data: Iterable[Any], epochs: int,
+            metrics: Iterable[Any] | Mapping[str, Any] = ()) -> Sequence[dict[str, Any]]:
         """Drive a whole custom loop: train, validate, update, stop early.
 
         Calls `train_step(*batch)` for each training batch and
@@ -455,12 +373,8 @@ class BestWeightsTracker:
         epoch, shows a `keras.utils.Progbar` line per epoch, and calls
         `finish()`. Loops over `epochs(epochs)`: a resumed run continues at
         `initial_epoch`, one that already stopped trains nothing. Returns
-        `history`.
-
-        ```python
-        tracker.run(train_step, val_step, train_ds, val_ds, epochs=20,
-                    metrics=[train_loss, val_loss])
-        ```
+        `history`. E.g. `tracker.run(train_step, val_step, train_ds, val_ds,
+        epochs=20, metrics=[train_loss, val_loss])`.
         """
         from keras_best.frontends.loop import run_epochs
 
@@ -468,56 +382,20 @@ class BestWeightsTracker:
         self.finish()
         return self.history
 
-    # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The tracker's decisions as plain JSON-able data (keras_best.json's
         fields, with the history)."""
         record = self._run.record().to_json()
-        keys = ("monitor", "mode", "require", "engine", "best", "kept", "last", "stopped", "export")
-        return {**{k: record[k] for k in keys}, "history": list(self.history)}
+        return {**{k: record[k] for k in _STATE_KEYS}, "history": list(self.history)}
 
     def load_state_dict(self, data: Mapping[str, Any]) -> None:
         """Take the decisions of `state_dict()` (validated as keras_best.json is)."""
         self._run.adopt(RunRecord.from_json({"format": "keras_best", "version": 1, **data}, "state_dict"))
 
-    # ------------------------------------------------------------- internal
-    def _validated(self, values: Mapping[str, float]) -> bool:
-        """False for an update without any validation value while the monitor
-        names only validation metrics (`fit(validation_freq=k)`, `save_freq=N`
-        batches): it is recorded, but decides nothing."""
-        names = self.objective.names
-        if not self.options.needs_monitor or not names or not all(n.startswith("val_") for n in names) or any(
-                n in values for n in names):
-            return True  # (without a needed monitor, every update is saved, as ModelCheckpoint does)
-        return any(k.startswith("val_") for k in values)
 
-    def _check_keys(self, metrics: Mapping[str, Any], values: Mapping[str, float], step: int | None) -> None:
-        # The keys are checked at every update (a key missing later must not
-        # silently read as NaN); the mode once.
-        self.objective.check_keys(values, needs_monitor=self.options.needs_monitor)
-        if step is None and "batch" in self.path.fields:
-            raise ValueError(
-                "`filepath` uses {batch}, but update() was called without `step=`. Pass the batch "
-                f"index as step=..., or use {{epoch}} instead. Received: filepath={self.filepath}"
-            )
-        missing = [f for f in self.path.metric_fields() if f not in values]
-        if missing:
-            raise ValueError(
-                f"`filepath` uses {missing}, which are not among the metrics given to "
-                f"update(): {sorted(values)}. Received: filepath={self.filepath}"
-            )
-        if not self._checked:
-            for name in self.objective.unresolved:
-                self.mode_hint(metric_direction(metrics.get(name)), name)
-            self.objective.finalize()  # a name still unresolved raises: asks for mode="min" or "max"
-            self._checked = True
-
-
-_LATER = object()
-_PARAMETERS = [inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-               inspect.Parameter("filepath", inspect.Parameter.POSITIONAL_OR_KEYWORD)] + [
-    inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY if f.name != "monitor" else
-                      inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
-    for f in dataclasses.fields(Options)]
+UNBOUND = object()  # a tracker whose model comes later, with `bind()` (BestCheckpoint)
+_POSITIONAL, _KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
 BestWeightsTracker.__init__.__signature__ = inspect.Signature(  # help() shows every option
-    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *_PARAMETERS])
+    [inspect.Parameter(name, _POSITIONAL) for name in ("self", "model", "filepath")] + [
+        inspect.Parameter(f.name, _POSITIONAL if f.name == "monitor" else _KEYWORD, default=f.default)
+        for f in dataclasses.fields(Options)])

@@ -20,10 +20,12 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 import warnings
 from typing import Any
 
-from keras_best.core.signals import signals_of  # noqa: F401 - parsed with the options
+from keras_best.core import cadence
+from keras_best.core.signals import signals_of
 
 
 class Preempted(SystemExit):
@@ -71,10 +73,6 @@ class SignalWatch:
         for signum in signals:
             self._previous[signum] = signal.signal(signum, self._handle)
 
-    @property
-    def watching(self) -> bool:
-        return bool(self._previous)
-
     def _handle(self, signum: int, frame: Any) -> None:
         previous = self._previous.get(signum)
         if self.received is not None:  # a second signal: what it would have done without us, now
@@ -93,3 +91,60 @@ class SignalWatch:
             if signal.getsignal(signum) == self._handle:
                 signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+
+
+
+class SafePoints:
+    """The safe points between a front end's updates: after each training
+    batch the training state is written when the cadence says so (every N
+    batches or seconds: `keras_best.core.cadence`), and after a preemption
+    signal the run ends with `Preempted`.
+
+    `run` is the front end's `keras_best.runner.run.Run`.
+    """
+
+    def __init__(self, run: Any, options: Any) -> None:
+        self.run, self.options = run, options
+        self.cadence = cadence.every(options.save_state_every_batches, options.save_state_every, preemption=True)
+        self.progress = cadence.Progress(started=time.monotonic())
+        self.watch: SignalWatch | None = None
+
+    def start(self, epoch: int, step: int) -> None:
+        """Training goes on at batch `step` of `epoch`; watch the signals from now on."""
+        self.progress = cadence.Progress(started=time.monotonic(), last=(epoch, step - 1))
+        if self.watch is None:
+            self.watch = SignalWatch(signals_of(self.options.preempt_signals, self.options.keeps_state))
+
+    @property
+    def preempted(self) -> bool:
+        return self.watch is not None and self.watch.received is not None
+
+    def due(self, epoch: int, step: int) -> bool:
+        """Count batch `step` of `epoch` as trained; whether the state is to be written now."""
+        self.progress = self.progress.after_batch(epoch, step)
+        return self.cadence.due(self.progress.moment(cadence.BATCH, time.monotonic(), self.preempted))
+
+    def written(self) -> None:
+        """A training state was written: the cadence counts from here."""
+        self.progress = self.progress.saved(time.monotonic())
+
+    def end_if_preempted(self) -> None:
+        """After a preemption signal: wait for the run's writes and release its
+        lock, put the signal handlers back, and raise `Preempted` saying where
+        the training state written last stands."""
+        if not self.preempted:
+            return
+        last = self.run.state.last or {}
+        try:
+            self.run.close()
+        finally:
+            self.close()
+        preempted = Preempted(self.watch.received, last.get("epoch"), last.get("step"))
+        if self.options.verbose and self.run.chief:
+            print(f"keras-best: {preempted}")
+        raise preempted
+
+    def close(self) -> None:
+        """Put the signal handlers back."""
+        if self.watch is not None:
+            self.watch.close()
