@@ -25,6 +25,24 @@ BACKEND_WORKERS = {"workers/torch_ddp_worker.py": "torch", "workers/jax_multipro
 collect_ignore += [path for path, backend in BACKEND_WORKERS.items() if backend != BACKEND]
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow backend only (tf.GradientTape demo)")
 
+# Modules that test pure code (core/, the run-directory lock): no Keras backend
+# reaches what they check, so CI runs them on TensorFlow only (`-m "not
+# backend_neutral"` in its JAX and torch stages). Single tests elsewhere carry
+# @pytest.mark.backend_neutral. Run locally, every backend runs them all.
+BACKEND_NEUTRAL = ["test_monitor.py", "test_objective.py", "test_paths.py", "test_policy.py",
+                   "test_retention.py", "test_lock.py"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here
+def pytest_collection_modifyitems(config, items):
+    """Mark the backend-neutral modules, and start the slow tests first: xdist's
+    workers take tests as they finish others, so the long ones do not end one
+    worker's share while the other is idle."""
+    for item in items:
+        if item.nodeid.split("::")[0].removeprefix("tests/") in BACKEND_NEUTRAL:
+            item.add_marker(pytest.mark.backend_neutral)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: slow ones first
+
 
 def make_model(units: int = 8, inputs: int = 4, seed: int = 0) -> keras.Model:
     """A tiny built Sequential model."""

@@ -60,17 +60,27 @@ def job(request, tmp_path_factory) -> Job:
     backend = request.param
     if BACKEND != backend:
         pytest.skip(f"needs KERAS_BACKEND={backend} (this run: {BACKEND}); CI runs it in the {backend} venv")
-    root = tmp_path_factory.mktemp(f"{backend}-job")
+    import fcntl
+    import shutil
+
+    # Once per test run: under pytest-xdist the first worker here runs the job, the other waits and reads it.
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = tmp_path_factory.getbasetemp().parent / f"{backend}-job" if shared else tmp_path_factory.mktemp("job")
     run, out = root / "run", root / "out"
-    out.mkdir()
     scratch = [root / "tmp0", root / "tmp1"]  # each process's TMPDIR
-    for s in scratch:
-        s.mkdir()
-    port = str(free_ports(1)[0])
     logs = [str(root / f"process{i}.log") for i in (0, 1)]
-    seconds = run_all(
-        [[sys.executable, os.path.join(WORKERS, SCRIPTS[backend]), str(i), port, str(run), str(out)] for i in (0, 1)],
-        logs, [_env(backend, TMPDIR=str(s)) for s in scratch], TIMEOUT)
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "seconds").exists():
+            shutil.rmtree(root, ignore_errors=True)  # what a failed try left
+            for d in [out] + scratch:
+                d.mkdir(parents=True)
+            port = str(free_ports(1)[0])
+            commands = [[sys.executable, os.path.join(WORKERS, SCRIPTS[backend]), str(i), port, str(run), str(out)]
+                        for i in (0, 1)]
+            seconds = run_all(commands, logs, [_env(backend, TMPDIR=str(s)) for s in scratch], TIMEOUT)
+            (root / "seconds").write_text(repr(seconds))
+    seconds = float((root / "seconds").read_text())
     results = [json.loads((out / f"process{i}.json").read_text()) for i in (0, 1)]
     print(f"{backend}, 2 processes: {seconds:.1f} s wall ({results[0]['seconds']:.1f} s after start-up)")
     return Job(backend, run, results, logs, scratch, seconds)

@@ -302,6 +302,7 @@ def test_a_version_1_run_loads_resumes_and_inspects(tmp_path):
 
 
 # ----------------------------------------------------- the property, end to end
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(

@@ -80,6 +80,7 @@ def _decisions(record):
         if h.get("validated", True)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigterm_at_random_instants_resumes_bit_identically(tmp_path, reference):
     want_arrays, want_record = reference
@@ -116,6 +117,7 @@ def test_sigterm_at_random_instants_resumes_bit_identically(tmp_path, reference)
     assert preempted_at, "no signal landed during training"
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fit_saves_the_state_at_the_batch_and_reruns_the_interrupted_epoch(tmp_path):
     run, out = tmp_path / "run", tmp_path / "out.npz"
@@ -220,6 +222,7 @@ def test_signals_without_a_training_state_are_refused(tmp_path):
     assert signals_of([signal.SIGUSR1, "usr1", int(signal.SIGUSR1)], True) == (signal.SIGUSR1,)
 
 
+@pytest.mark.backend_neutral  # the signal handlers alone
 def test_a_second_signal_ends_the_process_at_once(tmp_path):
     code = (
         "import os, signal, time, keras\n"

@@ -311,6 +311,8 @@ FIELDS = ["best", "kept", "engine", "last", "stopped", "export", "pending", "his
 LIBRARY_ERRORS = (ManifestError, DamagedFileError, FileNotFoundError, ValueError, SaveError, TypeError)
 
 
+@pytest.mark.slow
+@pytest.mark.backend_neutral  # the record's checks: the same code on every backend
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(st.data())

@@ -112,6 +112,7 @@ def small_disk(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_neutral  # the writes from host copies: the same code on every backend
 @pytest.mark.parametrize("how", HOWS)
 @pytest.mark.parametrize("suffix", [".weights.h5", ".keras"])
 def test_a_really_full_file_system_then_freed_space(small_disk, how, suffix):
@@ -131,6 +132,7 @@ def test_a_really_full_file_system_then_freed_space(small_disk, how, suffix):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("how", HOWS)
 def test_full_disk_raises_clearly_and_keeps_previous_best(tmp_path, how):
     run_dir = str(tmp_path / "run")
@@ -143,6 +145,7 @@ def test_full_disk_raises_clearly_and_keeps_previous_best(tmp_path, how):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_neutral
 @pytest.mark.parametrize("how", HOWS)
 def test_read_only_directory_raises_clearly_and_keeps_previous_best(tmp_path, how):
     run_dir = tmp_path / "run"
