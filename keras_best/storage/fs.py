@@ -128,7 +128,7 @@ class LocalFS(FileSystem):
 
 
 class RemoteFiles(FileSystem):
-    """URLs: through a `remote.RemoteFS`, its errors turned into Python ones.
+    """URLs: through `remote.filesystem(url)` (fsspec or `tf.io.gfile`), its errors turned into Python ones.
     Files are written locally and uploaded; directories are copied (see `replace`)."""
 
     def __init__(self, path: str) -> None:

@@ -1,10 +1,18 @@
 """The file systems behind remote paths, used only by `files`.
 
-One interface, `RemoteFS`, and two implementations: `fsspec` (chosen whenever
+Two implementations of one set of methods: `fsspec` (chosen whenever
 it is installed and knows the scheme: `gs://` with gcsfs, `s3://` with s3fs,
 `memory://`...) and TensorFlow's `tf.io.gfile` (for schemes only TensorFlow
 knows, such as `ram://`, and when fsspec is not installed). Their errors come
 out as `FileNotFoundError`, `PermissionError` or `OSError` naming the path.
+
+Both have: `errors(path)` (a context that turns the implementation's errors
+into Python ones), `exists`, `isdir`, `makedirs`, `listdir` (names in a
+directory), `walk` (relative directory, file names), `read`, `write` (one
+object, not atomic by itself), `upload`, `download`, `copy` (over `dst`),
+`rename` (on object stores a copy then a delete: `dst` appears whole or not
+at all), `remove` (one file), `rmtree` (nothing there is no error) and `size`
+(one file). Every path is a full URL.
 
 >>> filesystem("memory://bucket/run").name
 'fsspec'
@@ -19,69 +27,7 @@ from typing import Iterator
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
 
 
-class RemoteFS:
-    """What `files` needs of a remote file system. Every path is a full URL;
-    `errors(path)` turns the implementation's errors into Python ones."""
-
-    name = ""
-
-    def errors(self, path: str) -> contextlib.AbstractContextManager[None]:
-        raise NotImplementedError
-
-    def exists(self, path: str) -> bool:
-        raise NotImplementedError
-
-    def isdir(self, path: str) -> bool:
-        raise NotImplementedError
-
-    def makedirs(self, path: str) -> None:
-        raise NotImplementedError
-
-    def listdir(self, path: str) -> list[str]:
-        """The names (not paths) in the directory `path`."""
-        raise NotImplementedError
-
-    def walk(self, path: str) -> Iterator[tuple[str, list[str]]]:
-        """(directory relative to `path`, '' for `path` itself, file names)
-        for every directory of the tree."""
-        raise NotImplementedError
-
-    def read(self, path: str) -> bytes:
-        raise NotImplementedError
-
-    def write(self, path: str, data: bytes) -> None:
-        """One object holding `data` (not atomic by itself: written under a temp name)."""
-        raise NotImplementedError
-
-    def upload(self, local: str, path: str) -> None:
-        raise NotImplementedError
-
-    def download(self, path: str, local: str) -> None:
-        raise NotImplementedError
-
-    def copy(self, src: str, dst: str) -> None:
-        """Copy one file, over `dst` if it exists."""
-        raise NotImplementedError
-
-    def rename(self, src: str, dst: str) -> None:
-        """Move one file over `dst` (on object stores a copy, then a delete:
-        `dst` appears whole or not at all)."""
-        raise NotImplementedError
-
-    def remove(self, path: str) -> None:
-        """Delete one file."""
-        raise NotImplementedError
-
-    def rmtree(self, path: str) -> None:
-        """Delete a directory tree; nothing there is not an error."""
-        raise NotImplementedError
-
-    def size(self, path: str) -> int:
-        """Bytes in one file."""
-        raise NotImplementedError
-
-
-class FsspecFS(RemoteFS):
+class FsspecFS:
     """A file system of fsspec (`fsspec.core.url_to_fs`)."""
 
     name = "fsspec"
@@ -90,6 +36,7 @@ class FsspecFS(RemoteFS):
         import fsspec
 
         self.fs, _ = fsspec.core.url_to_fs(url)
+        self.exists, self.isdir = self.fs.exists, self.fs.isdir  # as they are
 
     @contextlib.contextmanager
     def errors(self, path: str) -> Iterator[None]:
@@ -107,12 +54,6 @@ class FsspecFS(RemoteFS):
             raise (OSError(e.errno, message) if e.errno else OSError(message)) from e
         except Exception as e:  # noqa: BLE001 - gcsfs, s3fs... raise their own HTTP errors
             raise OSError(f"{type(e).__name__}: {e} ({path})") from e
-
-    def exists(self, path: str) -> bool:
-        return self.fs.exists(path)
-
-    def isdir(self, path: str) -> bool:
-        return self.fs.isdir(path)
 
     def makedirs(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)
@@ -160,7 +101,7 @@ class FsspecFS(RemoteFS):
         return int(self.fs.size(path))
 
 
-class GfileFS(RemoteFS):
+class GfileFS:
     """TensorFlow's `tf.io.gfile`."""
 
     name = "tf.io.gfile"
@@ -169,6 +110,7 @@ class GfileFS(RemoteFS):
         import tensorflow as tf
 
         self.gfile, self.tf_errors = tf.io.gfile, tf.errors
+        self.exists, self.isdir, self.makedirs = tf.io.gfile.exists, tf.io.gfile.isdir, tf.io.gfile.makedirs
 
     @contextlib.contextmanager
     def errors(self, path: str) -> Iterator[None]:
@@ -187,15 +129,6 @@ class GfileFS(RemoteFS):
             raise PermissionError(f"{e.message} ({path})") from e
         except tf_errors.OpError as e:
             raise OSError(f"{e.message} ({path})") from e
-
-    def exists(self, path: str) -> bool:
-        return self.gfile.exists(path)
-
-    def isdir(self, path: str) -> bool:
-        return self.gfile.isdir(path)
-
-    def makedirs(self, path: str) -> None:
-        self.gfile.makedirs(path)
 
     def listdir(self, path: str) -> list[str]:
         return [n.rstrip("/") for n in self.gfile.listdir(path)]
@@ -270,7 +203,7 @@ def _tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def filesystem(path: str) -> RemoteFS:
+def filesystem(path: str) -> FsspecFS | GfileFS:
     """The file system for the remote `path`: fsspec's when it knows the
     scheme and its package is installed, else TensorFlow's, else a
     `ValueError` that says what to install."""
