@@ -157,11 +157,6 @@ class BestWeightsTracker:
                                                    self._run.state.stopped))
         self._safe.start(self.initial_epoch, self.initial_step)
 
-    def mode_hint(self, direction: str | None, name: str | None = None) -> None:
-        """Resolve `mode="auto"` of `name` (default: the primary metric) from a
-        Keras metric's direction ("up"/"down")."""
-        self.objective.hint(name or self.objective.name, direction)
-
     @property
     def mode(self) -> str | list[str | None] | None:
         """The resolved mode: "min"/"max" (one per name of a list `monitor`), `None` while unresolved."""
@@ -292,16 +287,13 @@ class BestWeightsTracker:
 
         return left(self.initial_epoch)
 
-    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None, *,
-               swapped: Sequence[tuple[Any, Any]] = ()) -> Decision:
+    def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
         """Read `metrics`, decide, save if better; return the `Decision`.
 
         `metrics` maps names to `keras.metrics.Metric` objects (read with
         `.result()`, not reset), tensors, numpy scalars or floats. `epoch` is
         0-based, as in Keras callbacks; each update must come after the one
         before (a later epoch, or a later `step` of the same epoch).
-        `swapped` (package-internal, for `BestCheckpoint`): the EMA (variable,
-        average) pairs whose values trade places in this update's training state.
         """
         return self.decide(epoch, metrics, step)
 
