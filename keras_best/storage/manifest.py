@@ -1,7 +1,6 @@
-"""The run's record on disk, under its 0.2 module name: `keras_best.json`
-(`keras_best.storage.record`), its journal (`keras_best.storage.journal`) and
-its history (`keras_best.storage.history`). Import from those modules in new code.
-"""
+"""The run's record on disk as the layers above storage use it, in one import:
+`keras_best.json` (`record`: `RunRecord`, `read`), its journal (`journal`:
+`roll_forward`, `remove_tmp_files`) and its history (`history`)."""
 
 from keras_best.storage.checks import ManifestError
 from keras_best.storage.history import HISTORY_NAME
