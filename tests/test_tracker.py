@@ -250,7 +250,7 @@ def test_min_delta_with_top_k_one_best_everywhere(tmp_path, model, async_save):
     # load_best all name it; its file is never evicted.
     tracker = BestWeightsTracker(
         model, str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2, min_delta=0.1,
-        restore_best_weights=True, verbose=0, async_save=async_save,
+        restore_best_weights=True, verbose=0, async_save=async_save, save_last=True,  # resumed below
     )
     weights = {}
     for epoch, v in enumerate([1.0, 0.98, 0.97, 0.99]):
@@ -266,7 +266,8 @@ def test_min_delta_with_top_k_one_best_everywhere(tmp_path, model, async_save):
     record = load_best(fresh, str(tmp_path))
     assert (record.epoch, record.value) == (0, 1.0)
     assert _same(fresh.get_weights(), weights[0])
-    assert sorted(os.listdir(tmp_path)) == ["e1.weights.h5", "e3.weights.h5", "keras_best.json", "keras_best_history.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == ["e1.weights.h5", "e3.weights.h5", "keras_best.json",
+                                            "keras_best_history.jsonl", "keras_best_last.h5"]
     # A later real improvement becomes the one best again.
     resumed = BestWeightsTracker(make_model(), str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2,
                                  min_delta=0.1, resume=True, verbose=0)

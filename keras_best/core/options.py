@@ -21,7 +21,8 @@ import dataclasses
 import difflib
 import math
 import numbers
-from typing import Any
+import re
+from typing import Any, Mapping
 
 from keras_best.core import signals
 from keras_best.core.monitor import Monitor
@@ -29,6 +30,7 @@ from keras_best.core.objective import Objective
 
 _FLAGS = ("save_best_only", "save_last", "restore_best_weights", "resume", "export_at_finish",
           "stop_on_non_finite", "async_save", "save_random_state")
+_STATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,7 @@ class Options:
     save_state_every: float | None = None
     save_state_every_batches: int | None = None
     save_random_state: bool = True
+    state: Any = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -92,7 +95,9 @@ class Options:
                 raise ValueError("`save_state_every` is in seconds and must be > 0, or None. "
                                  f"Received: save_state_every={self.save_state_every!r}")
             self._set("save_state_every", seconds)
-        for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None)):
+        self._set("state", state_objects(self.state))
+        for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None),
+                              ("state", None)):
             if getattr(self, name) != default and not self.keeps_state:
                 raise ValueError(f"`{name}` is about training states, and this run keeps none: pass "
                                  f"resume=True (or save_last=True) too. Received: {name}={getattr(self, name)!r}")
@@ -145,6 +150,32 @@ class Options:
                 close = difflib.get_close_matches(key, names, n=1)
                 hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise TypeError(f"{owner} got an unexpected argument {key!r}.{hint} Valid options: {', '.join(names)}")
+
+
+def state_objects(value: Any) -> dict[str, Any] | None:
+    """The `state=` option: a mapping of names to the objects saved in the
+    training state (what each may be is checked by `keras_best.training_state.objects`);
+    an empty mapping is None.
+
+    >>> state_objects({"d_opt": 1})
+    {'d_opt': 1}
+    >>> state_objects({"a/b": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: `state` names must be non-empty strings of letters, digits, '_', '.' and '-' (not starting with '.'). Received: 'a/b'
+    """
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValueError("`state` must be a dict of names to the objects to save in the training state, e.g. "
+                         f"state={{'d_optimizer': d_optimizer}}. Received: state={value!r}")
+    for name, obj in value.items():
+        if not isinstance(name, str) or not _STATE_NAME.match(name):
+            raise ValueError("`state` names must be non-empty strings of letters, digits, '_', '.' and '-' "
+                             f"(not starting with '.'). Received: {name!r}")
+        if obj is None:
+            raise ValueError(f"`state[{name!r}]` is None: pass the object to save, or leave the name out.")
+    return dict(value) or None
 
 
 def flag(name: str, value: Any) -> bool:

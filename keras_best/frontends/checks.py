@@ -86,7 +86,7 @@ def check_optimizer(optimizer: Any, model: Any) -> None:
 
 def check_state_optimizer(options: Options, optimizer: Any) -> None:
     """Warn when the run keeps a training state but has no optimizer to put in it."""
-    if options.keeps_state and optimizer is None:
+    if options.keeps_state and optimizer is None and not options.state:
         option = "resume=True" if options.resume else "save_last=True"
         warnings.warn(
             f"{option} saves the training state to continue from, but there is no optimizer to save "

@@ -25,13 +25,14 @@ from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute
+from keras_best.runner.resume import resume
 from keras_best.storage import files, manifest
 from keras_best.storage.buffers import HostBuffers
 from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
 from keras_best.storage.writer import Transaction, Writer
-from keras_best.training_state import parts, state
+from keras_best.training_state import objects, parts, rng, state
 from keras_best.training_state.parts import architecture_of
 
 
@@ -71,6 +72,9 @@ class Run:
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
         self.initial_step = 0
+        self.random_before: tuple[Any, Any] | None = None  # (model, random state) before a resume
+        self.tracked: list[tuple[str, Any]] = []  # the other optimizers the model tracks
+        objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.lock = None
@@ -80,23 +84,25 @@ class Run:
                 self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
 
     # -------------------------------------------------------------- start
-    def open(self, model: Any, optimizer: Any) -> None:
+    def open(self, model: Any, optimizer: Any, epochs: int | None = None) -> None:
         """Take the lock, finish a crashed transaction, resume if asked (the
-        lock is released again when any of it fails)."""
+        lock is released again when any of it fails). `epochs`: where training
+        will end, when known (`fit()`): see `train_until`."""
         self.acquire()
         try:
-            self._open(model, optimizer)
+            self.tracked = objects.tracked_optimizers(model) if self.options.keeps_state else []
+            self._open(model, optimizer, epochs)
         except BaseException:
             if self.lock is not None:
                 self.lock.release()
             raise
 
-    def _open(self, model: Any, optimizer: Any) -> None:
+    def _open(self, model: Any, optimizer: Any, epochs: int | None) -> None:
         record = self._recover() if self.chief else None
         if not self.has_run() or (self.chief and record is None):
             return
         if self.options.resume:
-            self._resume(record or RunRecord.read(self.directory), model, optimizer)
+            resume(self, record or RunRecord.read(self.directory), model, optimizer, epochs)
         elif self.chief:
             best = record.best
             warnings.warn(
@@ -143,31 +149,18 @@ class Run:
             manifest.remove_tmp_files(self.directory)
         return None
 
-    def _resume(self, record: RunRecord, model: Any, optimizer: Any) -> None:
-        o = self.objective
-        where = f"Cannot resume {self.directory}: it was recorded with"
-        if record.monitor != o.monitor_spec:
-            raise ValueError(f"{where} monitor={record.monitor!r}, not {o.monitor_spec!r}. Use the same "
-                             "monitor, or another directory for a new run.")
-        if not o.modes_compatible(record.mode):
-            raise ValueError(f"{where} mode={record.mode!r}, not {o.mode_spec!r}.")
-        if record.require != o.require_spec:
-            raise ValueError(f"{where} require={record.require!r}, not {o.require_spec!r}. Use the same "
-                             "constraints, or another directory for a new run.")
-        parts.check_architecture(model, record.architecture, self.directory)
-        self.adopt(record, self.directory)
-        self.resumed = True
-        last = record.state.last and files.join(self.directory, record.state.last["path"])
-        if last and files.exists(last):
-            parts.require_built(model, resuming=self.directory)
-            best = self.state.best_record()
-            if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
-                weights = self.engine.weights_file(files.join(self.directory, best.path))
-                self.best_weights = _read_weights_of(model, weights)
-            self.initial_epoch, self.initial_step = state.resume(last, parts.for_model(
-                model, optimizer, random=self.options.save_random_state))
-        elif self.history:
-            self.initial_epoch = self.history[-1]["epoch"] + 1
+    def state_parts(self, model: Any, optimizer: Any, random: bool, swapped: Sequence = ()) -> list[Any]:
+        """The parts of the training state (`keras_best.training_state`): the model, its optimizer,
+        the other optimizers it tracks, the `state=` objects and (if `random`) the random state."""
+        extra = objects.parts_for(model, optimizer, self.tracked, self.options.state)
+        return parts.for_model(model, optimizer, random=random, swapped=swapped, extra=extra)
+
+    def train_until(self, epochs: int) -> None:
+        """Training goes on up to `epochs` (`BestWeightsTracker.epochs`, `fit()`): when that
+        trains nothing, the random state a resume restored goes back to what it was."""
+        held, self.random_before = self.random_before, None
+        if held is not None and self.initial_epoch >= epochs:
+            rng.restore(*held)
 
     def adopt(self, record: RunRecord, directory: str | None = None) -> None:
         """Continue from `record`'s decisions (read from `directory`'s own
@@ -210,6 +203,8 @@ class Run:
                    swapped: Sequence[tuple[Any, Any]]) -> None:
         txn = Transaction(record=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot, copies = None, None, []
+        # Built first (optimizers not built yet): the best file holds what the state does.
+        state_parts = plan.write_state and self.state_parts(model, optimizer, self.options.save_random_state, swapped)
         if plan.save_as is not None:
             rel = plan.save_as
             tmp_rel = files.tmp_path(rel)
@@ -224,8 +219,7 @@ class Run:
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
             copies.extend(self.best_weights)
         if plan.write_state:
-            taken = state.snapshot(parts.for_model(model, optimizer, random=self.options.save_random_state,
-                                                   swapped=swapped), self.buffers, reuse, epoch, step)
+            taken = state.snapshot(state_parts, self.buffers, reuse, epoch, step)
             taken.add_to(txn, plan.state.last["path"])
             copies.extend(taken.arrays)
         if replaced is not None:
@@ -389,11 +383,3 @@ class Run:
         finally:
             model.set_weights(current)
 
-
-def _read_weights_of(model: Any, path: str) -> list[Any]:
-    current = model.get_weights()
-    try:
-        files.load_weights(model, path)
-        return model.get_weights()
-    finally:
-        model.set_weights(current)

@@ -4,6 +4,8 @@
 - `Optimizer(optimizer, model)`: its variables, group "optimizer" (built first
   when needed). It holds an optimizer the model does not own (custom loops),
   which is why the state is not a Keras weights file;
+- other optimizers and `state=` objects, groups "optimizers/PATH" and
+  "state/NAME" (`keras_best.training_state.objects`);
 - `RandomState(model)`: the random state, group "random" (`keras_best.training_state.rng`).
 
 Variables are stored in the order of `model.weights` and
@@ -34,10 +36,13 @@ from keras_best.training_state import rng
 from keras_best.training_state.state import StatePart
 
 
-def for_model(model: Any, optimizer: Any, *, random: bool = True,
-              swapped: Sequence[tuple[Any, Any]] = ()) -> list[StatePart]:
-    """The parts of a Keras run's state: weights, optimizer and (if `random`) random state."""
-    parts: list[StatePart] = [Variables("model", model.weights, swapped), Optimizer(optimizer, model, swapped)]
+def for_model(model: Any, optimizer: Any, *, random: bool = True, swapped: Sequence[tuple[Any, Any]] = (),
+              extra: Sequence[StatePart] = ()) -> list[StatePart]:
+    """The parts of a Keras run's state: weights, optimizer, the `extra` parts (other
+    optimizers, `state=` objects: `keras_best.training_state.objects`) and (if
+    `random`) random state."""
+    parts: list[StatePart] = [Variables("model", model.weights, swapped), Optimizer(optimizer, model, swapped),
+                              *extra]
     return parts + [RandomState(model)] if random else parts
 
 

@@ -120,6 +120,27 @@ def load(path: str, parts: Sequence[StatePart]) -> tuple[int, int | None]:
 
     When the file is damaged or a part does not fit, nothing is assigned (the
     model keeps its weights)."""
+    return read(path, parts).assign()
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    """What `read` took from a state file, checked and not assigned yet."""
+
+    parts: tuple[tuple[StatePart, Any], ...]
+    epoch: int
+    step: int | None
+
+    def assign(self) -> tuple[int, int | None]:
+        """Assign every part; return (epoch, step)."""
+        for part, value in self.parts:
+            part.assign(value)
+        return self.epoch, self.step
+
+
+def read(path: str, parts: Sequence[StatePart]) -> Loaded:
+    """Read and check every part of the state file `path`; assign nothing (a
+    Keras optimizer that is not built yet is built, for its slots to be checked)."""
     _check_names(parts)
     try:
         with files.local_copy(path) as local, h5py.File(local, "r") as f:
@@ -131,9 +152,7 @@ def load(path: str, parts: Sequence[StatePart]) -> tuple[int, int | None]:
             f"Cannot resume from {path}: the training state there is damaged or incomplete ({e}). "
             "Pass resume=False to start a new run in that directory, or restore the file from a copy."
         ) from e
-    for part, value in zip(parts, values):
-        part.assign(value)
-    return epoch, (None if step < 0 else step)
+    return Loaded(tuple(zip(parts, values)), epoch, None if step < 0 else step)
 
 
 def _check_names(parts: Sequence[StatePart]) -> None:
