@@ -190,8 +190,8 @@ def _loop(directory, epochs: int):
     for epoch in tracker.epochs(epochs):
         for step in range(3):
             scale = float(epoch * 3 + step + 1)
-            d_opt.apply([ops.ones_like(v) * scale for v in d.trainable_weights], d.trainable_weights)
-            g_opt.apply([ops.ones_like(v) / scale for v in g.trainable_weights], g.trainable_weights)
+            d_opt.apply([ops.ones(v.shape) * scale for v in d.trainable_weights], d.trainable_weights)
+            g_opt.apply([ops.ones(v.shape) / scale for v in g.trainable_weights], g.trainable_weights)
         tracker.update(epoch, {"val_loss": 1.0 / (epoch + 1)})
     tracker.finish()
     return d, g, d_opt, g_opt

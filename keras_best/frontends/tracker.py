@@ -72,17 +72,11 @@ class BestWeightsTracker:
         restore_best_weights: at `finish()`, put the best weights back into
             the model (from memory, no disk read).
         optimizer: the optimizer of a custom loop, saved in the training state
-            (defaults to `model.optimizer` when the model is compiled). Every
-            other Keras optimizer the model tracks (a subclassed model's
-            attributes, e.g. a GAN's `d_optimizer` and `g_optimizer`) is saved
-            too, as `model.save_weights` finds them.
-        state: more objects to save in the training state and restore on
-            resume, by name: `{"d_opt": d_opt, "disc": discriminator}`. Keras
-            models (their weights), Keras optimizers, `keras.random.SeedGenerator`s,
-            and any object with `get_state()`/`set_state()` or
-            `state_dict()`/`load_state_dict()` (torch optimizers and LR
-            schedulers). What cannot be saved is refused here. Needs
-            `resume=True` or `save_last=True`; see the GANs page of the docs.
+            (defaults to `model.optimizer` when the model is compiled); every other
+            optimizer the model tracks (a GAN's `d_optimizer`...) is saved too.
+        state: more objects for the training state, by name (`{"d_opt": d_opt}`): Keras
+            models, optimizers, `SeedGenerator`s, objects with `get_state()`/`set_state()` or
+            `state_dict()`/`load_state_dict()` (torch optimizers); others are refused here.
         resume: continue the run recorded in the directory: model, optimizer,
             best value, patience counter, kept files and history come back,
             and `initial_epoch` says where to continue. Implies `save_last`.
@@ -158,7 +152,7 @@ class BestWeightsTracker:
         """Attach the model (the constructor does; `BestCheckpoint` at `on_train_begin`).
         `model_source()`, called before each read of the variables, returns `model` with
         their values in place (`fit()` on JAX detaches them during an epoch). `epochs`: where
-        training ends, when known (`fit()`'s): a resumed run with none left keeps the random state."""
+        training ends, if known (`fit()`'s): see `Run.train_until`."""
         checks.check_model(model, self.options)  # and its optimizer
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
