@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from keras_best import BestCheckpoint, BestWeightsTracker, load_best
 from keras_best.cli.summary import summarize
 from keras_best.storage import manifest
+from keras_best.storage.buffers import HostBuffers
 from keras_best.storage.manifest import MANIFEST_NAME, ManifestError
+from keras_best.training_state import parts, state
 from tests.conftest import make_model, perturb, run_json
 
 
@@ -287,8 +289,11 @@ def test_a_version_1_run_loads_resumes_and_inspects(tmp_path):
     v1 = {"format": "keras_best", "version": 1, "monitor": "val_loss", "mode": "min", "require": None,
           "save_format": "weights", "filepath": "b.weights.h5", "architecture": None, "best": best,
           "best_at": [1, None], "engine": {"best": 0.4, "best_epoch": 1, "wait": 0, "patience_best": 0.4},
-          "options": {}, "kept": [best], "last": None, "stopped": None, "export": None, "history": history}
+          "options": {}, "kept": [best], "last": {"path": "keras_best_last.h5", "epoch": 1}, "stopped": None,
+          "export": None, "history": history}
     (tmp_path / MANIFEST_NAME).write_text(json.dumps(v1))
+    state.snapshot(parts.for_model(model, None), HostBuffers(), None, 1, None).write(
+        str(tmp_path / "keras_best_last.h5"))  # a run resumes from its training state
     fresh = make_model(seed=9)
     assert load_best(fresh, str(tmp_path)).epoch == 1 and _same(fresh.get_weights(), model.get_weights())
     assert summarize(str(tmp_path))["updates"] == 2

@@ -38,7 +38,8 @@ def _same(a, b):
 # ------------------------------------------------------- a re-run notebook cell
 def test_a_second_tracker_in_the_process_takes_over_after_the_first_ones_writes(tmp_path, monkeypatch):
     model = make_model()
-    first = BestWeightsTracker(model, str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2, verbose=0)
+    first = BestWeightsTracker(model, str(tmp_path / "e{epoch}.weights.h5"), keep_top_k=2, verbose=0,
+                               save_last=True)  # resumed below
     first.update(0, {"val_loss": 1.0})
     first.flush()
     gate, started = threading.Event(), threading.Event()

@@ -270,9 +270,10 @@ def test_roll_forward(remote_dir, store, tmp_path):
 
     # Readers see the new content while the journal is pending...
     assert load_best(make_model(seed=7), remote_dir).path == f"{remote_dir}/{tmp}"
-    # ...and a new tracker rolls it forward.
-    BestWeightsTracker(make_model(), f"{remote_dir}/best.weights.h5", monitor="val_loss", resume=True,
-                       verbose=0).finish()
+    # ...and a new tracker rolls it forward (a run without a training state starts anew there).
+    with pytest.warns(UserWarning, match="already holds a keras-best run"):
+        BestWeightsTracker(make_model(), f"{remote_dir}/best.weights.h5", monitor="val_loss",
+                           verbose=0).finish()
     assert store.tree(remote_dir) == {"best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME}
     assert "pending" not in run_json(remote_dir)
     restored = make_model(seed=7)
@@ -484,7 +485,8 @@ def test_a_failed_upload_keeps_the_previous_best(fail_on, async_save):
     tracker.finish()
     assert load_best(restored, run).epoch == 2 and weights_equal(restored, _model_at(2))
     # A temp file a failed commit left is removed at the next start.
-    BestWeightsTracker(make_model(), f"{run}/e{{epoch}}.weights.h5", resume=True, verbose=0).close()
+    with pytest.warns(UserWarning, match="already holds a keras-best run"):
+        BestWeightsTracker(make_model(), f"{run}/e{{epoch}}.weights.h5", verbose=0).close()
     assert sorted(Store(run).listdir(run)) == ["e3.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME]
 
 
