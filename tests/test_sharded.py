@@ -243,3 +243,53 @@ def test_a_merged_transaction_keeps_or_drops_a_set_whole(newer_kept, newer_set, 
     else:
         assert len(kept_jobs) == 0
         assert left == ([] if newer_set != "a.weights.json" else [n for _, n in newer.renames])
+
+
+def test_resume_reads_the_best_set_back(tmp_path):
+    def tracker(model):
+        model.compile("sgd", "mse")
+        return BestWeightsTracker(model, str(tmp_path / "{epoch:02d}.weights.json"), max_shard_size=SHARD,
+                                  keep_top_k=2, resume=True, restore_best_weights=True, verbose=0)
+
+    model = big()
+    first = tracker(model)
+    for epoch, loss in enumerate([2.0, 1.0, 1.5]):
+        model.set_weights(pattern(model, epoch))
+        first.update(epoch, {"val_loss": loss})
+    first.finish()
+    model = big()
+    second = tracker(model)
+    assert second.initial_epoch == 3
+    model.set_weights(pattern(model, 3))
+    second.update(3, {"val_loss": 1.2})
+    second.finish()
+    assert same(model.get_weights(), pattern(model, 1))  # the best set, read back at resume
+    assert on_disk(tmp_path) == sorted(files.members(str(tmp_path), "02.weights.json")
+                                       + files.members(str(tmp_path), "04.weights.json"))
+
+
+class OwnSave(keras.Sequential):
+    """A model with its own `save_weights`: saved by it, in the training thread."""
+
+    calls = 0
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        OwnSave.calls += 1
+        return super().save_weights(filepath, overwrite=overwrite, max_shard_size=max_shard_size)
+
+
+def test_a_model_with_its_own_save_weights_writes_its_set_itself(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = OwnSave([keras.Input((64,))] + [keras.layers.Dense(64) for _ in range(3)])
+    tracker = BestWeightsTracker(model, str(tmp_path / "{epoch:02d}.weights.json"), max_shard_size=SHARD,
+                                 verbose=0)
+    for epoch, loss in enumerate([2.0, 1.0]):
+        model.set_weights(pattern(model, epoch))
+        tracker.update(epoch, {"val_loss": loss})
+    tracker.finish()
+    assert OwnSave.calls == 2
+    assert on_disk(tmp_path) == sorted(files.members(str(tmp_path), "02.weights.json"))
+    assert len(on_disk(tmp_path)) == 4
+    fresh = keras.Sequential([keras.Input((64,))] + [keras.layers.Dense(64) for _ in range(3)])
+    fresh.load_weights(str(tmp_path / "02.weights.json"))
+    assert same(fresh.get_weights(), pattern(model, 1))
