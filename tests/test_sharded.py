@@ -293,3 +293,21 @@ def test_a_model_with_its_own_save_weights_writes_its_set_itself(tmp_path):
     fresh = keras.Sequential([keras.Input((64,))] + [keras.layers.Dense(64) for _ in range(3)])
     fresh.load_weights(str(tmp_path / "02.weights.json"))
     assert same(fresh.get_weights(), pattern(model, 1))
+
+
+def test_sets_in_a_remote_run_directory(tmp_path):
+    pytest.importorskip("fsspec")
+    import uuid
+
+    remote = f"memory://sharded-{uuid.uuid4().hex[:8]}"
+    model = big()
+    tracker = BestWeightsTracker(model, remote + "/{epoch:02d}.weights.json", max_shard_size=SHARD, verbose=0)
+    for epoch, loss in enumerate([2.0, 1.0]):
+        model.set_weights(pattern(model, epoch))
+        tracker.update(epoch, {"val_loss": loss})
+    tracker.finish()
+    names = sorted(files.listdir(remote))
+    assert [n for n in names if "weights" in n] == sorted(files.members(remote, "02.weights.json"))
+    fresh = big()
+    assert load_best(fresh, remote).epoch == 1
+    assert same(fresh.get_weights(), pattern(model, 1))
