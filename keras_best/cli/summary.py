@@ -179,15 +179,15 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
             "value": r.value,
             "path": r.path,
             "metrics": dict(r.metrics),
-            "size_bytes": _size(data.effective_path(directory, r.path)),
+            "size_bytes": _size(directory, data, r.path),
             **({} if r.feasible else {"feasible": False}),
         })
     kept_at = {(r.epoch, r.step) for r in data.kept}
     archived = [{"epoch": r.epoch, "step": r.step, "value": r.value, "path": r.path, "metrics": dict(r.metrics),
-                 "size_bytes": _size(data.effective_path(directory, r.path)), "also_best_k": (r.epoch, r.step) in kept_at}
+                 "size_bytes": _size(directory, data, r.path), "also_best_k": (r.epoch, r.step) in kept_at}
                 for r in data.state.archived]
     states = [{"path": x["path"], "epoch": int(x["epoch"]), "step": x.get("step"),
-               "size_bytes": _size(data.effective_path(directory, x["path"]))}
+               "size_bytes": _size(directory, data, x["path"])}
               for x in ((data.state.last,) if data.state.last else ()) + tuple(data.state.states)]
     epochs = sorted({int(h["epoch"]) for h in history})
     stopped = data.state.stopped
@@ -261,10 +261,11 @@ def _num(v: Any) -> float:
     return float(v)  # also "nan", "inf", "-inf" as the manifest writes them
 
 
-def _size(path: str) -> int | None:
-    """Bytes in a file or a directory tree; None when it is missing."""
+def _size(directory: str, data: manifest.RunRecord, name: str) -> int | None:
+    """Bytes in the files of a saved name (a file, a directory tree, a sharded
+    set: `files.members`); None when one is missing."""
     try:
-        return files.size(path)
+        return sum(files.size(data.effective_path(directory, m)) for m in files.members(directory, name))
     except OSError:
         return None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from keras_best.core.names import SET_SUFFIX
+
 WEIGHTS, KERAS, SAVEDMODEL = "weights", "keras", "savedmodel"
 FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
 
@@ -10,12 +12,14 @@ FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
 EXPORT_WEIGHTS_NAME = "keras_best.weights.h5"
 
 
-def resolve_format(filepath: str, save_format: str | None = None, save_weights_only: bool | None = None) -> str:
+def resolve_format(filepath: str, save_format: str | None = None, save_weights_only: bool | None = None,
+                   sharded: bool = False) -> str:
     """The format implied by `filepath` and `save_format`, or a `ValueError`.
 
     With `save_weights_only` (True or False) and no `save_format`, the file
     name rules and messages of `keras.callbacks.ModelCheckpoint` apply
-    (`BestCheckpoint` takes its arguments).
+    (`BestCheckpoint` takes its arguments). `sharded` (`max_shard_size` given):
+    weights saved as a `.weights.json` set, as `model.save_weights` does.
 
     >>> resolve_format("best.weights.h5"), resolve_format("m.keras")
     ('weights', 'keras')
@@ -25,6 +29,8 @@ def resolve_format(filepath: str, save_format: str | None = None, save_weights_o
     'keras'
     """
     name = str(filepath)
+    if sharded or name.endswith(SET_SUFFIX):
+        return _sharded(name, save_format, save_weights_only, sharded)
     if save_format is None and save_weights_only is not None:
         if save_weights_only and not name.endswith(".weights.h5"):
             raise ValueError(
@@ -67,3 +73,33 @@ def resolve_format(filepath: str, save_format: str | None = None, save_weights_o
         "(weights), `.keras` (full model), or pass save_format=\"savedmodel\" with a "
         f"directory name. Received: filepath={name}"
     )
+
+
+def _sharded(name: str, save_format: str | None, save_weights_only: bool | None, sharded: bool) -> str:
+    """The format of a sharded set (weights), or why `name` and the options cannot be one.
+
+    >>> _sharded("m.keras", None, None, True)
+    Traceback (most recent call last):
+    ...
+    ValueError: `max_shard_size` shards weights only: Keras's `model.save` writes no sharded `.keras` archive. Save sharded weights with a filepath ending in `.weights.json` (save_weights_only=True in BestCheckpoint), or drop max_shard_size. Received: filepath=m.keras
+    """
+    fmt = {"tf": SAVEDMODEL, "tf_saved_model": SAVEDMODEL, "h5": WEIGHTS}.get(save_format or "", save_format)
+    if not sharded:
+        raise ValueError("A `.weights.json` file is the index of a sharded weights set: pass `max_shard_size` "
+                         "(the largest shard in GB, as in `model.save_weights`), or end the filename in "
+                         f"`.weights.h5`. Received: filepath={name}")
+    if fmt == SAVEDMODEL:
+        raise ValueError('`max_shard_size` shards `.weights.json` sets; save_format="savedmodel" writes a '
+                         "SavedModel directory, which it cannot shard. Drop one of them. Received: "
+                         f"save_format={save_format!r}, filepath={name}")
+    if fmt == KERAS or save_weights_only is False or name.endswith(".keras"):
+        raise ValueError("`max_shard_size` shards weights only: Keras's `model.save` writes no sharded `.keras` "
+                         "archive. Save sharded weights with a filepath ending in `.weights.json` "
+                         "(save_weights_only=True in BestCheckpoint), or drop max_shard_size. "
+                         f"Received: filepath={name}")
+    if fmt not in (None, WEIGHTS):
+        raise ValueError(f"`save_format` must be one of {FORMATS}. Received: save_format={save_format!r}")
+    if not name.endswith(SET_SUFFIX):
+        raise ValueError("The filename must end in `.weights.json` when `max_shard_size` is specified. "
+                         f"Received: filepath={name}")
+    return WEIGHTS

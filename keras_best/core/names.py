@@ -35,6 +35,36 @@ def state_name(epoch: int, step: int | None) -> str:
     return f"{STATE_PREFIX}{epoch:04d}{'' if step is None else f'-{step:06d}'}.h5"
 
 
+SET_SUFFIX = ".weights.json"  # a sharded weights set's index (Keras 3.10+: `save_weights(max_shard_size=)`)
+
+
+def is_set_name(name: str) -> bool:
+    """Whether `name` is the index of a sharded weights set (its files: the
+    index and `shard_name(name, i)` for i = 0, 1, ...)."""
+    return isinstance(name, str) and name.endswith(SET_SUFFIX) and len(name) > len(SET_SUFFIX)
+
+
+def shard_name(index: str, i: int) -> str:
+    """The name of shard `i` of the set `index`, as Keras's `ShardedH5IOStore` names it.
+
+    >>> shard_name("best.weights.json", 2)
+    'best_00002.weights.h5'
+    """
+    return f"{index[: -len('.json')].replace('.weights', '')}_{i:05}.weights.h5"
+
+
+def is_shard_of(name: str, index: str) -> bool:
+    """Whether `name` is a shard name of the set `index` (whatever its number).
+
+    >>> is_shard_of("best_00012.weights.h5", "best.weights.json"), is_shard_of("best.weights.h5", "best.weights.json")
+    (True, False)
+    """
+    head = shard_name(index, 0)[: -len("00000.weights.h5")]
+    tail = name[len(head):]
+    return (name.startswith(head) and len(tail) >= len("00000.weights.h5") and tail.endswith(".weights.h5")
+            and tail[: -len(".weights.h5")].isdigit() and tail[: -len(".weights.h5")].isascii())
+
+
 def is_remote(path: str) -> bool:
     """True for `gs://`, `s3://`, `memory://`, `ram://`... (anything with a scheme
     but `file://`, which `fspath` turns into a local path)."""

@@ -64,6 +64,7 @@ class Options:
     save_state_every_batches: int | None = None
     save_random_state: bool = True
     state: Any = None
+    max_shard_size: float | None = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -96,6 +97,15 @@ class Options:
                                  f"Received: save_state_every={self.save_state_every!r}")
             self._set("save_state_every", seconds)
         self._set("state", state_objects(self.state))
+        if self.max_shard_size is not None:
+            size = real("max_shard_size", self.max_shard_size)
+            if not 0 < size < math.inf:
+                raise ValueError("`max_shard_size` is the largest shard in GB (as in `model.save_weights`) and must "
+                                 f"be > 0, or None. Received: max_shard_size={self.max_shard_size!r}")
+            if self.export_at_finish:
+                raise ValueError("`export_at_finish=True` exports one SavedModel; it cannot be sharded. Drop "
+                                 f"max_shard_size. Received: max_shard_size={self.max_shard_size!r}")
+            self._set("max_shard_size", size)
         for name, default in (("keep_last", 1), ("save_state_every", None), ("save_state_every_batches", None),
                               ("state", None)):
             if getattr(self, name) != default and not self.keeps_state:
@@ -133,7 +143,8 @@ class Options:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
                                               "keep_top_k", "save_best_only", "stopping_threshold",
-                                              "divergence_threshold", "keep_last", "archive_every")}
+                                              "divergence_threshold", "keep_last", "archive_every")} | (
+            {} if self.max_shard_size is None else {"max_shard_size": self.max_shard_size})
 
     @classmethod
     def create(cls, owner: str, **options: Any) -> Options:

@@ -72,7 +72,7 @@ class RunPath:
         return rel if self.filepath == self.template else names.join(self.directory, rel)
 
 
-EXTENSIONS = (".weights.h5", ".keras", ".h5")
+EXTENSIONS = (".weights.h5", ".weights.json", ".keras", ".h5")
 
 
 def versioned(name: str, version: int) -> str:

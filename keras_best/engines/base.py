@@ -55,6 +55,11 @@ class Snapshot:
         """Write the file (or directory) at the local `path`."""
         raise NotImplementedError
 
+    def files(self, name: str) -> list[tuple[str, Callable[[str], None]]]:
+        """The files of this save under `name`, one unit: `(file name,
+        write(local_path))` pairs (a sharded set: its shards, then its index)."""
+        return [(name, self.write)]
+
     def release(self) -> None:
         """Done with this snapshot, written or not (its host copies may be
         reused). Idempotent."""

@@ -69,16 +69,22 @@ class WeightsSnapshot(Snapshot):
 
     def fill(self, f: Any) -> None:
         """Write the groups, attributes and datasets into the open h5py file `f`."""
-        for group_path, attrs, entries in self.groups:
-            group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
-            for k, v in (attrs or {}).items():
-                group.attrs[k] = v
-            for key, value in entries:
-                if value.dtype.name == "bfloat16":  # h5py stores its bytes; Keras marks the dataset
-                    ds = group.create_dataset(key, data=value)
-                    ds.attrs["dtype"] = "bfloat16"
-                else:
-                    group[key] = value
+        fill_groups(f, self.groups)
+
+
+def fill_groups(f: Any, groups: Any) -> None:
+    """Write `groups` (`(group_path, attrs, [(key, array), ...])`) into the open
+    h5py file `f`, as Keras's `H5IOStore` writes them."""
+    for group_path, attrs, entries in groups:
+        group = f.create_group("vars") if not group_path else f.create_group(group_path).create_group("vars")
+        for k, v in (attrs or {}).items():
+            group.attrs[k] = v
+        for key, value in entries:
+            if value.dtype.name == "bfloat16":  # h5py stores its bytes; Keras marks the dataset
+                ds = group.create_dataset(key, data=value)
+                ds.attrs["dtype"] = "bfloat16"
+            else:
+                group[key] = value
 
 
 class OnWeights(Snapshot):

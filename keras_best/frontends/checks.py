@@ -17,7 +17,7 @@ from keras_best.keras_adapter.fit import compiled_metric_direction, metric_direc
 
 def check_format(filepath: str, options: Options) -> str:
     """The save format of `filepath` under `options`, or a `ValueError`."""
-    fmt = savers.resolve_format(filepath, options.save_format)
+    fmt = savers.resolve_format(filepath, options.save_format, sharded=options.max_shard_size is not None)
     if fmt == savers.SAVEDMODEL:
         import importlib.util
 

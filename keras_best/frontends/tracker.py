@@ -82,6 +82,10 @@ class BestWeightsTracker:
             and `initial_epoch` says where to continue. Implies `save_last`.
         save_format: "weights", "keras" or "savedmodel" (default: from the
             file name).
+        max_shard_size: save the weights as sharded sets, as
+            `model.save_weights(path, max_shard_size=)` does: a `.weights.json`
+            index (the `filepath`'s ending) plus `*_NNNNN.weights.h5` shards of
+            at most this many GB each (a float); kept, evicted and loaded as one unit.
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value is NaN/inf.

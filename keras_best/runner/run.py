@@ -62,7 +62,7 @@ class Run:
         self.policy = Policy(options, objective)
         self.buffers = HostBuffers()  # host copies reused from one save to the next
         self.engine = engine_for(WEIGHTS if options.export_at_finish else save_format, path.template,
-                                 self.buffers)
+                                 self.buffers, options.max_shard_size)
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
@@ -206,14 +206,15 @@ class Run:
         # Built first (optimizers not built yet): the best file holds what the state does.
         state_parts = plan.write_state and self.state_parts(model, optimizer, self.options.save_random_state, swapped)
         if plan.save_as is not None:
-            rel = plan.save_as
-            tmp_rel = files.tmp_path(rel)
             snapshot = self.engine.snapshot(model)  # on every worker: may be collective
-            txn.done.append((tmp_rel, lambda committed: snapshot.release()))
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
             copies.extend((reuse or {}).values())
-            self._add_write(txn, tmp_rel, snapshot.write, snapshot.detached)
-            txn.renames.append((tmp_rel, rel))
+            token = files.tmp_path("")  # one temp token for a set's files: see `files.load_weights`
+            for rel, write in snapshot.files(plan.save_as):  # one unit: renamed in one transaction
+                tmp_rel = token + rel
+                txn.done.append((tmp_rel, lambda committed: snapshot.release()))
+                self._add_write(txn, tmp_rel, write, snapshot.detached)
+                txn.renames.append((tmp_rel, rel))
         replaced = None
         if plan.keep_host_copy:
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)

@@ -36,6 +36,14 @@ class Checker:
         return ManifestError(f"{self.where}: field {field!r} {problem}. Was it edited by hand, or "
                              "written by another tool? Nothing in it was acted upon.")
 
+    def not_shards(self, recorded: list[str], field: str) -> None:
+        """A shard name is never recorded by itself: only as a member of its set (`files.members`)."""
+        sets = [n for n in recorded if files.is_set_name(n)]
+        for n in recorded:
+            owner = next((s for s in sets if files.is_shard_of(n, s)), None)
+            if owner is not None:
+                raise self.error(field, f"names {n!r}, a shard of the recorded set {owner!r}, as a file of its own")
+
     def name(self, value: Any, field: str, reserved: tuple[str, ...] = files.RESERVED_NAMES, tmp: bool = False,
              state: bool = False) -> str:
         if tmp and isinstance(value, str) and files.is_tmp_name(value):
@@ -133,6 +141,12 @@ class Checker:
             if not isinstance(pair, list) or len(pair) != 2 or not files.is_tmp_name(str(pair[0])):
                 raise self.error(f"pending.renames[{i}]", f"is {pair!r}, not a [temp name, final name] pair")
             self.name(pair[1], f"pending.renames[{i}]", reserved=BOOKKEEPING, state=True)
+        finals = [pair[1] for pair in renames]
+        sets = [f for f in finals if files.is_set_name(f)]
+        for i, f in enumerate(finals):  # a sharded set is renamed as one unit, its shards with its index
+            if sets and f.endswith(".weights.h5") and not any(files.is_shard_of(f, s) for s in sets):
+                raise self.error(f"pending.renames[{i}]", f"renames {f!r} beside the sharded set(s) {sets}, "
+                                                          "whose shards it is not")
         for i, rel in enumerate(deletes):
             self.name(rel, f"pending.deletes[{i}]", reserved=BOOKKEEPING, tmp=True, state=True)
         return {"renames": [list(p) for p in renames], "deletes": list(deletes)}

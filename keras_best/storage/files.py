@@ -28,9 +28,12 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     basename,
     fspath,
     is_remote,
+    is_set_name,
+    is_shard_of,
     is_tmp_name,
     join,
     name_problem,
+    shard_name,
     state_name,
     tmp_path,
 )
@@ -71,6 +74,23 @@ def size(path: str) -> int:
     return filesystem(path).size(path)
 
 
+def members(directory: str, name: str) -> list[str]:
+    """The files of the saved `name` in `directory`: `[name]`, or for a sharded
+    set's index (`*.weights.json`) its shards on disk, then the index last (so
+    that deleting them in this order never leaves shards without their index).
+
+    The one rule of "the files of a name": the journal's deletes, the summary's
+    sizes and the loaders use it.
+    """
+    if not is_set_name(name) or is_tmp_name(name):
+        return [name]
+    try:
+        shards = sorted(n for n in listdir(directory) if is_shard_of(n, name))
+    except FileNotFoundError:
+        shards = []
+    return shards + [name]
+
+
 def write_durably(path: str, write: Callable[[str], None]) -> None:
     """Run `write(local_path)` so that a complete, fsynced file (or directory)
     ends up at `path`. `path` must not be read by anyone until renamed: it is a
@@ -94,7 +114,7 @@ def load_weights(model: Any, path: str, hint: str = "") -> None:
     with a damaged file reported as `DamagedFileError` naming it (and `hint`:
     what to do instead)."""
     try:
-        with local_copy(path) as local:
+        with _set_view(path) if is_set_name(basename(path)) else local_copy(path) as local:
             model.load_weights(local)
     except FileNotFoundError:
         raise
@@ -102,6 +122,48 @@ def load_weights(model: Any, path: str, hint: str = "") -> None:
         raise DamagedFileError(
             f"Cannot read {path}: the file is damaged or incomplete ({str(e)[:200]}).{hint}"
         ) from e
+
+
+@contextlib.contextmanager
+def _set_view(path: str) -> Any:
+    """A local directory in which the sharded set whose index is `path` reads
+    as Keras reads a set: its index and shards under their final names.
+
+    `path` may be the index's temp name while its transaction is pending: the
+    set's shards then carry the same temp token (`.kb-tmp-<token>-<shard>`)
+    until each is renamed. The shards are the ones the index names, and each
+    must be a shard name of the set (no other file is ever read through it).
+    """
+    import json
+    import tempfile
+
+    name = basename(path)
+    directory = path[: len(path) - len(name)].rstrip("/") or "."
+    token = name[: len(TMP_PREFIX) + 13] if is_tmp_name(name) else ""
+    final = name[len(token):]
+    if not token and not is_remote(path):
+        yield path
+        return
+    index = read_bytes(path)
+    try:
+        listed = json.loads(index.decode("utf-8"))["weight_map"].values()
+        shards = {s for v in listed for s in (v if isinstance(v, list) else [v])}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise OSError(f"not a sharded weights index ({e})") from e
+    if not all(isinstance(s, str) and is_shard_of(s, final) for s in shards):
+        raise OSError(f"the index names files that are not shards of {final}: {sorted(map(str, shards))}")
+    with tempfile.TemporaryDirectory(prefix="keras_best-") as scratch:
+        with open(os.path.join(scratch, final), "wb") as f:
+            f.write(index)
+        for shard in shards:
+            src = join(directory, token + shard) if token and exists(join(directory, token + shard)) else (
+                join(directory, shard))
+            if is_remote(src):
+                with open(os.path.join(scratch, shard), "wb") as f:
+                    f.write(read_bytes(src))
+            else:
+                os.symlink(os.path.abspath(src), os.path.join(scratch, shard))
+        yield os.path.join(scratch, final)
 
 
 def open_own_file(path: str, flags: int) -> int:

@@ -115,10 +115,19 @@ def remove_tmp_files(directory: str) -> None:
 
 
 def apply(directory: str, pending: Mapping[str, Any]) -> None:
-    """Apply a journal: renames whose temp file exists, then deletes."""
+    """Apply a journal: renames whose temp file exists, then deletes.
+
+    A sharded set (`files.members`) is one unit: a renamed-in set's shards that
+    the journal did not rename are an older set's under the same name (with
+    more shards) and go; a deleted set goes whole, its index last. Applying
+    again after a crash finishes the same change (idempotent).
+    """
+    finals = set()
     for tmp, final in pending.get("renames", []):
+        finals.add(final)
         src = files.join(directory, tmp)
         if files.exists(src):
             files.replace(src, files.join(directory, final))
-    for rel in pending.get("deletes", []):
+    stale = [m for f in finals if files.is_set_name(f) for m in files.members(directory, f) if m not in finals]
+    for rel in stale + [m for d in pending.get("deletes", []) for m in files.members(directory, d)]:
         files.remove(files.join(directory, rel), missing_ok=True)

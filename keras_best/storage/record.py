@@ -154,6 +154,7 @@ class RunRecord:
         engine = _engine(check, data.get("engine"), best)
         archived = tuple(check.record(r, f"archived[{i}]") for i, r in enumerate(check.items(data, "archived")))
         by_name = {r.path: (r.epoch, r.step) for r in archived}
+        check.not_shards(names + list(by_name), "kept")
         if len(by_name) != len(archived):
             raise check.error("archived", f"names a file twice: {[r.path for r in archived]}")
         for r in kept:

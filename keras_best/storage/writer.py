@@ -172,14 +172,16 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
     snapshot (the caller waits instead, to bound memory).
 
     A file of `older` is obsolete when `newer` writes the same name or its
-    state (the manifest after both) does not name it.
+    state (the manifest after both) does not name it (a shard: its set's name).
     """
     rewritten = {final for _, final in newer.renames}
     named = newer.record.named_files()
     job_tmps = {tmp for _, tmp in older.jobs}
+    sets = [final for _, final in older.renames if files.is_set_name(final)]
     kept_renames, kept_tmps, dropped_on_disk = [], set(), []
     for tmp, final in older.renames:
-        if final in rewritten or final not in named:
+        name = next((s for s in sets if files.is_shard_of(final, s)), final)
+        if name in rewritten or name not in named:
             if tmp not in job_tmps:
                 dropped_on_disk.append(tmp)  # written already, in the caller's thread
         else:

@@ -3,7 +3,8 @@
 Each epoch gives the model weights that are a known function of the epoch, so
 the test can tell exactly which epoch a file holds.
 
-Usage: python crash_worker.py RUN_DIR EPOCHS [async|sync]
+Usage: python crash_worker.py RUN_DIR EPOCHS [async|sync|sharded]
+("sharded": background writes of `.weights.json` sets of 5 shards each.)
 """
 
 import os
@@ -37,8 +38,11 @@ def value_of(epoch: int) -> float:
 def main(run_dir: str, epochs: int, how: str = "sync") -> None:
     model = build()
     options = {"async_save": how == "async"} if how == "async" else {}
+    if how == "sharded":  # one 1024x1024 kernel (4 MB) and its bias a shard
+        options = {"max_shard_size": 5e6 / 1024**3}
+    name = "{epoch:03d}.weights.json" if how == "sharded" else "{epoch:03d}.weights.h5"
     tracker = BestWeightsTracker(
-        model, os.path.join(run_dir, "{epoch:03d}.weights.h5"), monitor="val_loss",
+        model, os.path.join(run_dir, name), monitor="val_loss",
         keep_top_k=2, save_last=True, resume=True, verbose=0, **options,
     )
     print(f"READY {tracker.initial_epoch}", flush=True)
