@@ -77,15 +77,12 @@ class BestWeightsTracker:
         state: more objects for the training state, by name (`{"d_opt": d_opt}`): Keras
             models, optimizers, `SeedGenerator`s, objects with `get_state()`/`set_state()` or
             `state_dict()`/`load_state_dict()` (torch optimizers); others are refused here.
-        resume: continue the run recorded in the directory: model, optimizer,
-            best value, patience counter, kept files and history come back,
-            and `initial_epoch` says where to continue. Implies `save_last`.
+        resume: continue the run recorded in the directory (model, optimizers, best, patience,
+            kept files, history); `initial_epoch` says where. Implies `save_last`.
         save_format: "weights", "keras" or "savedmodel" (default: from the
             file name).
-        max_shard_size: save the weights as sharded sets, as
-            `model.save_weights(path, max_shard_size=)` does: a `.weights.json`
-            index (the `filepath`'s ending) plus `*_NNNNN.weights.h5` shards of
-            at most this many GB each (a float); kept, evicted and loaded as one unit.
+        max_shard_size: GB per shard: sharded sets as `model.save_weights(path, max_shard_size=)`
+            writes (a `.weights.json` `filepath`), kept and loaded as one unit.
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value is NaN/inf.
