@@ -30,7 +30,7 @@ tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow
 # backend_neutral"` in its JAX and torch stages). Single tests elsewhere carry
 # @pytest.mark.backend_neutral. Run locally, every backend runs them all.
 BACKEND_NEUTRAL = ["test_monitor.py", "test_objective.py", "test_paths.py", "test_policy.py",
-                   "test_retention.py", "test_lock.py"]
+                   "test_retention.py", "test_lock.py", "test_cadence.py", "test_architecture.py"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by the marks added here

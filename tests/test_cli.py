@@ -371,6 +371,7 @@ def test_demo_rejects_bad_epochs(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.once  # on every backend: test_demo_short_run_keeps_three_and_reloads_the_best
 def test_full_demo_as_python_m_keras_best(tmp_path):
     """The README's demo, end to end in a fresh process: early stops, plots, under 2 minutes."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # the demo quiets TF itself

@@ -102,6 +102,7 @@ def test_random_search_keeps_exactly_the_top_k_trials_after_every_trial(tmp_path
     assert first < second
 
 
+@pytest.mark.once  # the saving and loading it reaches: test_random_search_keeps_exactly_the_top_k_trials_after_every_trial
 def test_hyperband_continues_from_kept_weights_and_ends_with_the_top_k(tmp_path):
     tuner = keras_tuner.Hyperband(build, objective="val_loss", max_epochs=4, factor=2, seed=2,
                                   directory=tmp_path, project_name="hb")
@@ -162,6 +163,7 @@ def test_bad_arguments(tmp_path):
         best.best_path()
 
 
+@pytest.mark.once  # the saving and loading it reaches: test_random_search_keeps_exactly_the_top_k_trials_after_every_trial
 def test_distributed_search_one_chief_two_workers(tmp_path):
     (port,) = free_ports(1)
     base = {**os.environ, "PYTHONPATH": ROOT, "KERASTUNER_ORACLE_IP": "127.0.0.1",
