@@ -1,4 +1,4 @@
-"""The file systems behind remote paths, used only by `files`.
+"""The file systems behind remote paths, used only by `fs`.
 
 Two implementations of one set of methods: `fsspec` (chosen whenever
 it is installed and knows the scheme: `gs://` with gcsfs, `s3://` with s3fs,
