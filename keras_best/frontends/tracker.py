@@ -70,7 +70,8 @@ class BestWeightsTracker:
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
         restore_best_weights: at `finish()`, put the best weights back into
-            the model (from memory, no disk read).
+            the model, read from the best's file (no host copy is kept;
+            the optimizer's variables are left as they are).
         optimizer: the optimizer of a custom loop, saved in the training state
             (defaults to `model.optimizer` when the model is compiled).
         resume: continue the run recorded in the directory: model, optimizer,
@@ -109,6 +110,14 @@ class BestWeightsTracker:
             `update()` returns. SavedModel exports are written in the
             training thread (`export_at_finish=True` exports once, at the
             end). Host copies are reused: see `keras_best.storage.buffers`.
+        max_host_memory: the host memory, in bytes, that saves may hold
+            (default `None`: one save, the weights and the optimizer's
+            variables). When the disk falls behind, `update()` waits for the
+            previous save to be written rather than take more. `0` (or any
+            budget below one save) takes no host copy: every file is written
+            in the training thread, one variable at a time, as
+            `keras.callbacks.ModelCheckpoint` does (memory against blocked
+            time: see docs/performance.md). See `keras_best.runner.memory`.
 
     Example:
 

@@ -10,6 +10,7 @@ What `Run` promises: the state it holds (best, kept files, history) is the
 state the run directory holds once pending writes are done; a failed write
 rolls both back to the update before; nothing is recorded until the files it
 names are written.
+Host memory stays within `max_host_memory` (see `keras_best.runner.memory`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute
+from keras_best.runner.memory import HostMemory, read_weights_of
 from keras_best.storage import files, manifest
-from keras_best.storage.buffers import HostBuffers
+from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
@@ -66,13 +68,14 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
         self.unwritten_from = 0  # history[unwritten_from:] is not in the history file yet
-        self.best_weights: list[Any] | None = None
+        self.best_weights: list[Any] | None = None  # kept only where `memory.keeps_best` says so
         self.architecture: str | None = None
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
         self.initial_step = 0
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
+        self.memory = HostMemory(options.max_host_memory, self.writer, self.chief)
         self.lock = None
         if self.chief:
             prepare_directory(self.directory)
@@ -161,9 +164,10 @@ class Run:
         if last and files.exists(last):
             parts.require_built(model, resuming=self.directory)
             best = self.state.best_record()
-            if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
+            if self.options.restore_best_weights and best is not None and self.memory.keeps_best(model):
+                # read first: a refusal changes nothing
                 weights = self.engine.weights_file(files.join(self.directory, best.path))
-                self.best_weights = _read_weights_of(model, weights)
+                self.best_weights = read_weights_of(model, weights)
             self.initial_epoch, self.initial_step = state.resume(last, parts.for_model(
                 model, optimizer, random=self.options.save_random_state))
         elif self.history:
@@ -210,31 +214,33 @@ class Run:
                    swapped: Sequence[tuple[Any, Any]]) -> None:
         txn = Transaction(record=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
         reuse, snapshot, copies = None, None, []
+        stream = self.memory.make_room(self.buffers, model, optimizer) if plan.save_as is not None or plan.write_state else False
         if plan.save_as is not None:
             rel = plan.save_as
             tmp_rel = files.tmp_path(rel)
-            snapshot = self.engine.snapshot(model)  # on every worker: may be collective
+            snapshot = self.engine.snapshot(model, stream=stream)  # on every worker: may be collective
             txn.done.append((tmp_rel, lambda committed: snapshot.release()))
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
             copies.extend((reuse or {}).values())
             self._add_write(txn, tmp_rel, snapshot.write, snapshot.detached)
             txn.renames.append((tmp_rel, rel))
         replaced = None
-        if plan.keep_host_copy:
+        if plan.keep_host_copy and self.memory.keeps_best(model):
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
             copies.extend(self.best_weights)
         if plan.write_state:
             taken = state.snapshot(parts.for_model(model, optimizer, random=self.options.save_random_state,
-                                                   swapped=swapped), self.buffers, reuse, epoch, step)
-            taken.add_to(txn, plan.state.last["path"])
+                                                   swapped=swapped), Streamed() if stream else self.buffers,
+                                   reuse, epoch, step)
+            taken.add_to(txn, plan.state.last["path"], (lambda tmp, write: self._add_write(txn, tmp, write, False))
+                         if stream else None)
             copies.extend(taken.arrays)
         if replaced is not None:
             # The previous best weights, once this best is recorded (a failed
             # write brings them back: see `_undo`).
             txn.done.append((None, lambda committed: committed and self.buffers.release(replaced)))
-        # Keep free, between saves, up to two sets of what this update took: with one
-        # write in flight and one waiting, the next update finds one (see `keras_best.storage.buffers`).
-        self.buffers.allow(2 * sum(a.nbytes for a in {id(a): a for a in copies}.values()))
+        # Keep free, between saves, the set this update took: the next update copies into it.
+        self.buffers.allow(sum(getattr(a, "nbytes", 0) for a in {id(a): a for a in copies}.values()))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state
         self.history.append(plan.entry)
@@ -344,11 +350,11 @@ class Run:
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
                 self._export_best(model)
-            if self.options.restore_best_weights and self.best_weights is not None:
-                # A backend may keep the arrays as the variables' memory (JAX on CPU): never reuse them.
-                self.buffers.forget(self.best_weights)
-                model.set_weights(self.best_weights)
-                restored = self.state.best_record()
+            best = self.state.best_record()
+            if self.options.restore_best_weights and self.memory.restore_best(
+                    model, self.best_weights, self.buffers,
+                    best and self.engine.weights_file(files.join(self.directory, best.path))):
+                restored = best
             self.writer.close()
             self.buffers.clear()
             error = error or self.take_write_error()
@@ -389,11 +395,3 @@ class Run:
         finally:
             model.set_weights(current)
 
-
-def _read_weights_of(model: Any, path: str) -> list[Any]:
-    current = model.get_weights()
-    try:
-        files.load_weights(model, path)
-        return model.get_weights()
-    finally:
-        model.set_weights(current)

@@ -34,6 +34,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     state_name,
     tmp_path,
 )
+from keras_best.keras_adapter import h5_layout
 from keras_best.storage.fs import filesystem, fsync_dir, fsync_path  # noqa: F401 - used as files.X
 from keras_best.storage.h5file import (  # noqa: F401 - used as files.X
     WRITEBACK_BYTES,
@@ -89,13 +90,17 @@ def local_copy(path: str) -> contextlib.AbstractContextManager[str]:
     return filesystem(path).local_copy(path)
 
 
-def load_weights(model: Any, path: str, hint: str = "") -> None:
+def load_weights(model: Any, path: str, hint: str = "", model_only: bool = False) -> None:
     """`model.load_weights(path)` (from a local copy when `path` is remote),
     with a damaged file reported as `DamagedFileError` naming it (and `hint`:
-    what to do instead)."""
+    what to do instead). `model_only`: leave the optimizer's variables as
+    they are (`h5_layout.load_weights`)."""
     try:
         with local_copy(path) as local:
-            model.load_weights(local)
+            if model_only:
+                h5_layout.load_weights(model, local, model_only=True)
+            else:
+                model.load_weights(local)
     except FileNotFoundError:
         raise
     except (OSError, KeyError) as e:  # h5py: truncated or not HDF5; a missing group

@@ -34,6 +34,7 @@ import sys
 import threading
 import traceback
 import weakref
+from typing import Callable
 
 from keras_best.storage import files
 from keras_best.storage.journal import Transaction, commit
@@ -97,6 +98,14 @@ class Writer:
                 self._thread = threading.Thread(target=self._run, name="keras-best-writer", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def wait_for(self, ready: Callable[[], bool], poll_s: float = 0.05) -> None:
+        """Wait until `ready()`, or until nothing is queued or being written
+        (the back-pressure of a bounded host memory: `ready` is polled each
+        time a transaction is over, and every `poll_s` seconds)."""
+        with self._cond:
+            while (self._pending is not None or self._writing) and self._error is None and not ready():
+                self._cond.wait(poll_s)
 
     def flush(self) -> None:
         """Wait until every submitted transaction is committed (or failed)."""
