@@ -13,6 +13,10 @@ the disk. In the background:
   being written and the one waiting), however fast improvements come. When the newer state still names a file of the waiting
   transaction (`keep_top_k > 1`) and the newer one brings a snapshot too,
   `submit` waits until the writer has started the older one instead.
+- `wait_for` lets the training thread wait for the writer before it takes
+  more host copies (`keras_best.runner.memory`: a run holds one save's
+  copies by default, so with the default budget no transaction waits while
+  another holding copies is written).
 - The manifest is written last in each commit, and a merged transaction's
   state is the newer one, which names only files this commit writes or that
   exist already: the manifest never names a file that is not on disk.
