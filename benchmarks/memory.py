@@ -17,7 +17,8 @@ same plus BackupAndRestore; `mc_keras` ModelCheckpoint(.keras); `kb_weights`
 BestCheckpoint(.weights.h5); `kb_keras` BestCheckpoint(.keras); `kb_resume`
 BestCheckpoint(.weights.h5, resume=True, restore_best_weights=True) with SGD
 momentum; `kb_stream` BestCheckpoint(.weights.h5, max_host_memory=0);
-`kb_resume_stream` kb_resume with max_host_memory=0. The `mc_bar`, `kb_resume*`
+`kb_resume_stream` kb_resume with max_host_memory=0; `kb_resume_3x` kb_resume
+with room for three saves (max_host_memory=3 * (weights + momentum)). The `mc_bar`, `kb_resume*`
 configurations (and their baseline) train with SGD momentum, the others with plain SGD.
 """
 
@@ -32,8 +33,9 @@ import sys
 import tempfile
 import time
 
-CONFIGS = ["mc", "mc_bar", "mc_keras", "kb_weights", "kb_keras", "kb_resume", "kb_stream", "kb_resume_stream"]
-MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_stream", "base_momentum"}
+CONFIGS = ["mc", "mc_bar", "mc_keras", "kb_weights", "kb_keras", "kb_resume", "kb_resume_3x", "kb_stream",
+           "kb_resume_stream"]
+MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_3x", "kb_resume_stream", "base_momentum"}
 WIDTH = 4096
 
 
@@ -89,8 +91,10 @@ def _child(config: str, size_gb: float, epochs: int, directory: str) -> dict:
         from keras_best import BestCheckpoint
 
         options = {"verbose": 0}
-        if config in ("kb_resume", "kb_resume_stream"):
+        if config in ("kb_resume", "kb_resume_3x", "kb_resume_stream"):
             options.update(resume=True, restore_best_weights=True)
+        if config == "kb_resume_3x":  # room for three saves (weights and momentum): runs ahead of the disk
+            options["max_host_memory"] = 3 * 2 * model_bytes
         if config.endswith("stream"):
             options["max_host_memory"] = 0
         suffix = ".keras" if config == "kb_keras" else ".weights.h5"
