@@ -347,6 +347,7 @@ class Run:
         error, restored = None, None
         try:
             self.writer.flush()
+            self.buffers.clear()  # written: the free copies go before the export and the restore
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
                 self._export_best(model)
@@ -356,7 +357,6 @@ class Run:
                     best and self.engine.weights_file(files.join(self.directory, best.path))):
                 restored = best
             self.writer.close()
-            self.buffers.clear()
             error = error or self.take_write_error()
         finally:
             if self.lock is not None:

@@ -7,8 +7,8 @@ hands them to the next copy of a variable of the same shape and dtype, so
 the training thread copies into memory already mapped.
 
 Every array it hands out is held by one or more holders (a best file's
-snapshot, the training state of the same update, the best weights kept for
-`restore_best_weights`), each of which calls `release` once when done; the
+snapshot, the training state of the same update, and on a worker of several
+processes the best weights kept for `restore_best_weights`), each of which calls `release` once when done; the
 array is reused only when all of them have. A holder that never releases
 (a dropped job, an error) costs no memory: the pool keeps no reference to a
 held array, which is freed as usual once nothing uses it.
