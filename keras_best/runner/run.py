@@ -164,10 +164,12 @@ class Run:
         if last and files.exists(last):
             parts.require_built(model, resuming=self.directory)
             best = self.state.best_record()
-            if self.options.restore_best_weights and best is not None and self.memory.keeps_best(model):
-                # read first: a refusal changes nothing
+            if self.options.restore_best_weights and best is not None:  # read first: a refusal changes nothing
                 weights = self.engine.weights_file(files.join(self.directory, best.path))
-                self.best_weights = read_weights_of(model, weights)
+                if self.memory.keeps_best(model):
+                    self.best_weights = read_weights_of(model, weights)
+                else:
+                    files.check_readable(weights)  # finish() reads it back
             self.initial_epoch, self.initial_step = state.resume(last, parts.for_model(
                 model, optimizer, random=self.options.save_random_state))
         elif self.history:

@@ -14,7 +14,8 @@ import contextlib
 import errno
 import os
 import stat
-from typing import Any, Callable
+import zipfile
+from typing import Any, Callable, Iterator
 
 from keras_best.core.names import (  # noqa: F401 - the run directory's names, used as files.X
     COMPLETE_MARKER,
@@ -95,15 +96,41 @@ def load_weights(model: Any, path: str, hint: str = "", model_only: bool = False
     with a damaged file reported as `DamagedFileError` naming it (and `hint`:
     what to do instead). `model_only`: leave the optimizer's variables as
     they are (`h5_layout.load_weights`)."""
+    with _damaged_as_error(path, hint), local_copy(path) as local:
+        if model_only:
+            h5_layout.load_weights(model, local, model_only=True)
+        else:
+            model.load_weights(local)
+
+
+def check_readable(path: str, hint: str = "") -> None:
+    """Read all of the weights file `path` (every dataset of an HDF5 file,
+    every member of a `.keras` archive), one piece at a time, keeping none:
+    a damaged file raises `DamagedFileError` as `load_weights` would."""
+    import h5py
+
+    def read(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+
+    with _damaged_as_error(path, hint), local_copy(path) as local:
+        if zipfile.is_zipfile(local):
+            with zipfile.ZipFile(local) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise OSError(f"the archive's member {bad!r} is corrupt")
+        else:
+            with h5py.File(local, "r") as f:
+                f.visititems(read)
+
+
+@contextlib.contextmanager
+def _damaged_as_error(path: str, hint: str) -> Iterator[None]:
     try:
-        with local_copy(path) as local:
-            if model_only:
-                h5_layout.load_weights(model, local, model_only=True)
-            else:
-                model.load_weights(local)
+        yield
     except FileNotFoundError:
         raise
-    except (OSError, KeyError) as e:  # h5py: truncated or not HDF5; a missing group
+    except (OSError, KeyError, zipfile.BadZipFile) as e:  # h5py: truncated or not HDF5; a missing group
         raise DamagedFileError(
             f"Cannot read {path}: the file is damaged or incomplete ({str(e)[:200]}).{hint}"
         ) from e
