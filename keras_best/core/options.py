@@ -65,6 +65,7 @@ class Options:
     save_random_state: bool = True
     state: Any = None
     max_shard_size: float | None = None
+    max_host_memory: int | None = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -88,6 +89,8 @@ class Options:
         # Checked now, not at the first update: raises their own messages.
         self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
         self._set("archive_every", integer("archive_every", self.archive_every, 1, " (epochs) or None"))
+        self._set("max_host_memory", integer("max_host_memory", self.max_host_memory, 0,
+                                             " (bytes; 0 takes no host copy), or None for one save's size"))
         self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
                                                       1, " or None"))
         if self.save_state_every is not None:

@@ -86,8 +86,10 @@ class Engine:
 
     format: str = ""
 
-    def snapshot(self, model: Any) -> Snapshot:
-        """Capture `model` in the calling (training) thread; see `Snapshot`."""
+    def snapshot(self, model: Any, stream: bool = False) -> Snapshot:
+        """Capture `model` in the calling (training) thread; see `Snapshot`.
+        With `stream`, hold no host copy of the model: the snapshot is not
+        detached, and its `write` reads one variable at a time."""
         raise NotImplementedError
 
     def weights_file(self, path: str) -> str:

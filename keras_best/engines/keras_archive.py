@@ -71,10 +71,10 @@ class ArchiveWriter:
         self._weights = WeightsWriter(refuse_assets=True, fallback="model.save", buffers=buffers)
         self._failed_for: int | None = None
 
-    def snapshot(self, model: Any) -> ArchiveSnapshot | None:
+    def snapshot(self, model: Any, stream: bool = False) -> ArchiveSnapshot | None:
         if self._failed_for == id(model):
             return None
-        weights = self._weights.snapshot(model)
+        weights = self._weights.snapshot(model, stream)
         if weights is None:
             self._failed_for = id(model)
             return None
@@ -101,12 +101,12 @@ class KerasEngine(Engine):
         self._legacy_h5 = legacy_h5
         self._archive = ArchiveWriter(buffers)
 
-    def snapshot(self, model: Any) -> Snapshot:
+    def snapshot(self, model: Any, stream: bool = False) -> Snapshot:
         import keras
 
         if self._legacy_h5 or type(model).save is not keras.Model.save:
             return LiveSnapshot(model, _save)  # legacy format, or the model's own save
-        snap = self._archive.snapshot(model)
+        snap = self._archive.snapshot(model, stream)
         return LiveSnapshot(model, _save) if snap is None else snap
 
 

@@ -46,8 +46,8 @@ class SavedModelEngine(Engine):
         self._twin: _Twin | None = None
         self._refused: int | None = None  # id of a model exported in the training thread
 
-    def snapshot(self, model: Any) -> Snapshot:
-        twin = self._twin_of(model)
+    def snapshot(self, model: Any, stream: bool = False) -> Snapshot:
+        twin = None if stream else self._twin_of(model)  # streamed: `model.export`, no host copy
         weights = self._weights.snapshot(model) if twin is not None else None
         if weights is None or any(id(v) not in weights.by_variable for v in model.weights):
             return LiveSnapshot(model, export)

@@ -147,8 +147,8 @@ class ShardedWeightsEngine(WeightsEngine):
         super().__init__(buffers)
         self.max_shard_size = max_shard_size
 
-    def snapshot(self, model: Any) -> Snapshot:
-        snap = super().snapshot(model)
+    def snapshot(self, model: Any, stream: bool = False) -> Snapshot:
+        snap = super().snapshot(model, stream)
         if isinstance(snap, LiveSnapshot):
             return LiveShardedSnapshot(model, self.max_shard_size)
         assert isinstance(snap, WeightsSnapshot)

@@ -33,15 +33,16 @@ class WeightsSnapshot(Snapshot):
     """A `LayoutCopy` (host copies in `.weights.h5` order) held in the run's
     `HostBuffers` until `release()`, and written with plain h5py."""
 
-    detached = True  # holds host arrays only: `write` may run in any thread
-
-    def __init__(self, copy: LayoutCopy, buffers: HostBuffers | None = None) -> None:
+    def __init__(self, copy: LayoutCopy, buffers: HostBuffers | None = None, stream: bool = False) -> None:
         self.groups = copy.groups
-        self._by_variable = copy.by_variable
+        # Streamed (`stream`): no host copy, each variable is read as it is
+        # written, so `write` runs in the training thread.
+        self.detached = not stream  # holds host arrays only: `write` may run in any thread
+        self._by_variable = {} if stream else copy.by_variable
         # Held in `buffers` until `release()`: then reused by a later copy.
-        self._read, self._buffers = copy.read, buffers
-        if buffers is not None:
-            buffers.hold(copy.read)
+        self._read, self._buffers = copy.read, None if stream else buffers
+        if self._buffers is not None:
+            self._buffers.hold(copy.read)
 
     @property
     def by_variable(self) -> dict[int, np.ndarray]:
@@ -80,6 +81,7 @@ def fill_groups(f: Any, groups: Any) -> None:
         for k, v in (attrs or {}).items():
             group.attrs[k] = v
         for key, value in entries:
+            value = np.asarray(value)  # a streamed variable is read now (`HostValue`)
             if value.dtype.name == "bfloat16":  # h5py stores its bytes; Keras marks the dataset
                 ds = group.create_dataset(key, data=value)
                 ds.attrs["dtype"] = "bfloat16"
@@ -92,11 +94,15 @@ class OnWeights(Snapshot):
     JSON, a SavedModel twin): it shares the weights' host copies and lends
     them back on `release()`."""
 
-    detached = True  # host data only: `write` may run in any thread
     extra_bytes = 0  # host memory held beside the weights' copies
 
     def __init__(self, weights: WeightsSnapshot) -> None:
         self.weights = weights
+
+    @property
+    def detached(self) -> bool:  # type: ignore[override]
+        """Host data only (unless streamed): `write` may run in any thread."""
+        return self.weights.detached
 
     @property
     def by_variable(self) -> dict[int, np.ndarray]:
@@ -125,9 +131,10 @@ class WeightsWriter:
         self._failed_for: int | None = None
         self._refuse_assets, self._fallback, self._buffers = refuse_assets, fallback, buffers
 
-    def snapshot(self, model: Any) -> WeightsSnapshot | None:
-        """A detached snapshot of `model` (its copies held in `buffers`), or
-        `None` if it must be saved with `model.save_weights` in the calling thread."""
+    def snapshot(self, model: Any, stream: bool = False) -> WeightsSnapshot | None:
+        """A detached snapshot of `model` (its copies held in `buffers`; with
+        `stream`, no copies and not detached), or `None` if it must be saved
+        with `model.save_weights` in the calling thread."""
         if self._failed_for == id(model):
             return None
         layout = self._layout
@@ -138,7 +145,8 @@ class WeightsWriter:
                 self.refuse(model, e)
                 return None
         buffers = self._buffers
-        return WeightsSnapshot(layout.read(buffers.free_for if buffers is not None else None), buffers)
+        return WeightsSnapshot(layout.read(buffers.free_for if buffers is not None else None, stream), buffers,
+                               stream)
 
     def refuse(self, model: Any, reason: BaseException) -> None:
         """From now on, `model` is saved in the calling thread: warn once."""
@@ -162,10 +170,10 @@ class WeightsEngine(Engine):
     def __init__(self, buffers: HostBuffers | None = None) -> None:
         self._weights = WeightsWriter(buffers=buffers)
 
-    def snapshot(self, model: Any) -> Snapshot:
+    def snapshot(self, model: Any, stream: bool = False) -> Snapshot:
         import keras
 
         if type(model).save_weights is not keras.Model.save_weights:
             return LiveSnapshot(model, _save_weights)  # the model's own save_weights
-        snap = self._weights.snapshot(model)
+        snap = self._weights.snapshot(model, stream)
         return LiveSnapshot(model, _save_weights) if snap is None else snap

@@ -70,7 +70,8 @@ class BestWeightsTracker:
             (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
         restore_best_weights: at `finish()`, put the best weights back into
-            the model (from memory, no disk read).
+            the model, read from the best's file (no host copy is kept;
+            the optimizer's variables are left as they are).
         optimizer: the optimizer of a custom loop, saved in the training state
             (defaults to `model.optimizer` when the model is compiled); every other
             optimizer the model tracks (a GAN's `d_optimizer`...) is saved too.
@@ -96,24 +97,20 @@ class BestWeightsTracker:
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
             count as not improving for `patience`.
-        preempt_signals: the signals that announce a preemption (Slurm,
-            Kubernetes, spot VMs send SIGTERM before killing a job): on one,
-            the training state is written at the next safe point (a batch's
-            end in `fit()`, `batches()`, `run()`; or where your loop checks
-            `preempted`) and `Preempted` ends the process with status 128 +
-            signal (143 for SIGTERM); rerun with `resume=True`. "auto": SIGTERM
-            when the run keeps a training state, else none; a list such as
-            `["SIGTERM", "SIGUSR1"]`; or `None`. A second signal ends the
-            process at once (see `keras_best.runner.preemption`).
-        async_save: write `.weights.h5` and `.keras` files, training states
-            and the record in a background thread (default): `update()` only
-            waits for host copies of the variables, and a write error is
-            raised from the next `update()` or `finish()` (the previous best
-            stays intact and recorded). `finish()` waits for the writes, and
-            so does interpreter exit. `False` writes everything before
-            `update()` returns. SavedModel exports are written in the
-            training thread (`export_at_finish=True` exports once, at the
-            end). Host copies are reused: see `keras_best.storage.buffers`.
+        preempt_signals: the signals that announce a preemption (SIGTERM from Slurm,
+            Kubernetes, spot VMs): the training state is written at the next safe point (a
+            batch's end in `fit()`, `batches()`, `run()`, or where your loop checks `preempted`),
+            then `Preempted` exits with status 128 + signal; rerun with `resume=True`. "auto":
+            SIGTERM when a training state is kept; a list such as `["SIGTERM", "SIGUSR1"]`; or
+            `None`. A second signal ends the process at once (`keras_best.runner.preemption`).
+        async_save: write files, training states and the record in a background thread
+            (default): `update()` waits only for host copies; a write error is raised by the next
+            `update()` or `finish()`, the previous best intact. `finish()` and interpreter exit
+            wait for the writes; `False` writes before `update()` returns.
+        max_host_memory: bytes that saves may hold on the host (`None`: one save, weights and
+            optimizer; a slow disk makes `update()` wait). `0` (or less than one save) copies
+            nothing: files are written in the training thread, one variable at a time, as
+            `ModelCheckpoint` does (docs/performance.md: memory against blocked time).
 
     Example:
 

@@ -30,12 +30,13 @@ and values as `save_weights`'s (and the archives the members of
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from keras_best.keras_adapter.host import BatchReader, host_copy, is_variable, read_into
+from keras_best.keras_adapter.host import BatchReader, HostValue, host_copy, is_variable, read_into
 
 
 class LayoutError(RuntimeError):
@@ -93,14 +94,20 @@ class Layout:
     def is_current(self) -> bool:
         return fingerprint(self.model) == self.fingerprint
 
-    def read(self, free_for: Callable[[list[Any]], list[np.ndarray | None]] | None = None) -> LayoutCopy:
+    def read(self, free_for: Callable[[list[Any]], list[np.ndarray | None]] | None = None,
+             stream: bool = False) -> LayoutCopy:
         """Host copies of every saved variable, grouped as in the file; a
         variable is copied into its array of `free_for(variables)` when that
-        fits (e.g. `HostBuffers.free_for`)."""
+        fits (e.g. `HostBuffers.free_for`). With `stream`, no copy: each
+        variable is a `HostValue`, read when it is written."""
         store = _RecordingStore()
         for save, path, metadata in self.owners:
             save(store.make(path, metadata))
-        return store.copy(self._read, free_for)
+        return store.copy(_deferred if stream else self._read, None if stream else free_for)
+
+
+def _deferred(variables: list[Any], out: Any = None) -> list[Any]:
+    return [HostValue(v) for v in variables]
 
 
 def fingerprint(model: Any) -> tuple[Any, ...]:
@@ -126,6 +133,24 @@ def optimizer_fits(optimizer: Any, model: Any) -> bool:
         return True
     shapes = [tuple(v.shape) for v in built_for]
     return shapes == [tuple(v.shape) for v in model.trainable_variables]
+
+
+def load_weights(model: Any, path: str, model_only: bool = False) -> None:
+    """`model.load_weights(path)`; with `model_only`, the optimizer's
+    variables keep their values (Keras's `load_weights_only(...,
+    objects_to_skip=)`, where this Keras has it; else they are put back)."""
+    optimizer = getattr(model, "optimizer", None)
+    if not model_only or optimizer is None or not getattr(optimizer, "variables", None):
+        model.load_weights(path)
+        return
+    load = _saving_lib().load_weights_only
+    if path.endswith((".weights.h5", ".keras")) and "objects_to_skip" in inspect.signature(load).parameters:
+        load(model, path, objects_to_skip=[optimizer])
+        return
+    kept = [host_copy(v) for v in optimizer.variables]
+    model.load_weights(path)
+    for v, a in zip(optimizer.variables, kept):
+        v.assign(a)
 
 
 def ema_pairs(optimizer: Any) -> list[tuple[Any, Any]]:

@@ -41,6 +41,52 @@ def read_into(variables: list[Any], out: list[np.ndarray | None] | None = None) 
     return arrays
 
 
+class HostValue:
+    """A variable whose host copy is taken only when asked (`np.asarray(it)`),
+    so that a file can be written one variable at a time, with no copy of the
+    whole model (in the training thread: the variable is read then)."""
+
+    __slots__ = ("variable",)
+
+    def __init__(self, variable: Any) -> None:
+        self.variable = variable
+
+    @property
+    def nbytes(self) -> int:
+        """The size of its host copy."""
+        return int(np.prod(self.shape, dtype=np.int64)) * _itemsize(self.variable.dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.variable.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of its host copy (bfloat16 and float8 through `ml_dtypes`, as Keras reads them)."""
+        import ml_dtypes
+
+        name = str(getattr(self.variable.dtype, "name", self.variable.dtype))
+        return np.dtype(getattr(ml_dtypes, name, name))
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        a = host_copy(self.variable)
+        return a if dtype is None else a.astype(dtype, copy=False)
+
+
+def nbytes_of(variables: list[Any]) -> int:
+    """The bytes of one host copy of each variable (counted once)."""
+    return sum(HostValue(v).nbytes for v in {id(v): v for v in variables}.values())
+
+
+def _itemsize(dtype: Any) -> int:
+    name = str(getattr(dtype, "name", dtype))
+    try:
+        return np.dtype(name).itemsize
+    except TypeError:  # bfloat16, float8... without ml_dtypes registered: their bit width
+        digits = "".join(c for c in name if c.isdigit())
+        return max(1, int(digits or 32) // 8)
+
+
 class BatchReader:
     """Reads many TensorFlow variables in one `tf.function` call.
 

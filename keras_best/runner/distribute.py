@@ -208,6 +208,11 @@ def load_weights(model: Any, path: str, chief: bool) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def spans_processes(model: Any) -> bool:
+    """Whether `model` is trained by several processes (see `is_chief`)."""
+    return _group_of(model) is not None
+
+
 class _Group(NamedTuple):
     """The processes of a distributed job, as `agree` sees them."""
 

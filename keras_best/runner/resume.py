@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from keras_best.runner.memory import read_weights_of
 from keras_best.storage import files
 from keras_best.storage.manifest import RunRecord
 from keras_best.training_state import parts, rng, state
@@ -43,7 +44,11 @@ def resume(run: Any, record: RunRecord, model: Any, optimizer: Any, epochs: int 
     loaded = state.read(last, run.state_parts(model, optimizer, random=random))  # builds the optimizers
     best = run.state.best_record()
     if run.options.restore_best_weights and best is not None:  # read first: a refusal assigns nothing
-        run.best_weights = read_weights_of(model, run.engine.weights_file(files.join(run.directory, best.path)))
+        weights = run.engine.weights_file(files.join(run.directory, best.path))
+        if run.memory.keeps_best(model):
+            run.best_weights = read_weights_of(model, weights)
+        else:
+            files.check_readable(weights)  # finish() reads it back
     epoch, step = loaded.assign()
     run.initial_epoch, run.initial_step = (epoch + 1, 0) if step is None else (epoch, step + 1)
     run.random_before = None if before is None else (model, before)
@@ -64,13 +69,3 @@ def check_record(run: Any, record: RunRecord, model: Any) -> None:
         raise ValueError(f"{where} require={record.require!r}, not {o.require_spec!r}. Use the same "
                          "constraints, or another directory for a new run.")
     parts.check_architecture(model, record.architecture, run.directory)
-
-
-def read_weights_of(model: Any, path: str) -> list[Any]:
-    """The model weights of the weights file `path` (the model keeps its own)."""
-    current = model.get_weights()
-    try:
-        files.load_weights(model, path)
-        return model.get_weights()
-    finally:
-        model.set_weights(current)

@@ -10,6 +10,7 @@ What `Run` promises: the state it holds (best, kept files, history) is the
 state the run directory holds once pending writes are done; a failed write
 rolls both back to the update before; nothing is recorded until the files it
 names are written.
+Host memory stays within `max_host_memory` (see `keras_best.runner.memory`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute
+from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
 from keras_best.storage import files, manifest
-from keras_best.storage.buffers import HostBuffers
+from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
@@ -67,7 +69,7 @@ class Run:
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
         self.unwritten_from = 0  # history[unwritten_from:] is not in the history file yet
-        self.best_weights: list[Any] | None = None
+        self.best_weights: list[Any] | None = None  # kept only where `memory.keeps_best` says so
         self.architecture: str | None = None
         self.initial_epoch = 0
         self.resumed = False  # whether open() continued a recorded run
@@ -77,6 +79,7 @@ class Run:
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
+        self.memory = HostMemory(options.max_host_memory, self.writer, self.chief)
         self.lock = None
         if self.chief:
             prepare_directory(self.directory)
@@ -205,8 +208,9 @@ class Run:
         reuse, snapshot, copies = None, None, []
         # Built first (optimizers not built yet): the best file holds what the state does.
         state_parts = plan.write_state and self.state_parts(model, optimizer, self.options.save_random_state, swapped)
+        stream = self.memory.make_room(self.buffers, model, optimizer) if plan.save_as is not None or plan.write_state else False
         if plan.save_as is not None:
-            snapshot = self.engine.snapshot(model)  # on every worker: may be collective
+            snapshot = self.engine.snapshot(model, stream=stream)  # on every worker: may be collective
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
             copies.extend((reuse or {}).values())
             token = files.tmp_path("")  # one temp token for a set's files: see `files.load_weights`
@@ -216,20 +220,20 @@ class Run:
                 self._add_write(txn, tmp_rel, write, snapshot.detached)
                 txn.renames.append((tmp_rel, rel))
         replaced = None
-        if plan.keep_host_copy:
+        if plan.keep_host_copy and self.memory.keeps_best(model):
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
             copies.extend(self.best_weights)
         if plan.write_state:
-            taken = state.snapshot(state_parts, self.buffers, reuse, epoch, step)
-            taken.add_to(txn, plan.state.last["path"])
+            taken = state.snapshot(state_parts, Streamed() if stream else self.buffers, reuse, epoch, step)
+            taken.add_to(txn, plan.state.last["path"], (lambda tmp, write: self._add_write(txn, tmp, write, False))
+                         if stream else None)
             copies.extend(taken.arrays)
         if replaced is not None:
             # The previous best weights, once this best is recorded (a failed
             # write brings them back: see `_undo`).
             txn.done.append((None, lambda committed: committed and self.buffers.release(replaced)))
-        # Keep free, between saves, up to two sets of what this update took: with one
-        # write in flight and one waiting, the next update finds one (see `keras_best.storage.buffers`).
-        self.buffers.allow(2 * sum(a.nbytes for a in {id(a): a for a in copies}.values()))
+        # Keep free, between saves, the set this update took: the next update copies into it.
+        self.buffers.allow(sum(getattr(a, "nbytes", 0) for a in {id(a): a for a in copies}.values()))
         self.architecture = self.architecture or architecture_of(model)
         self.state = plan.state
         self.history.append(plan.entry)
@@ -336,16 +340,16 @@ class Run:
         error, restored = None, None
         try:
             self.writer.flush()
+            self.buffers.clear()  # written: the free copies go before the export and the restore
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
                 self._export_best(model)
-            if self.options.restore_best_weights and self.best_weights is not None:
-                # A backend may keep the arrays as the variables' memory (JAX on CPU): never reuse them.
-                self.buffers.forget(self.best_weights)
-                model.set_weights(self.best_weights)
-                restored = self.state.best_record()
+            best = self.state.best_record()
+            if self.options.restore_best_weights and self.memory.restore_best(
+                    model, self.best_weights, self.buffers,
+                    best and self.engine.weights_file(files.join(self.directory, best.path))):
+                restored = best
             self.writer.close()
-            self.buffers.clear()
             error = error or self.take_write_error()
         finally:
             if self.lock is not None:

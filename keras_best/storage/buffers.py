@@ -7,17 +7,20 @@ hands them to the next copy of a variable of the same shape and dtype, so
 the training thread copies into memory already mapped.
 
 Every array it hands out is held by one or more holders (a best file's
-snapshot, the training state of the same update, the best weights kept for
-`restore_best_weights`), each of which calls `release` once when done; the
+snapshot, the training state of the same update, and on a worker of several
+processes the best weights kept for `restore_best_weights`), each of which calls `release` once when done; the
 array is reused only when all of them have. A holder that never releases
 (a dropped job, an error) costs no memory: the pool keeps no reference to a
 held array, which is freed as usual once nothing uses it.
 
-Free arrays are kept up to `limit` bytes. A run (`keras_best.runner.run`) allows two
-sets of what one update copies (weights, optimizer variables): with one write
-in flight and one waiting, the next update still finds a free set, so the
-host holds at most four sets (written, waiting, being copied, one spare);
-when the disk keeps up, two (the one being written and the spare).
+Free arrays are kept up to `limit` bytes. A run (`keras_best.runner.run`) allows one
+set of what one update copies (weights, optimizer variables) and, before it
+copies, waits until the arrays still held (`held_bytes`, a set the writer has
+not written yet) leave room for the next set within its budget
+(`max_host_memory`; by default one set): the host holds at most one set,
+written and then reused, however far the disk falls behind. A budget below
+one set takes no copy at all (`Streamed`: each variable is read while the
+file is written, in the training thread).
 
 Example:
     >>> buffers = HostBuffers()
@@ -37,7 +40,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from keras_best.keras_adapter.host import read_into
+from keras_best.keras_adapter.host import HostValue, read_into
 
 
 def _key(shape: Any, dtype: Any) -> tuple[tuple[int, ...], str] | None:
@@ -61,6 +64,12 @@ class HostBuffers:
     @property
     def free_bytes(self) -> int:
         return self._free_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the arrays still held (and alive): copies not written yet."""
+        with self._lock:
+            return sum(a.nbytes for a in (ref() for ref, _ in self._holds.values()) if a is not None)
 
     def free_for(self, variables: Iterable[Any]) -> list[np.ndarray | None]:
         """A free array for each variable (its shape and dtype), or `None`;
@@ -130,7 +139,7 @@ class HostBuffers:
         return arrays
 
     def allow(self, nbytes: int) -> None:
-        """Keep up to `nbytes` of free arrays (at least one update's copies)."""
+        """Keep up to `nbytes` of free arrays (one update's copies)."""
         self.limit = max(self.limit, nbytes)
 
     def clear(self) -> None:
@@ -139,3 +148,20 @@ class HostBuffers:
             self._free.clear()
             self._free_bytes = 0
             self.limit = 0
+
+
+class Streamed:
+    """Where `HostBuffers` lends host copies, `Streamed` lends none: each
+    "copy" is a `HostValue`, read when the file is written (in the training
+    thread), one variable at a time. The budget `max_host_memory=0`."""
+
+    limit = free_bytes = held_bytes = 0
+
+    def copies(self, variables: list[Any], reuse: Mapping[int, np.ndarray] | None = None) -> list[HostValue]:
+        return [HostValue(v) for v in variables]
+
+    def hold(self, arrays: Iterable[Any]) -> None:
+        pass
+
+    def release(self, arrays: Iterable[Any]) -> None:
+        pass

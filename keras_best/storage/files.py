@@ -14,7 +14,8 @@ import contextlib
 import errno
 import os
 import stat
-from typing import Any, Callable
+import zipfile
+from typing import Any, Callable, Iterator
 
 from keras_best.core.names import (  # noqa: F401 - the run directory's names, used as files.X
     COMPLETE_MARKER,
@@ -37,6 +38,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     state_name,
     tmp_path,
 )
+from keras_best.keras_adapter import h5_layout
 from keras_best.storage.fs import filesystem, fsync_dir, fsync_path  # noqa: F401 - used as files.X
 from keras_best.storage.h5file import (  # noqa: F401 - used as files.X
     WRITEBACK_BYTES,
@@ -109,16 +111,56 @@ def local_copy(path: str) -> contextlib.AbstractContextManager[str]:
     return filesystem(path).local_copy(path)
 
 
-def load_weights(model: Any, path: str, hint: str = "") -> None:
+def load_weights(model: Any, path: str, hint: str = "", model_only: bool = False) -> None:
     """`model.load_weights(path)` (from a local copy when `path` is remote),
     with a damaged file reported as `DamagedFileError` naming it (and `hint`:
-    what to do instead)."""
-    try:
-        with _set_view(path) if is_set_name(basename(path)) else local_copy(path) as local:
+    what to do instead). `model_only`: leave the optimizer's variables as
+    they are (`h5_layout.load_weights`)."""
+    with _damaged_as_error(path, hint), _readable(path) as local:
+        if model_only:
+            h5_layout.load_weights(model, local, model_only=True)
+        else:
             model.load_weights(local)
+
+
+def _readable(path: str) -> contextlib.AbstractContextManager[str]:
+    """A local path that reads as `path` does: a sharded set's view (`_set_view`), or `local_copy`."""
+    return _set_view(path) if is_set_name(basename(path)) else local_copy(path)
+
+
+def check_readable(path: str, hint: str = "") -> None:
+    """Read all of the weights file `path` (every dataset of an HDF5 file,
+    every member of a `.keras` archive), one piece at a time, keeping none:
+    a damaged file raises `DamagedFileError` as `load_weights` would."""
+    import h5py
+
+    def read(name: str, obj: Any) -> None:
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+
+    with _damaged_as_error(path, hint), _readable(path) as local:
+        if is_set_name(basename(local)):  # a sharded set: every shard its index names
+            folder = os.path.dirname(local)
+            for shard in sorted(n for n in os.listdir(folder) if is_shard_of(n, basename(local))):
+                with h5py.File(os.path.join(folder, shard), "r") as f:
+                    f.visititems(read)
+        elif zipfile.is_zipfile(local):
+            with zipfile.ZipFile(local) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                raise OSError(f"the archive's member {bad!r} is corrupt")
+        else:
+            with h5py.File(local, "r") as f:
+                f.visititems(read)
+
+
+@contextlib.contextmanager
+def _damaged_as_error(path: str, hint: str) -> Iterator[None]:
+    try:
+        yield
     except FileNotFoundError:
         raise
-    except (OSError, KeyError) as e:  # h5py: truncated or not HDF5; a missing group
+    except (OSError, KeyError, zipfile.BadZipFile) as e:  # h5py: truncated or not HDF5; a missing group
         raise DamagedFileError(
             f"Cannot read {path}: the file is damaged or incomplete ({str(e)[:200]}).{hint}"
         ) from e

@@ -13,6 +13,10 @@ the disk. In the background:
   being written and the one waiting), however fast improvements come. When the newer state still names a file of the waiting
   transaction (`keep_top_k > 1`) and the newer one brings a snapshot too,
   `submit` waits until the writer has started the older one instead.
+- `wait_for` lets the training thread wait for the writer before it takes
+  more host copies (`keras_best.runner.memory`: a run holds one save's
+  copies by default, so with the default budget no transaction waits while
+  another holding copies is written).
 - The manifest is written last in each commit, and a merged transaction's
   state is the newer one, which names only files this commit writes or that
   exist already: the manifest never names a file that is not on disk.
@@ -34,6 +38,7 @@ import sys
 import threading
 import traceback
 import weakref
+from typing import Callable
 
 from keras_best.storage import files
 from keras_best.storage.journal import Transaction, commit
@@ -97,6 +102,14 @@ class Writer:
                 self._thread = threading.Thread(target=self._run, name="keras-best-writer", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def wait_for(self, ready: Callable[[], bool], poll_s: float = 0.05) -> None:
+        """Wait until `ready()`, or until nothing is queued or being written
+        (the back-pressure of a bounded host memory: `ready` is polled each
+        time a transaction is over, and every `poll_s` seconds)."""
+        with self._cond:
+            while (self._pending is not None or self._writing) and self._error is None and not ready():
+                self._cond.wait(poll_s)
 
     def flush(self) -> None:
         """Wait until every submitted transaction is committed (or failed)."""

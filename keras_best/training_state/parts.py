@@ -105,7 +105,7 @@ class Variables:
     def write(self, group: Any, copies: Mapping[str, np.ndarray]) -> None:
         group.attrs["count"] = len(copies)
         for key, a in copies.items():
-            group.create_dataset(key, data=a)
+            group.create_dataset(key, data=np.asarray(a))  # a streamed variable is read now
 
     def read(self, group: Any, where: str) -> list[np.ndarray]:
         if group is None:

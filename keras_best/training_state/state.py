@@ -35,13 +35,13 @@ Example (a part of your own beside today's):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import h5py
 import numpy as np
 
 from keras_best.storage import files
-from keras_best.storage.buffers import HostBuffers
+from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.writer import Transaction
 
 
@@ -74,19 +74,25 @@ class StateSnapshot:
     parts: tuple[tuple[StatePart, Mapping[str, np.ndarray]], ...]
     epoch: int
     step: int | None
-    buffers: HostBuffers
+    buffers: HostBuffers | Streamed
 
     @property
     def arrays(self) -> list[np.ndarray]:
         """Every host array of the snapshot."""
         return [a for _, copies in self.parts for a in copies.values()]
 
-    def add_to(self, txn: Transaction, rel: str) -> None:
+    def add_to(self, txn: Transaction, rel: str, write_now: Callable[[str, Callable[[str], None]], None] | None
+               = None) -> None:
         """Have `txn` write the state file `rel` (the writer writes a temp file,
-        renamed on commit); the host copies go back to the pool once it is written."""
+        renamed on commit); the host copies go back to the pool once it is written.
+        With `write_now(tmp_rel, write)`, the temp file is written at once instead
+        (a streamed state: its variables are read as they are written)."""
         tmp_rel = files.tmp_path(rel)
-        txn.done.append((tmp_rel, lambda committed: self.buffers.release(self.arrays)))
-        txn.jobs.append((self.write, tmp_rel))  # dropped on non-chief workers (nothing to read)
+        if write_now is not None:
+            write_now(tmp_rel, self.write)
+        else:
+            txn.done.append((tmp_rel, lambda committed: self.buffers.release(self.arrays)))
+            txn.jobs.append((self.write, tmp_rel))  # dropped on non-chief workers (nothing to read)
         txn.renames.append((tmp_rel, rel))
 
     def write(self, path: str) -> None:
@@ -100,7 +106,7 @@ class StateSnapshot:
             part.write(f.create_group(part.name), copies)
 
 
-def snapshot(parts: Sequence[StatePart], buffers: HostBuffers, reuse: Mapping[int, np.ndarray] | None,
+def snapshot(parts: Sequence[StatePart], buffers: HostBuffers | Streamed, reuse: Mapping[int, np.ndarray] | None,
              epoch: int, step: int | None) -> StateSnapshot:
     """Host copies of every part (in the training thread)."""
     _check_names(parts)
