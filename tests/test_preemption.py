@@ -173,8 +173,8 @@ def test_a_real_signal_in_process_saves_at_the_batch_and_raises_preempted(tmp_pa
     again.finish()
 
 
-def test_the_hand_written_check_then_finish_raises_preempted(tmp_path):
-    tracker = _tracker(tmp_path, preempt_signals="SIGUSR1")
+def test_the_hand_written_check_then_finish_raises_preempted(tmp_path, capsys):
+    tracker = _tracker(tmp_path, preempt_signals="SIGUSR1")  # verbose=0
     tracker.update(0, {"val_loss": 0.5})
     for step in range(5):
         if step == 1:
@@ -184,6 +184,8 @@ def test_the_hand_written_check_then_finish_raises_preempted(tmp_path):
             break
     with pytest.raises(Preempted, match=r"Preempted by SIGUSR1: the training state at epoch 2, batch 2 is saved"):
         tracker.finish()
+    # announced on stderr whatever `verbose`, so a job's log says why it ended
+    assert "keras-best: Preempted by SIGUSR1: the training state at epoch 2, batch 2" in capsys.readouterr().err
     record = run_json(tmp_path)
     assert record["last"]["epoch"] == 1 and record["last"]["step"] == 1 and record["best"]["epoch"] == 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -140,8 +141,9 @@ class SafePoints:
         finally:
             self.close()
         preempted = Preempted(self.watch.received, last.get("epoch"), last.get("step"))
-        if self.options.verbose and self.run.chief:
-            print(f"keras-best: {preempted}")
+        if self.run.chief:  # whatever `verbose`: a job that ends must say why, where its logs go
+            sys.stderr.write(f"keras-best: {preempted}\n")
+            sys.stderr.flush()
         raise preempted
 
     def close(self) -> None:
