@@ -133,6 +133,31 @@ def test_a_larger_budget_lets_updates_run_ahead_of_the_disk(tmp_path):
     tracker.finish()
 
 
+def test_one_save_counts_every_optimizer_the_state_holds(tmp_path, slow_writes):
+    """A second optimizer (a GAN's, here through `state=`) is part of one save:
+    a budget between the save without it and with it streams (no copy over the
+    budget), and the default budget fits the copies of both."""
+    model = _model_with_adam()
+    other = keras.optimizers.Adam(0.02)
+    other.build(model.trainable_variables)
+    alone = one_save_bytes(model, model.optimizer)
+    parts = [type("Part", (), {"variables": other.variables})()]
+    both = one_save_bytes(model, model.optimizer, parts)
+    assert both - alone == sum(v.numpy().nbytes for v in other.variables)
+    for budget, streams in ((None, False), ((alone + both) // 2, True)):
+        tracker = BestWeightsTracker(model, str(tmp_path / f"{budget}" / "e{epoch}.weights.h5"), verbose=0,
+                                     keep_top_k=1, save_last=True, save_random_state=False,
+                                     state={"other": other}, max_host_memory=budget)
+        with Peak(tracker._run.buffers) as peak:
+            for epoch, value in enumerate([1.0, 0.5, 0.4]):
+                perturb(model, epoch)
+                tracker.update(epoch, {"val_loss": value})
+                peak.sample()
+            tracker.flush()
+        tracker.finish()
+        assert (peak.peak == 0) if streams else (alone < peak.peak <= both)
+
+
 # ------------------------------------------------- restore_best_weights
 def test_restore_best_weights_reads_the_best_file_and_leaves_the_optimizer(tmp_path):
     model = _model_with_adam()

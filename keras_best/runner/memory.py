@@ -26,7 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from keras_best.keras_adapter.host import nbytes_of
 from keras_best.runner import distribute
@@ -42,11 +42,11 @@ class HostMemory:
         self.budget, self.writer, self.chief = budget, writer, chief
         self._keeps_best: bool | None = None  # known at the first update (or resume)
 
-    def make_room(self, buffers: HostBuffers, model: Any, optimizer: Any) -> bool:
+    def make_room(self, buffers: HostBuffers, model: Any, optimizer: Any, parts: Sequence[Any] = ()) -> bool:
         """Wait until the copies the writer still holds leave room for one
-        save's within the budget; return whether to stream instead (a budget
-        below one save: no copy is taken)."""
-        need = one_save_bytes(model, optimizer)
+        save's (with the training-state `parts` it writes) within the budget;
+        return whether to stream instead (a budget below one save: no copy is taken)."""
+        need = one_save_bytes(model, optimizer, parts)
         if self.budget is not None and self.budget < need:
             return True
         limit = max(need, self.budget or 0)
@@ -75,12 +75,15 @@ class HostMemory:
         return True
 
 
-def one_save_bytes(model: Any, optimizer: Any) -> int:
-    """The host bytes of one save at most: the model's weights and the
-    variables of its built optimizers (the tracker's and the model's)."""
+def one_save_bytes(model: Any, optimizer: Any, parts: Sequence[Any] = ()) -> int:
+    """The host bytes of one save at most: the model's weights, the variables
+    of its built optimizers (the tracker's and the model's), and the variables
+    of the training-state `parts` (other optimizers, `state=` models and seeds;
+    each variable counted once). E.g. a GAN's two optimizers count both."""
     built = [o for o in {id(o): o for o in (optimizer, getattr(model, "optimizer", None))}.values()
              if o is not None and getattr(o, "built", False)]
-    return nbytes_of(list(model.weights) + [v for o in built for v in o.variables])
+    held = [v for part in parts for v in getattr(part, "variables", ())]
+    return nbytes_of(list(model.weights) + [v for o in built for v in o.variables] + held)
 
 
 def read_weights_of(model: Any, path: str) -> list[Any]:

@@ -208,7 +208,8 @@ class Run:
         reuse, snapshot, copies = None, None, []
         # Built first (optimizers not built yet): the best file holds what the state does.
         state_parts = plan.write_state and self.state_parts(model, optimizer, self.options.save_random_state, swapped)
-        stream = self.memory.make_room(self.buffers, model, optimizer) if plan.save_as is not None or plan.write_state else False
+        saves = plan.save_as is not None or plan.write_state
+        stream = saves and self.memory.make_room(self.buffers, model, optimizer, state_parts or ())
         if plan.save_as is not None:
             snapshot = self.engine.snapshot(model, stream=stream)  # on every worker: may be collective
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
