@@ -117,6 +117,47 @@ def test_a_fixed_name_rewritten_keeps_one_set_and_restores_best(tmp_path):
     assert same(fresh.get_weights(), pattern(model, 1))
 
 
+def test_load_best_never_mixes_two_sets_renamed_while_it_reads(tmp_path, monkeypatch):
+    """A fixed-name set replaced while `load_best` reads it (the record read
+    before the commit, the shards read while they are renamed one by one):
+    the weights loaded are one save's, never old shards with new ones."""
+    import threading
+
+    from keras_best.frontends import loading
+
+    model = big()
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.json"), max_shard_size=SHARD, verbose=0)
+    model.set_weights(pattern(model, 0))
+    tracker.update(0, {"val_loss": 3.0})
+    tracker.flush()
+    mid, go = threading.Event(), threading.Event()
+    real_replace, real_read_best = files.replace, loading.read_best
+
+    def replace(src, dst, *args):  # the new set's first shard goes in; the writer waits there
+        real_replace(src, dst, *args)
+        if files.is_shard_of(os.path.basename(dst), "best.weights.json") and not mid.is_set():
+            mid.set()
+            assert go.wait(30)
+
+    def read_best(directory):  # the record is read; then the next save commits
+        best = real_read_best(directory)
+        if not mid.is_set():
+            model.set_weights(pattern(model, 1))
+            tracker.update(1, {"val_loss": 2.0})
+            assert mid.wait(30)
+        return best
+
+    monkeypatch.setattr(files, "replace", replace)
+    monkeypatch.setattr(loading, "read_best", read_best)
+    reader = big()
+    try:
+        loaded = load_best(reader, str(tmp_path))
+    finally:
+        go.set()
+    tracker.finish()
+    assert loaded.epoch == 1 and same(reader.get_weights(), pattern(model, 1))
+
+
 def test_best_checkpoint_writes_sets_in_fit(tmp_path):
     model = big()
     model.compile("sgd", "mse")

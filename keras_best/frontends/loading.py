@@ -149,18 +149,35 @@ def load_best(
             )
         return best
 
-    record = choose()
     _check_architecture(model, data, directory)
     engine = engine_for(data.save_format)
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
-    try:
-        engine.load(model, record.path)
-    except (FileNotFoundError, files.DamagedFileError):
-        # A writer renamed the temp file into place meanwhile: read again.
+    for attempt in range(_READS):
         record = choose()
-        engine.load(model, record.path, hint)
-    return record
+        try:
+            engine.load(model, record.path)
+        except (FileNotFoundError, files.DamagedFileError):
+            if attempt == _READS - 1:
+                raise
+            continue  # a writer renamed the temp file into place meanwhile: read again
+        # A commit between the two reads of the record may have renamed the files
+        # of a unit (a sharded set's shards, then its index) while they were read:
+        # read again, so that the weights are one save's, never a mix.
+        after = manifest.read(directory)
+        if _files_of(after) == _files_of(data):
+            return record
+        data = after
+    raise OSError(f"The run in {directory!r} replaced its best files {_READS} times while they were read. "
+                  "Call load_best again (or wait for the run to finish).")
+
+
+def _files_of(data: manifest.RunRecord) -> Any:
+    """What changes with the files on disk: a pending journal, and the kept saves."""
+    return data.pending, data.state.kept
+
+
+_READS = 5  # reads of a run directory that a writer keeps changing, before giving up
 
 
 def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
