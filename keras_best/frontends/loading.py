@@ -156,7 +156,7 @@ def load_best(
     for attempt in range(_READS):
         record = choose()
         try:
-            engine.load(model, record.path)
+            engine.load(model, record.path, hint if attempt else "")
         except (FileNotFoundError, files.DamagedFileError):
             if attempt == _READS - 1:
                 raise
@@ -174,7 +174,7 @@ def load_best(
 
 def _files_of(data: manifest.RunRecord) -> Any:
     """What changes with the files on disk: a pending journal, and the kept saves."""
-    return data.pending, data.state.kept
+    return data.pending, [(r.path, r.epoch, r.step) for r in data.state.kept]
 
 
 _READS = 5  # reads of a run directory that a writer keeps changing, before giving up
