@@ -314,6 +314,24 @@ def test_layout_follows_a_model_compiled_after_the_first_snapshot(tmp_path):
     assert any(g.startswith("optimizer") for g, _, _ in writer.snapshot(model).groups)
 
 
+def test_capturing_the_layout_keeps_no_copy_of_the_optimizer():
+    """Keras's stock `save_own_variables` of an optimizer converts each slot to
+    numpy: the capture (which needs only who saves what) keeps none of those
+    copies (on torch it held one model size of momentum until the first save ended)."""
+    import tracemalloc
+
+    model = keras.Sequential([keras.Input((512,))] + [keras.layers.Dense(512, use_bias=False) for _ in range(4)])
+    model.compile(keras.optimizers.SGD(momentum=0.9), "mse")
+    model.optimizer.build(model.trainable_variables)
+    tracemalloc.start()
+    try:
+        layout = h5_layout.Layout.capture(model)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert layout.owners and peak < 3 * 512 * 512 * 4  # four 1 MB slots: one (converted twice) at a time
+
+
 def test_unbuilt_model_is_refused_as_keras_refuses_it():
     model = keras.Sequential([keras.layers.Dense(2)])
     with pytest.raises(ValueError, match="has not yet been built"):

@@ -216,7 +216,7 @@ def _capturing_store_class() -> type:
         def __init__(self) -> None:  # no file
             self.mode = "w"
             self.owners: list[tuple[Any, str, dict[str, Any] | None]] = []
-            self._recorder = _RecordingStore()
+            self._recorder = _KeysOnlyStore()
 
         def __bool__(self) -> bool:
             return True
@@ -360,6 +360,17 @@ class _RecordingStore:
             for path, attrs, entries in self._groups
         ]
         return LayoutCopy(groups, {id(v): a for v, a in zip(self._variables, arrays)}, arrays)
+
+
+class _KeysOnlyStore(_RecordingStore):
+    """A `_RecordingStore` that keeps the keys it is given, not the values: the
+    capture needs no value, and a stock optimizer's `save_own_variables` hands
+    over `variable.numpy()` copies (one model size of Adam or momentum slots)."""
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if self._entries is None:
+            self._create_group(None)
+        self._entries.append((key, None))
 
 
 def _save_function(owner: Any) -> Any:
