@@ -94,7 +94,7 @@ def has_extension(filepath: str) -> bool:
     >>> has_extension("best.weights.h5"), has_extension("best-{epoch:03d}-{val_loss:.4f}")
     (True, False)
     """
-    name = re.sub(r"\{[^{}]*\}", "", os.path.basename(str(filepath).rstrip("/")))
+    name = re.sub(r"\{[^{}]*\}", "x", os.path.basename(str(filepath).rstrip("/")))
     return bool(os.path.splitext(name)[1])
 
 
