@@ -75,8 +75,8 @@ class OrbaxSnapshot(Snapshot):
         self.engine.wait()  # the save before is done (Orbax holds one save's host copies)
         ocp = require_orbax()
         files.makedirs(path)
-        with _context(ocp):
-            self._future = ocp.save_checkpointables_async(os.path.join(path, STEP), self.payload)
+        with _context(ocp):  # Orbax wants absolute paths
+            self._future = ocp.save_checkpointables_async(os.path.join(os.path.abspath(path), STEP), self.payload)
         self.payload = {}
         self.engine.pending = self
 
@@ -90,8 +90,7 @@ class OrbaxSnapshot(Snapshot):
                 except BaseException as e:  # noqa: BLE001 - kept for every waiter
                     self._error = e
         if self._error is not None:
-            raise OSError(f"The Orbax save failed (a process that stopped answering fails it after "
-                          f"{ORBAX_TIMEOUT_S} s): {self._error!r}") from self._error
+            raise OSError(f"The Orbax save failed: {self._error!r}") from self._error
 
     def write(self, path: str) -> None:
         if self._future is None and self._error is None and self.payload:
@@ -153,7 +152,7 @@ def load(model: Any, path: str, hint: str = "") -> None:
 
     ocp = require_orbax()
     try:
-        step = step_path(path)
+        step = step_path(os.path.abspath(path))
         with _context(ocp):
             saved = ocp.pytree_metadata(step, checkpointable_name="pytree").metadata
     except FileNotFoundError:
