@@ -21,8 +21,12 @@ TENSORFLOW_ONLY = ["test_distribute.py", "test_metrics.py", "test_multi_metric.p
                    "workers/mirrored_worker.py", "workers/multiworker_worker.py", "workers/optuna_worker.py"]
 collect_ignore = [] if BACKEND == "tensorflow" else TENSORFLOW_ONLY
 # Worker scripts that import their backend's own package (torch, jax).
-BACKEND_WORKERS = {"workers/torch_ddp_worker.py": "torch", "workers/jax_multiprocess_worker.py": "jax"}
+BACKEND_WORKERS = {"workers/torch_ddp_worker.py": "torch", "workers/jax_multiprocess_worker.py": "jax",
+                   "workers/orbax_worker.py": "jax"}
 collect_ignore += [path for path, backend in BACKEND_WORKERS.items() if backend != BACKEND]
+# Modules that need one backend (and its optional packages): model-parallel saves through Orbax.
+BACKEND_MODULES = {"test_orbax.py": "jax"}
+collect_ignore += [path for path, backend in BACKEND_MODULES.items() if backend != BACKEND]
 tensorflow_only = pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow backend only (tf.GradientTape demo)")
 
 # Modules that test pure code (core/, the run-directory lock): no Keras backend

@@ -28,6 +28,9 @@ from tests.conftest import make_model, perturb, run_json, weights_equal
         ("best.weights.h5", "weights", "weights"),
         ("best.weights.h5", "h5", "weights"),
         ("best.keras", "keras", "keras"),
+        ("best", None, "orbax"),  # no file extension: an Orbax checkpoint directory
+        ("best-{epoch:03d}-{val_loss:.4f}", None, "orbax"),
+        ("best", "orbax", "orbax"),
     ],
 )
 def test_resolve_format(filepath, save_format, expected):
@@ -38,7 +41,7 @@ def test_resolve_format(filepath, save_format, expected):
     "filepath,save_format,match",
     [
         ("best.h5", None, r"End it in `\.weights\.h5` \(weights\), `\.keras`.*Received: filepath=best\.h5"),
-        ("best", None, r"End it in `\.weights\.h5`.*Received: filepath=best$"),
+        ("best.keras", "orbax", r'save_format="orbax" saves each kept best as an Orbax checkpoint directory'),
         ("best.weights", None, r"Received: filepath=best\.weights$"),
         ("best.h5", "weights", r"The filename must end in `\.weights\.h5`. Received: filepath=best\.h5"),
         (

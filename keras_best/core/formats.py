@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 from keras_best.core.names import SET_SUFFIX
 
-WEIGHTS, KERAS, SAVEDMODEL = "weights", "keras", "savedmodel"
-FORMATS = (WEIGHTS, KERAS, SAVEDMODEL)
+WEIGHTS, KERAS, SAVEDMODEL, ORBAX = "weights", "keras", "savedmodel", "orbax"
+FORMATS = (WEIGHTS, KERAS, SAVEDMODEL, ORBAX)
 
 # Inside a SavedModel directory we also keep the Keras weights, so that
 # `load_best` and `restore_best_weights` work for every format.
@@ -27,10 +30,19 @@ def resolve_format(filepath: str, save_format: str | None = None, save_weights_o
     'savedmodel'
     >>> resolve_format("m.h5", save_weights_only=False)  # legacy `.h5`: a full model, as Keras saves it
     'keras'
+    >>> resolve_format("runs/x/best-{epoch:03d}")  # no file extension: an Orbax checkpoint directory
+    'orbax'
     """
     name = str(filepath)
     if sharded or name.endswith(SET_SUFFIX):
         return _sharded(name, save_format, save_weights_only, sharded)
+    if save_format == ORBAX or (save_format is None and not has_extension(name)):
+        if has_extension(name):
+            raise ValueError(
+                'save_format="orbax" saves each kept best as an Orbax checkpoint directory: give a name '
+                f"without a file extension, e.g. 'runs/exp1/best-{{epoch:03d}}'. Received: filepath={name}"
+            )
+        return ORBAX
     if save_format is None and save_weights_only is not None:
         if save_weights_only and not name.endswith(".weights.h5"):
             raise ValueError(
@@ -70,9 +82,20 @@ def resolve_format(filepath: str, save_format: str | None = None, save_weights_o
         return KERAS
     raise ValueError(
         "Cannot tell what to save from the file name. End it in `.weights.h5` "
-        "(weights), `.keras` (full model), or pass save_format=\"savedmodel\" with a "
-        f"directory name. Received: filepath={name}"
+        "(weights), `.keras` (full model), give a name without an extension (an Orbax checkpoint "
+        "directory), or pass save_format=\"savedmodel\" with a directory name. "
+        f"Received: filepath={name}"
     )
+
+
+def has_extension(filepath: str) -> bool:
+    """Whether the file name of `filepath` (placeholders left out) has an extension.
+
+    >>> has_extension("best.weights.h5"), has_extension("best-{epoch:03d}-{val_loss:.4f}")
+    (True, False)
+    """
+    name = re.sub(r"\{[^{}]*\}", "x", os.path.basename(str(filepath).rstrip("/")))
+    return bool(os.path.splitext(name)[1])
 
 
 def _sharded(name: str, save_format: str | None, save_weights_only: bool | None, sharded: bool) -> str:

@@ -7,6 +7,7 @@ them; `keras_best.storage.files` acts on them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 TMP_PREFIX = ".kb-tmp-"
 COMPLETE_MARKER = ".kb-complete"
 _TMP_RE = re.compile(r"^\.kb-tmp-[0-9a-f]{12}-")
+ORBAX_TMP_MARK = ".orbax-checkpoint-tmp"  # Orbax's own temp directories (`<step>.orbax-checkpoint-tmp-*`)
 
 # The names a run directory's own bookkeeping uses: never a saved model's name.
 MANIFEST_NAME = "keras_best.json"
@@ -108,8 +110,24 @@ def tmp_path(final_path: str) -> str:
     return f"{directory}{TMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
 
 
+def shared_tmp_path(final_path: str, key: str) -> str:
+    """Like `tmp_path`, but the same on every process that passes the same `key`
+    (a save every process writes a part of: an Orbax checkpoint).
+
+    >>> shared_tmp_path("best", "7") == shared_tmp_path("best", "7") != shared_tmp_path("best", "8")
+    True
+    """
+    directory, name = final_path[: len(final_path) - len(basename(final_path))], basename(final_path)
+    return f"{directory}{TMP_PREFIX}{hashlib.sha1(key.encode()).hexdigest()[:12]}-{name}"
+
+
 def is_tmp_name(name: str) -> bool:
     return bool(_TMP_RE.match(name))
+
+
+def is_leftover(name: str) -> bool:
+    """A temp name a crash may leave: ours (`tmp_path`) or Orbax's."""
+    return is_tmp_name(name) or ORBAX_TMP_MARK in name
 
 
 def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES, state: bool = False) -> str | None:

@@ -36,12 +36,16 @@ class Snapshot:
     Attributes:
         detached: whether `write` may run in a background thread, after
             training has moved on (the snapshot holds host copies only).
+        collective: whether every process of a job writes a part of the save
+            (Orbax: its own shards): each calls `start(path)` in the training
+            thread at the same temp path, and the chief's `write` waits for all.
         nbytes: the host memory the snapshot holds until `release()`.
         by_variable: `id(variable) -> host array` of the copies it holds, for
             other files of the same update to share (empty when none).
     """
 
     detached: bool = False
+    collective: bool = False  # every process calls `start(path)`, at the same path, before `write`
 
     @property
     def nbytes(self) -> int:
@@ -54,6 +58,9 @@ class Snapshot:
     def write(self, path: str) -> None:
         """Write the file (or directory) at the local `path`."""
         raise NotImplementedError
+
+    def start(self, path: str) -> None:
+        """A `collective` snapshot: start this process's part of the save at `path`."""
 
     def files(self, name: str) -> list[tuple[str, Callable[[str], None]]]:
         """The files of this save under `name`, one unit: `(file name,
@@ -91,6 +98,10 @@ class Engine:
         With `stream`, hold no host copy of the model: the snapshot is not
         detached, and its `write` reads one variable at a time."""
         raise NotImplementedError
+
+    def wait(self) -> None:
+        """Wait until this process's part of its last save is written (collective
+        saves); raise its error."""
 
     def weights_file(self, path: str) -> str:
         """The file inside a saved `path` that `model.load_weights` reads."""

@@ -35,6 +35,15 @@ def check_format(filepath: str, options: Options) -> str:
                 f"installed. Install it ({install_hint('tensorflow', 'tensorflow')}), or save `.keras` "
                 f"or `.weights.h5` files. Received: filepath={filepath}"
             )
+    if fmt == savers.ORBAX:
+        import keras
+
+        if keras.backend.backend() != "jax":
+            raise ValueError(
+                'save_format="orbax" (a filepath without a file extension) saves a model-parallel run on '
+                f"the JAX backend; this is {keras.backend.backend()}. End the filepath in `.weights.h5` or "
+                f"`.keras`. Received: filepath={filepath}"
+            )
     if options.export_at_finish and fmt != savers.SAVEDMODEL:
         raise ValueError(
             '`export_at_finish=True` needs save_format="savedmodel". '

@@ -17,7 +17,8 @@ save: the model's weights and the optimizer's variables):
   thread waits for the disk at each save;
 - `restore_best_weights` keeps no copy of the best: it is read back from its
   file at `finish()` (`restore_best`). A worker of a job of several processes,
-  which cannot read the chief's files, keeps one (`keeps_best`).
+  which cannot read the chief's files, keeps one (`keeps_best`), except with
+  a collective load (Orbax: every process reads its own shards back).
 
 Example:
     >>> memory = HostMemory(None, writer, chief=True)  # doctest: +SKIP
@@ -26,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from keras_best.keras_adapter.host import nbytes_of
 from keras_best.runner import distribute
@@ -38,9 +39,11 @@ from keras_best.storage.writer import Writer
 class HostMemory:
     """The host-memory budget of one run (`max_host_memory`, bytes or None)."""
 
-    def __init__(self, budget: int | None, writer: Writer, chief: bool) -> None:
+    def __init__(self, budget: int | None, writer: Writer, chief: bool,
+                 load: Callable[[Any, str], None] | None = None) -> None:
         self.budget, self.writer, self.chief = budget, writer, chief
-        self._keeps_best: bool | None = None  # known at the first update (or resume)
+        self.load = load  # a collective load every process makes (Orbax): no process keeps a copy
+        self._keeps_best: bool | None = None if load is None else False  # known at the first update (or resume)
 
     def make_room(self, buffers: HostBuffers, model: Any, optimizer: Any, parts: Sequence[Any] = ()) -> bool:
         """Wait until the copies the writer still holds leave room for one
@@ -71,7 +74,10 @@ class HostMemory:
             return True
         if path is None or self.keeps_best(model):
             return False
-        files.load_weights(model, path, model_only=True)
+        if self.load is not None:
+            self.load(model, path)
+        else:
+            files.load_weights(model, path, model_only=True)
         return True
 
 

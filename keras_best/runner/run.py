@@ -19,7 +19,8 @@ import dataclasses
 import warnings
 from typing import Any, Callable, Mapping, Sequence
 
-from keras_best.core.formats import WEIGHTS
+from keras_best.core.formats import ORBAX, WEIGHTS
+from keras_best.core.names import shared_tmp_path
 from keras_best.core.objective import Objective, Score
 from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
@@ -79,7 +80,8 @@ class Run:
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
-        self.memory = HostMemory(options.max_host_memory, self.writer, self.chief)
+        self.memory = HostMemory(options.max_host_memory, self.writer, self.chief,
+                                 self.engine.load if self.engine.format == ORBAX else None)
         self.lock = None
         if self.chief:
             prepare_directory(self.directory)
@@ -93,6 +95,7 @@ class Run:
         will end, when known (`fit()`): see `train_until`."""
         self.acquire()
         try:
+            distribute.check_layout(model, self.engine.format, self.options.keeps_state)
             self.tracked = objects.tracked_optimizers(model) if self.options.keeps_state else []
             self._open(model, optimizer, epochs)
         except BaseException:
@@ -214,9 +217,12 @@ class Run:
             snapshot = self.engine.snapshot(model, stream=stream)  # on every worker: may be collective
             reuse = getattr(snapshot, "by_variable", None)  # its host copies, shared below
             copies.extend((reuse or {}).values())
-            token = files.tmp_path("")  # one temp token for a set's files: see `files.load_weights`
+            collective = snapshot.collective  # every process writes its part (Orbax): the same temp name
+            token = shared_tmp_path("", f"{plan.save_as}|{len(self.history)}") if collective else files.tmp_path("")
             for rel, write in snapshot.files(plan.save_as):  # one unit: renamed in one transaction
                 tmp_rel = token + rel
+                if collective:  # started now on every process; the chief's writer waits for it
+                    snapshot.start(files.join(self.directory, tmp_rel))
                 txn.done.append((tmp_rel, lambda committed: snapshot.release()))
                 self._add_write(txn, tmp_rel, write, snapshot.detached)
                 txn.renames.append((tmp_rel, rel))
@@ -341,6 +347,7 @@ class Run:
         error, restored = None, None
         try:
             self.writer.flush()
+            self.engine.wait()  # this process's part of a collective save (Orbax)
             self.buffers.clear()  # written: the free copies go before the export and the restore
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
@@ -364,6 +371,7 @@ class Run:
         """Wait for writes and release the lock; no restore, no export."""
         try:
             self.writer.close()
+            self.engine.wait()  # this process's part of a collective save (Orbax)
             self.buffers.clear()
             error = self.take_write_error()
         finally:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping
 
+from keras_best.core import names
 from keras_best.storage import files, history
 from keras_best.storage.record import RunRecord
 
@@ -108,9 +109,9 @@ def roll_forward(directory: str, record: RunRecord) -> RunRecord:
 
 
 def remove_tmp_files(directory: str) -> None:
-    """Delete temp files a crash left (names made by `files.tmp_path`)."""
+    """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's temp directories)."""
     for name in files.listdir(directory):
-        if files.is_tmp_name(name):
+        if names.is_leftover(name):
             files.remove(files.join(directory, name), missing_ok=True)
 
 

@@ -1,0 +1,146 @@
+"""Model-parallel runs saved through Orbax (JAX): real processes with CPU devices.
+
+Each test starts tests/workers/orbax_worker.py in fresh processes (the number
+of CPU devices is fixed when JAX starts): 1 process x 4 devices, or 2
+processes x 2 devices over localhost. A `LayoutMap` splits the Dense kernels
+over the "model" axis, so no device holds a whole kernel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("orbax.checkpoint")
+
+from tests.conftest import BACKEND  # noqa: E402
+from tests.processes import ROOT, WORKERS, free_ports, run_all  # noqa: E402
+
+pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="Orbax saves of sharded models: JAX backend only")
+WORKER = os.path.join(WORKERS, "orbax_worker.py")
+
+
+def _env(devices: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
+    return dict(env, PYTHONPATH=ROOT, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
+def _run(mode: str, run_dir, out_dir, mesh: str = "1x4", devices: int = 4, check: bool = True, **env: str):
+    proc = subprocess.run([sys.executable, WORKER, mode, str(run_dir), str(out_dir), mesh], cwd=ROOT,
+                          env=_env(devices, **env), capture_output=True, text=True, timeout=240)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{mode} worker failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _json(out_dir, name):
+    with open(os.path.join(out_dir, name)) as f:
+        return json.load(f)
+
+
+def _weights(npz, prefix):
+    return [npz[k] for k in sorted((k for k in npz.files if k.startswith(prefix)), key=lambda k: int(k.rsplit("_")[-1]))]
+
+
+def _saves(run_dir):
+    return sorted(n for n in os.listdir(run_dir) if n.startswith("best-"))
+
+
+def test_fit_best_loads_onto_another_mesh_and_one_device(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    _run("fit", run, out)
+    record = json.loads((run / "keras_best.json").read_text())
+    assert record["save_format"] == "orbax"
+    losses = _json(out, "fit0.json")["losses"]
+    top2 = sorted(range(len(losses)), key=lambda e: losses[e])[:2]
+    assert _saves(run) == sorted(f"best-{e + 1:03d}" for e in top2)  # top-k evicted whole directories
+    assert not [n for n in os.listdir(run) if "tmp" in n]
+    best = int(np.argmin(losses))
+    assert os.listdir(run / f"best-{best + 1:03d}") == ["0"]  # one Orbax step, as OrbaxCheckpoint writes
+    epochs = np.load(out / "epochs0.npz")
+    expected = _weights(epochs, f"e{best}_")
+    for mesh, devices in (("2x2", 4), ("none", 1)):
+        _run("load", run, out, mesh=mesh, devices=devices)
+        info = _json(out, "load0.json")
+        assert info["best_epoch"] == best
+        assert ("model" in info["sharding"]) == (mesh != "none")  # restored onto the current layout
+        loaded = np.load(out / "load0.npz")
+        for prefix in ("best_", "load_weights_", "load_model_")[: 3 if mesh != "none" else 1]:
+            got = _weights(loaded, prefix)  # load_best, then Keras's own loaders (under a distribution)
+            assert len(got) == len(expected)
+            for a, b in zip(got, expected):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_custom_loop_tracker_restores_best(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    _run("loop", run, out)
+    info = _json(out, "loop0.json")
+    assert info["best_epoch"] == 3 and "model" in info["sharding"]
+    assert _saves(run) == ["best-004", "best-005"]  # the two best scores (1.0, 1.5)
+    epochs, restored = np.load(out / "epochs0.npz"), np.load(out / "restored0.npz")
+    for a, b in zip(_weights(restored, "arr_"), _weights(epochs, "e3_")):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_sharded_model_refuses_a_weights_file(tmp_path):
+    script = (
+        "import keras, sys; sys.path.insert(0, '.');"
+        "from tests.workers.orbax_worker import build_model, distribution;"
+        "from keras_best import BestWeightsTracker;"
+        "keras.distribution.set_distribution(distribution('1x4'));"
+        f"BestWeightsTracker(build_model(), {str(tmp_path / 'best.weights.h5')!r})"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=_env(4), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode != 0
+    assert 'save_format="orbax"' in proc.stderr and "gather every variable on one host" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_processes_custom_loop(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    port = str(free_ports(1)[0])
+    logs = [str(tmp_path / f"p{i}.log") for i in range(2)]
+    run_all([[sys.executable, WORKER, "loop", str(run), str(out), "1x4", str(i), port, "2"] for i in range(2)],
+            logs, _env(2), timeout=240)
+    for i in range(2):
+        info = _json(out, f"loop{i}.json")
+        assert info["best_epoch"] == 3
+        epochs, restored = np.load(out / f"epochs{i}.npz"), np.load(out / f"restored{i}.npz")
+        for a, b in zip(_weights(restored, "arr_"), _weights(epochs, "e3_")):
+            np.testing.assert_array_equal(a, b)
+    assert _saves(run) == ["best-004", "best-005"]  # the two best scores (1.0, 1.5)
+    assert os.listdir(run / "best-004" / "0" / "pytree")  # both processes' shards, one checkpoint
+    _run("load", run, out, mesh="none", devices=1)  # onto one device, in one process
+    loaded = np.load(out / "load0.npz")
+    for a, b in zip(_weights(loaded, "best_"), _weights(np.load(out / "epochs0.npz"), "e3_")):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_save_keeps_previous_best_and_resumes(tmp_path):
+    run, out = tmp_path / "run", tmp_path / "out"
+    out.mkdir()
+    proc = _run("kill", run, out, check=False, KILL_AT="2")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    record = json.loads((run / "keras_best.json").read_text())
+    best = record["best"]["epoch"]
+    assert best in (0, 1)  # the save of epoch 3 was not recorded
+    epochs = np.load(out / "epochs.npz")
+    _run("load", run, out, mesh="none", devices=1)
+    for a, b in zip(_weights(np.load(out / "load0.npz"), "best_"), _weights(epochs, f"e{best}_")):
+        np.testing.assert_array_equal(a, b)
+    _run("kill", run, out)  # resume=True, no kill this time (KILL_AT unset)
+    assert _json(out, "kill0.json")["initial_epoch"] == 2
+    assert not [n for n in os.listdir(run) if "tmp" in n]  # the interrupted save's leftovers are gone
