@@ -86,13 +86,20 @@ class BestWeightsTracker:
             writes (a `.weights.json` `filepath`), kept and loaded as one unit.
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
-        stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        stop_on_non_finite: stop at once when the monitored value is NaN/inf
+            (the value as read, also with `smooth`).
         stopping_threshold: stop as soon as a (feasible) monitored value
             reaches this one (`<=` with mode "min", `>=` with "max"); that
             epoch is saved first when it is the best.
         divergence_threshold: stop as soon as the monitored value is worse
             than this one (`>` with mode "min", `<` with "max"), or NaN.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
+        smooth: decide on an average of the monitored value: `("mean", n)`, the mean of the
+            last n validations, or `("ema", alpha)`, `s = alpha * value + (1 - alpha) * s`
+            (`alpha` weighs the new value). The best, patience, `min_delta`, `baseline`,
+            the thresholds and the top k use the smoothed value; the file kept is the
+            model of the epoch whose smoothed value is best. Records hold both values
+            (`raw`). See docs/smoothing.md.
         require: constraints an epoch must meet to be best or enter the top
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
@@ -171,8 +178,14 @@ class BestWeightsTracker:
 
     @property
     def best(self) -> float | None:
-        """The best monitored value so far (`None` before the first improvement)."""
+        """The best monitored value so far (`None` before the first improvement).
+        With `smooth=`, the best smoothed value (the raw one: `best_raw`)."""
         return (self._run.state.engine or {}).get("best")
+
+    @property
+    def best_raw(self) -> float | None:
+        """The monitored value of the best epoch as read, before `smooth=` (else `best`)."""
+        return self._run.state.best_raw()
 
     @property
     def best_epoch(self) -> int | None:
@@ -270,8 +283,7 @@ class BestWeightsTracker:
 
     @property
     def stop_reason(self) -> StopReason:
-        stopped = self._run.state.stopped
-        return StopReason(stopped["reason"]) if stopped else StopReason.NONE
+        return StopReason((self._run.state.stopped or {}).get("reason", ""))
 
     def epochs(self, epochs: int) -> Iterator[int]:
         """The epochs left to train, up to `epochs`: from `initial_epoch` (0
@@ -311,8 +323,7 @@ class BestWeightsTracker:
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
         validated = checks.validated(self.objective, self.options, values)
         if validated:
-            checks.check_update(self.objective, self.options, self.path, values, step)
-            checks.resolve_modes(self.objective, self.model, metrics, final=True)
+            checks.check_update(self.objective, self.options, self.path, values, step, self.model, metrics)
         previous_best = self.best
         plan = self._apply(epoch, step, values, self.objective.score(values) if validated else None, swapped)
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),
