@@ -26,6 +26,8 @@ from keras_best.storage import manifest
 from keras_best.storage.checks import jsonable
 from tests.conftest import make_model, perturb, run_json
 
+# Smoothing is pure Python above the backends: CI runs this module on TensorFlow only.
+pytestmark = pytest.mark.backend_neutral
 NAN = math.nan
 SMOOTH = st.one_of(st.tuples(st.just("mean"), st.integers(1, 4)),
                    st.tuples(st.just("ema"), st.sampled_from([0.2, 0.5, 0.7, 1.0])))
