@@ -10,7 +10,9 @@ bests, and entries into the top k), the files still kept, the best epoch and
 the early-stopping epoch; the bottom panel shows the other recorded metrics
 (losses on the left axis, the rest on the right). `plot_compare` draws the
 monitored curves of several runs on one axis. A y axis spanning more than a
-factor of 10 (positive values only) is drawn on a log scale. Needs matplotlib
+factor of 10 (positive values only) is drawn on a log scale. A run with
+`smooth=` draws the smoothed curve (what was decided on) and, faint, the
+values as read. Needs matplotlib
 (`python -m pip install matplotlib`); it does not touch pyplot's global state.
 """
 
@@ -21,7 +23,7 @@ import os
 from typing import Any, Mapping
 
 from keras_best.cli import summary as summary_lib
-from keras_best.cli.tables import monitor_names
+from keras_best.cli.tables import monitor_names, smooth_label
 from keras_best.core.extras import install_hint
 from keras_best.core.monitor import describe_stop
 from keras_best.frontends.loading import format_value
@@ -103,6 +105,10 @@ def plot_compare(directories: list[str | os.PathLike], output: str | os.PathLike
         label = name if len(monitors) == 1 else f"{name} ({monitor_names(s['monitor'])[0]})"
         if s["best"]:
             label += f": best {format_value(s['best']['value'])} at epoch {s['best']['epoch'] + 1}"
+        if smooth_label(s["options"]):
+            label += f" (smoothed: {smooth_label(s['options'])}; dotted: raw)"
+            ax.plot(xs, [_finite(h.get("raw", math.nan)) for h in history], ":", linewidth=1, alpha=0.6,
+                    color=f"C{i % 10}")
         (line,) = ax.plot(xs, ys, "-", marker=".", markersize=4, linewidth=1.5, color=f"C{i % 10}", label=label)
         at = {(h["epoch"], h.get("step")): (x, y) for h, x, y in zip(history, xs, ys)}
         best = s["best"] and at.get((s["best"]["epoch"], s["best"].get("step")))
@@ -148,7 +154,12 @@ def _draw_monitor(ax: Any, s: Mapping[str, Any], history: list[Mapping[str, Any]
     name = monitor_names(s["monitor"])[0]
     mode = s["mode"][0] if isinstance(s["mode"], list) else s["mode"]
     ys = [_finite(h["value"]) for h in history]
-    ax.plot(xs, ys, "-", color="#1f77b4", marker=".", markersize=5, linewidth=1.6, label=name, zorder=2)
+    smooth = smooth_label(s["options"])
+    if smooth:  # the values as read, faint; the decisions are on the smoothed curve
+        raw = [_finite(h.get("raw", math.nan)) for h in history]
+        ax.plot(xs, raw, "-", color="#9ecae1", marker=".", markersize=3, linewidth=1, label=f"{name} (raw)", zorder=1)
+    ax.plot(xs, ys, "-", color="#1f77b4", marker=".", markersize=5, linewidth=1.6,
+            label=f"{name} (smoothed: {smooth})" if smooth else name, zorder=2)
 
     by_key = {(h["epoch"], h.get("step")): (x, y) for h, x, y in zip(history, xs, ys)}
     new_best = [(x, y) for h, x, y in zip(history, xs, ys) if h.get("saved") and h.get("improved")]
@@ -179,7 +190,8 @@ def _draw_monitor(ax: Any, s: Mapping[str, Any], history: list[Mapping[str, Any]
     _log_scale_if_wide(ax, ys)
     title = f"{os.path.basename(os.path.normpath(s['directory']))}: {name}"
     if best:
-        title += f", best {format_value(best['value'])} at epoch {best['epoch'] + 1}"
+        raw = f" (smoothed; raw {format_value(best['raw'])})" if "raw" in best else ""
+        title += f", best {format_value(best['value'])}{raw} at epoch {best['epoch'] + 1}"
     ax.figure.suptitle(title)
     ax.grid(True, alpha=0.3)
     # Above the panel, never over the curve.

@@ -32,6 +32,9 @@ def summarize(
 
     With `history=True` the dict also holds the per-update `history` as
     recorded (`epoch`, `step`, `value`, `improved`, `saved`, `metrics`).
+    A run with `smooth=` (`options["smooth"]`, e.g. `["mean", 3]`) decided on
+    smoothed values: each `value` is the smoothed one, and the best, the kept
+    files and the history entries hold the value as read in `raw`.
     With `by` (and `by_mode`, as `keras_best.frontends.loading.rank_kept` takes them)
     the kept files are ranked by that instead of the run's monitor; each
     then has a `by_value`, and `ranked_by` names the ranking.
@@ -47,7 +50,7 @@ def summarize(
         result = _summarize(directory, data, entries)
         if history or result["best"] is None:
             entries = [
-                {**h, "epoch": int(h["epoch"]), "value": _num(h["value"]),
+                {**h, "epoch": int(h["epoch"]), "value": _num(h["value"]), **_raw(h.get("raw")),
                  "metrics": {k: _num(v) for k, v in (h.get("metrics") or {}).items()}}
                 for h in entries
             ]
@@ -141,7 +144,7 @@ def _runs_in(path: str) -> list[str]:
 def compare(directories: list[str | os.PathLike]) -> dict[str, Any]:
     """The runs side by side: best value and epoch, epochs trained, early stop.
 
-    When every run has the same monitor and mode, `runs` is ranked best
+    When every run has the same monitor, mode and `smooth=`, `runs` is ranked best
     first (runs without a best last) and `ranked_by` names the monitor;
     otherwise they stay in the order given and `ranked_by` is `None`. Epochs
     are 0-based, as in `summarize`.
@@ -155,9 +158,10 @@ def compare(directories: list[str | os.PathLike]) -> dict[str, Any]:
     for d in directories:
         s = summarize(d)
         runs.append({k: s[k] for k in ("directory", "monitor", "mode", "epochs_run", "updates", "stopped")}
-                    | {"best": s["best"] and {k: s["best"][k] for k in ("epoch", "step", "value", "path")},
+                    | {"best": s["best"] and {k: s["best"][k] for k in ("epoch", "step", "value", "raw", "path")
+                                            if k in s["best"]},
                        "options": s["options"], "no_best": s.get("no_best")})
-    specs = {json.dumps([r["monitor"], r["mode"]]) for r in runs}
+    specs = {json.dumps([r["monitor"], r["mode"], r["options"].get("smooth")]) for r in runs}
     mode = monitor_names(runs[0]["mode"])[0] if runs else None
     ranked = len(specs) == 1 and mode in ("min", "max")
     if ranked:
@@ -181,9 +185,11 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
             "metrics": dict(r.metrics),
             "size_bytes": _size(directory, data, r.path),
             **({} if r.feasible else {"feasible": False}),
+            **_raw(r.raw),
         })
     kept_at = {(r.epoch, r.step) for r in data.kept}
-    archived = [{"epoch": r.epoch, "step": r.step, "value": r.value, "path": r.path, "metrics": dict(r.metrics),
+    archived = [{"epoch": r.epoch, "step": r.step, "value": r.value, **_raw(r.raw), "path": r.path,
+                 "metrics": dict(r.metrics),
                  "size_bytes": _size(directory, data, r.path), "also_best_k": (r.epoch, r.step) in kept_at}
                 for r in data.state.archived]
     states = [{"path": x["path"], "epoch": int(x["epoch"]), "step": x.get("step"),
@@ -204,6 +210,7 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
             "epoch": best.epoch,
             "step": best.step,
             "value": best.value,
+            **_raw(best.raw),
             "path": best.path,
             "metrics": dict(best.metrics),
         },
@@ -255,6 +262,11 @@ def _resumable(directory: str, data: manifest.RunRecord) -> dict[str, Any]:
                 "reason": "resume=True continues in the saved epoch, at the batch after the saved one"}
     return {"resumable": True, "epoch": epoch, "next_epoch": epoch + 1, "path": last["path"],
             "reason": "resume=True continues after the saved state"}
+
+
+def _raw(v: Any) -> dict[str, float]:
+    """`{"raw": v}` for a run with `smooth=` (the value as read), else `{}`."""
+    return {} if v is None else {"raw": _num(v)}
 
 
 def _num(v: Any) -> float:

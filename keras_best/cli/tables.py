@@ -17,6 +17,7 @@ from typing import Any, Mapping
 
 from keras_best.core.monitor import describe_stop
 from keras_best.core.objective import describe_require
+from keras_best.core.smoothing import parse as parse_smooth
 from keras_best.frontends.loading import format_value, monitor_name
 
 
@@ -36,6 +37,26 @@ def _mode_text(mode: Any) -> str:
     if isinstance(mode, list):
         return ", ".join(str(m or "auto") for m in mode)
     return {"min": "min (lower is better)", "max": "max (higher is better)"}.get(mode, str(mode or "auto"))
+
+
+def smooth_label(options: Mapping[str, Any]) -> str | None:
+    """How a run with `smooth=` averaged its monitor, e.g. "mean of the last 3"; `None` without.
+
+    >>> smooth_label({"smooth": ["ema", 0.3]}), smooth_label({})
+    ('EMA alpha=0.3', None)
+    """
+    spec = options.get("smooth")
+    if spec is None:
+        return None
+    try:
+        return parse_smooth(spec).describe()
+    except (ValueError, TypeError):  # read from disk: shown as it is
+        return printable(str(spec))
+
+
+def _raw_cells(rows: list[Mapping[str, Any]], key: str = "raw") -> bool:
+    """Whether a table of `rows` gets a "raw" column (the run used `smooth=`)."""
+    return any(r and key in r for r in rows)
 
 
 def epoch_label(epoch: int, step: Any) -> str:
@@ -76,8 +97,13 @@ def format_table(summary: Mapping[str, Any]) -> str:
     """The summary as aligned plain text (1-based epochs, as Keras prints them)."""
     monitor = monitor_name(summary["monitor"])
     best = summary["best"]
+    smooth = smooth_label(summary["options"])
+    if smooth:
+        monitor += f", smoothed: {smooth} (values are smoothed; raw: as read)"
     if best:
-        best_text = f"{format_value(best['value'])} at epoch {epoch_label(best['epoch'], best['step'])}  ({best['path']})"
+        raw = f" (raw {format_value(best['raw'])})" if "raw" in best else ""
+        best_text = (f"{format_value(best['value'])}{raw} at epoch {epoch_label(best['epoch'], best['step'])}  "
+                     f"({best['path']})")
     else:
         best_text = f"none yet ({summary.get('no_best') or 'no epoch improved'})"
     if summary["epochs_run"]:
@@ -131,7 +157,9 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
         primary = summary["monitor"][0] if isinstance(summary["monitor"], list) else str(summary["monitor"])
         key = "value"
     others = sorted({k for r in kept for k in r["metrics"]} - {primary})
-    header = [printable(h) for h in ["rank", "epoch", primary, *others, "size", "file", "kept by"]]
+    raw = _raw_cells(kept)
+    shown = f"{primary} (smoothed)" if raw and key == "value" else primary
+    header = [printable(h) for h in ["rank", "epoch", shown, *["raw"] * raw, *others, "size", "file", "kept by"]]
     rows = [header]
     keep = summary["options"].get("keep_top_k", 1)
     archived = {r["path"] for r in summary.get("archived", ())}
@@ -144,12 +172,13 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
             str(r["rank"]),
             epoch_label(r["epoch"], r["step"]),
             format_value(r[key]) + ("" if r.get("feasible", True) else " (breaks require)"),
+            *[format_value(r.get("raw"))] * raw,
             *(format_value(r["metrics"].get(k)) for k in others),
             format_size(r["size_bytes"]),
             printable(r["path"]),
             rule,
         ])
-    right = set(range(0, 3 + len(others) + 1))
+    right = set(range(0, 3 + raw + len(others) + 1))
     lines.extend("  " + line for line in _table(rows, right))
     return lines
 
@@ -188,7 +217,9 @@ def _history_lines(summary: Mapping[str, Any]) -> list[str]:
     best = summary["best"] and (summary["best"]["epoch"], summary["best"]["step"])
     stopped = summary["stopped"] and (summary["stopped"]["epoch"], summary["stopped"]["step"])
     kept = {(r["epoch"], r["step"]) for r in summary["kept"]}
-    rows = [[printable(h) for h in ["epoch", primary, *others, "wait", "saved", "note"]]]
+    raw = _raw_cells(history)
+    shown = f"{primary} (smoothed)" if raw else primary
+    rows = [[printable(h) for h in ["epoch", shown, *["raw"] * raw, *others, "wait", "saved", "note"]]]
     for h in history:
         at = (h["epoch"], h.get("step"))
         notes = []
@@ -208,10 +239,11 @@ def _history_lines(summary: Mapping[str, Any]) -> list[str]:
         if saved and at not in kept:
             saved += " (not kept)"
         value = format_value(h["value"]) if h.get("validated", True) else "-"
-        rows.append([epoch_label(*at), value, *(format_value(h["metrics"].get(k)) for k in others),
+        raw_cell = [format_value(h["raw"]) if "raw" in h else "-"] * raw
+        rows.append([epoch_label(*at), value, *raw_cell, *(format_value(h["metrics"].get(k)) for k in others),
                      str(h.get("wait", "")), saved, ", ".join(notes)])
     title = f"History ({len(history)} update{'s' if len(history) != 1 else ''}):"
-    return [title, *("  " + line for line in _table(rows, set(range(0, 3 + len(others)))))]
+    return [title, *("  " + line for line in _table(rows, set(range(0, 3 + raw + len(others)))))]
 
 
 def monitor_names(monitor: Any) -> list[str]:
@@ -241,7 +273,9 @@ def format_compare(result: Mapping[str, Any], names: list[str] | None = None) ->
                  f"{printable(monitor_name(result['ranked_by']))} ({better} is better):"]
     else:
         lines = [f"{len(runs)} runs, in the order given (their monitors or modes differ, so they are not ranked):"]
-    rows = [["rank"] * ranked + ["run"] + ["monitor"] * (not ranked) + ["best", "at epoch", "epochs", "early stopped"]]
+    raw = _raw_cells([r["best"] for r in runs])  # a run used smooth=: its best is smoothed, raw beside it
+    rows = [["rank"] * ranked + ["run"] + ["monitor"] * (not ranked) + ["best"] + ["raw"] * raw + [
+        "at epoch", "epochs", "early stopped"]]
     notes = []
     for name, r in zip(names, runs):
         best, stopped = r["best"], r["stopped"]
@@ -249,9 +283,12 @@ def format_compare(result: Mapping[str, Any], names: list[str] | None = None) ->
         if not best:
             notes.append(f"  {name}: no best: {r['no_best']}")
         rows.append([str(r["rank"])] * ranked + [name] + [printable(monitor_name(r["monitor"]))] * (not ranked) + [
-            format_value(best["value"]) if best else "none", epoch_label(best["epoch"], best["step"]) if best else "-",
-            str(r["epochs_run"]), stop])
-    lines.extend("  " + line for line in _table(rows, {0, 2, 3, 4} if ranked else {2, 3, 4}))
+            format_value(best["value"]) if best else "none",
+            *[format_value(best["raw"]) if best and "raw" in best else "-"] * raw,
+            epoch_label(best["epoch"], best["step"]) if best else "-", str(r["epochs_run"]), stop])
+        if smooth_label(r["options"]):
+            notes.append(f"  {name}: smoothed ({smooth_label(r['options'])}): best is the smoothed value")
+    lines.extend("  " + line for line in _table(rows, set(range(2, 5 + raw)) | ({0} if ranked else set())))
     return "\n".join(lines + (["", *notes] if notes else []))
 
 
@@ -264,4 +301,5 @@ def _resumable_text(res: Mapping[str, Any]) -> str:
     return f"{saved}; resume=True continues at epoch {epoch_label(res['next_epoch'], res.get('next_step'))}"
 
 
-__all__ = ["epoch_label", "format_compare", "format_size", "format_table", "monitor_names", "printable"]
+__all__ = ["epoch_label", "format_compare", "format_size", "format_table", "monitor_names", "printable",
+           "smooth_label"]

@@ -15,6 +15,7 @@ import math
 from typing import Any, Iterator, Mapping
 
 from keras_best.core.objective import Score, beats
+from keras_best.core.smoothing import Smoothing, Window, check_window, parse
 
 
 class StopReason(str, enum.Enum):
@@ -59,7 +60,8 @@ class Decision:
 
     Attributes:
         epoch: the epoch given to `update()`.
-        value: the monitored value read this epoch (may be NaN).
+        value: the monitored value this epoch (may be NaN): with `smooth`,
+            the smoothed value, the one every rule decides on.
         improved: whether `value` beat the best so far.
         best: the best value after this update (`None` until one is finite
             and beats `baseline`).
@@ -71,6 +73,7 @@ class Decision:
         wait: epochs since the last improvement.
         ties: the tie-break values read this epoch (list `monitor`).
         feasible: whether this epoch met the `require` constraints.
+        raw: the monitored value as read, before smoothing (`value` without `smooth`).
     """
 
     epoch: int
@@ -85,6 +88,7 @@ class Decision:
     wait: int = 0
     ties: tuple[float, ...] = ()
     feasible: bool = True
+    raw: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +105,8 @@ class MonitorState(Mapping[str, Any]):
         wait: epochs since the last improvement that counts for patience.
         patience_best: the best `Score` since `start_from_epoch` (what
             patience compares with, as `keras.callbacks.EarlyStopping`).
+        smooth: the `smooth=` windows (`keras_best.core.smoothing`), one per
+            compared value; written as "smooth" once there is one.
 
     >>> state = MonitorState(Score(0.5), 1, 0, Score(0.5))
     >>> state["best"], MonitorState.from_json(dict(state)) == state
@@ -111,6 +117,7 @@ class MonitorState(Mapping[str, Any]):
     best_epoch: int | None = None
     wait: int = 0
     patience_best: Score | None = None
+    smooth: Window = ()
 
     @property
     def best_value(self) -> float | None:
@@ -125,7 +132,7 @@ class MonitorState(Mapping[str, Any]):
             "patience_best": None if self.patience_best is None else self.patience_best.primary,
             "best_ties": [] if self.best is None else list(self.best.ties),
             "patience_ties": [] if self.patience_best is None else list(self.patience_best.ties),
-        }
+        } | ({"smooth": [list(w) for w in self.smooth]} if self.smooth else {})
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MonitorState:
@@ -138,16 +145,17 @@ class MonitorState(Mapping[str, Any]):
         # Absent in manifests written before it existed: then it was `best`.
         patience_best = _stored_score(data["patience_best"], data.get("patience_ties")) if (
             "patience_best" in data) else best
-        return cls(best, data["best_epoch"], int(data["wait"]), patience_best)
+        smooth = check_window(data["smooth"]) if data.get("smooth") else ()
+        return cls(best, data["best_epoch"], int(data["wait"]), patience_best, smooth)
 
     def __getitem__(self, key: str) -> Any:
         return self.to_json()[key]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(_STATE_KEYS)
+        return iter(_STATE_KEYS + (("smooth",) if self.smooth else ()))
 
     def __len__(self) -> int:
-        return len(_STATE_KEYS)
+        return len(_STATE_KEYS) + bool(self.smooth)
 
 
 _STATE_KEYS = ("best", "best_epoch", "wait", "patience_best", "best_ties", "patience_ties")
@@ -180,6 +188,10 @@ class Monitor:
             that reaches it is still saved when it is the best.
         divergence_threshold: stop as soon as a value is worse than this
             (`>` in "min" mode, `<` in "max" mode) or NaN: training diverged.
+        smooth: `("mean", n)` or `("ema", alpha)` (`keras_best.core.smoothing`):
+            every rule above decides on the smoothed value (each compared
+            value of a `Score` averaged on its own; feasibility is the
+            epoch's own), except `stop_on_non_finite`, which reads the raw one.
 
     Example:
     >>> m, state = Monitor("min", patience=2), MonitorState()
@@ -200,6 +212,7 @@ class Monitor:
     stop_on_non_finite: bool = False
     stopping_threshold: float | None = None
     divergence_threshold: float | None = None
+    smooth: Smoothing | None = None
 
     def __post_init__(self) -> None:
         mode, set_ = self.modes, lambda name, value: object.__setattr__(self, name, value)
@@ -233,6 +246,7 @@ class Monitor:
                 f"on. Received: stopping_threshold={stop!r}, divergence_threshold={diverge!r}"
             )
         set_("modes", modes)
+        set_("smooth", parse(self.smooth))
         set_("min_delta", float(min_delta))
         for name in ("baseline", "stopping_threshold", "divergence_threshold"):
             value = getattr(self, name)
@@ -255,7 +269,11 @@ class Monitor:
     def step(self, state: MonitorState, epoch: int, value: float | Score) -> tuple[Decision, MonitorState]:
         """Decide `value` (a number, or a `Score` with tie-breaks) for `epoch`
         after `state`; return the decision and the state after it."""
-        score = _score(value)
+        raw = score = _score(value)
+        smooth = state.smooth
+        if self.smooth is not None:
+            smoothed, smooth = self.smooth.smooth(smooth, (raw.primary, *raw.ties))
+            score = Score(smoothed[0], smoothed[1:], raw.feasible)
         improved = self.is_improvement(state, score)
         best, best_epoch = (score, epoch) if improved else (state.best, state.best_epoch)
         wait, patience_best, exhausted = state.wait, state.patience_best, False
@@ -270,8 +288,8 @@ class Monitor:
                     wait = 0
             else:
                 exhausted = self.patience is not None and wait >= self.patience
-        after = MonitorState(best, best_epoch, wait, patience_best)
-        reason = self._stop_reason(score, exhausted)
+        after = MonitorState(best, best_epoch, wait, patience_best, smooth)
+        reason = self._stop_reason(score, raw.primary, exhausted)
         return Decision(
             epoch=epoch,
             value=score.primary,
@@ -283,11 +301,12 @@ class Monitor:
             wait=wait,
             ties=score.ties,
             feasible=score.feasible,
+            raw=raw.primary,
         ), after
 
-    def _stop_reason(self, score: Score, patience_exhausted: bool) -> StopReason:
+    def _stop_reason(self, score: Score, raw: float, patience_exhausted: bool) -> StopReason:
         signed = _signed(score.primary, self.mode)
-        if self.stop_on_non_finite and not math.isfinite(score.primary):
+        if self.stop_on_non_finite and not math.isfinite(raw):
             return StopReason.NON_FINITE_METRIC
         if self.stopping_threshold is not None and score.eligible and (
             signed <= _signed(self.stopping_threshold, self.mode)

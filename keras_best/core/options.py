@@ -24,7 +24,7 @@ import numbers
 import re
 from typing import Any, Mapping
 
-from keras_best.core import signals
+from keras_best.core import signals, smoothing
 from keras_best.core.monitor import Monitor
 from keras_best.core.objective import Objective
 
@@ -66,6 +66,7 @@ class Options:
     state: Any = None
     max_shard_size: float | None = None
     max_host_memory: int | None = None
+    smooth: Any = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -74,6 +75,7 @@ class Options:
         self._set("patience", integer("patience", self.patience, 0, " or None"))
         self._set("start_from_epoch", integer("start_from_epoch", self.start_from_epoch, 0, allow_none=False))
         self._set("min_delta", real("min_delta", self.min_delta))
+        self._set("smooth", smoothing.parse(self.smooth))
         self._set("baseline", None if self.baseline is None else real("baseline", self.baseline))
         for name in ("stopping_threshold", "divergence_threshold"):
             value = getattr(self, name)
@@ -140,14 +142,16 @@ class Options:
         """The keyword arguments of `Monitor`."""
         return dict(min_delta=self.min_delta, baseline=self.baseline, patience=self.patience,
                     start_from_epoch=self.start_from_epoch, stop_on_non_finite=self.stop_on_non_finite,
-                    stopping_threshold=self.stopping_threshold, divergence_threshold=self.divergence_threshold)
+                    stopping_threshold=self.stopping_threshold, divergence_threshold=self.divergence_threshold,
+                    smooth=self.smooth)
 
     def recorded(self) -> dict[str, Any]:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
                                               "keep_top_k", "save_best_only", "stopping_threshold",
                                               "divergence_threshold", "keep_last", "archive_every")} | (
-            {} if self.max_shard_size is None else {"max_shard_size": self.max_shard_size})
+            {} if self.max_shard_size is None else {"max_shard_size": self.max_shard_size}) | (
+            {} if self.smooth is None else {"smooth": list(self.smooth)})
 
     @classmethod
     def create(cls, owner: str, **options: Any) -> Options:

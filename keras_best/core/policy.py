@@ -82,6 +82,11 @@ class RunState:
                 return r
         return None
 
+    def best_raw(self) -> float | None:
+        """The best's monitored value as read, before `smooth=` (without it, the best's value)."""
+        record = self.best_record()
+        return None if record is None else record.value if record.raw is None else record.raw
+
     def check(self, keep_top_k: int | None) -> None:
         """Raise `AssertionError` when an invariant of the module docstring fails."""
         paths = [r.path for r in self.kept]
@@ -164,6 +169,7 @@ class Policy:
                 "order (after resume=True, loop over tracker.epochs(n): it starts at tracker.initial_epoch)."
             )
         engine = MonitorState() if state.engine is None else state.engine
+        raw = None if score is None or self.options.smooth is None else score.primary  # recorded beside it
         if score is None:  # no validation values in this update: nothing decided, patience untouched
             decision = Decision(epoch=epoch, value=math.nan, improved=False, best=engine.best_value,
                                 best_epoch=engine.best_epoch, wait=engine.wait)
@@ -172,7 +178,8 @@ class Policy:
         else:
             decision, engine = self.monitor.step(engine, epoch, score)
             best_at = position if decision.improved else state.best_at
-            new = Record(epoch, score.primary, "", dict(values), step, score.ties, score.feasible)
+            score = Score(decision.value, decision.ties, decision.feasible)  # smoothed: what `smooth=` ranks
+            new = Record(epoch, score.primary, "", dict(values), step, score.ties, score.feasible, raw)
         admitted = score is not None and self._admits(decision, score)
         kept, archived, save_as, archive = self._retain(state, new, admitted, best_at, name)
         on_disk = {r.path for r in kept + archived}
@@ -186,6 +193,7 @@ class Policy:
             "epoch": epoch,
             "step": step,
             "value": decision.value,
+            **({} if raw is None else {"raw": raw}),
             "improved": decision.improved,
             "saved": save_as,
             "wait": decision.wait,

@@ -30,7 +30,9 @@ class Record:
 
     `path` is relative to the run directory. `ties` are the tie-break values
     of a list `monitor`; `feasible` is false for an epoch that broke a
-    `require` constraint (kept only with `save_best_only=False`).
+    `require` constraint (kept only with `save_best_only=False`). With
+    `smooth=`, `value` (and `ties`) are the smoothed values the file was
+    ranked by and `raw` the monitored value as read; otherwise `raw` is None.
     """
 
     epoch: int
@@ -40,6 +42,7 @@ class Record:
     step: int | None = None
     ties: tuple[float, ...] = ()
     feasible: bool = True
+    raw: float | None = None
 
     @property
     def score(self) -> Score:
@@ -62,6 +65,8 @@ class Record:
             data["ties"] = list(self.ties)
         if not self.feasible:
             data["feasible"] = False
+        if self.raw is not None:
+            data["raw"] = self.raw
         return data
 
     @classmethod
@@ -77,6 +82,7 @@ class Record:
             step=data.get("step"),
             ties=tuple(float(t) for t in data.get("ties") or ()),
             feasible=bool(data.get("feasible", True)),
+            raw=None if data.get("raw") is None else float(data["raw"]),
         )
 
 

@@ -147,10 +147,10 @@ def validated(objective: Objective, options: Options, values: Mapping[str, float
 
 
 def check_update(objective: Objective, options: Options, path: RunPath, values: Mapping[str, float],
-                 step: int | None) -> None:
+                 step: int | None, model: Any, metrics: Mapping[str, Any]) -> None:
     """A validated update's checks, at every one (a key missing later must not
     silently read as NaN): the monitored and required keys, and `filepath`'s
-    placeholders."""
+    placeholders; then every "auto" mode is resolved (`resolve_modes(final=True)`)."""
     objective.check_keys(values, needs_monitor=options.needs_monitor)
     if step is None and "batch" in path.fields:
         raise ValueError(
@@ -163,6 +163,7 @@ def check_update(objective: Objective, options: Options, path: RunPath, values: 
             f"`filepath` uses {missing}, which are not among the metrics given to "
             f"update(): {sorted(values)}. Received: filepath={path.filepath}"
         )
+    resolve_modes(objective, model, metrics, final=True)
 
 
 def resolve_modes(objective: Objective, model: Any, metrics: Mapping[str, Any] | None = None,

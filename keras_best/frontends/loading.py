@@ -26,6 +26,8 @@ class BestRecord:
             for a list, its first name).
         metrics: every metric recorded for that epoch.
         step: the step given to `update()`, if any.
+        raw: with `smooth=`, the monitored value as read (`value` is the
+            smoothed one the best was chosen by); else `None`.
     """
 
     epoch: int
@@ -34,6 +36,7 @@ class BestRecord:
     monitor: str
     metrics: Mapping[str, float]
     step: int | None = None
+    raw: float | None = None
 
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
@@ -53,6 +56,7 @@ def read_best(directory: str | os.PathLike) -> BestRecord:
         monitor=record.monitor if record.monitor is not None else "",
         metrics=dict(best.metrics),
         step=best.step,
+        raw=best.raw,
     )
 
 

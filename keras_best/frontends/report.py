@@ -34,6 +34,8 @@ class Reporter:
         name, ties = self.objective.name, ""
         if d.ties:  # a list monitor: show the tie-break values too
             ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
+        if self.options.get("smooth"):  # decided on the smoothed value: say so, and show the value as read
+            name, ties = f"smoothed {name}", f"{ties} (raw {d.raw:.5f})"
         before = fmt(previous_best, self.baseline)  # as ModelCheckpoint prints it
         breaks = "" if d.feasible else self.objective.describe_require()
         if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it

@@ -52,8 +52,7 @@ class BestWeightsTracker:
         keep_top_k: how many best files to keep (`None`: keep every file
             saved). Above 1, any epoch entering the best k is saved.
         save_best_only: if False, save at every update (as ModelCheckpoint).
-        save_last: also keep the latest training state (model, optimizer,
-            epoch and tracker state) to resume from.
+        save_last: also keep the latest training state (model, optimizer, epoch, tracker state) to resume from.
         keep_last: how many training states to keep (newest resumes; the
             older ones are named `keras_best_state-EPOCH[-STEP].h5`).
         archive_every: also save the model every this many epochs, in
@@ -66,8 +65,7 @@ class BestWeightsTracker:
             `SeedGenerator`s, Python's, NumPy's and torch's) with the training
             state and restore it on resume, so a resumed run draws what an
             uninterrupted one would (see `keras_best.training_state.rng`).
-        patience: stop after this many updates in a row without improvement
-            (`None`: never stop).
+        patience: stop after this many updates in a row without improvement (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
         restore_best_weights: at `finish()`, put the best weights back into
             the model, read from the best's file (no host copy is kept;
@@ -80,19 +78,21 @@ class BestWeightsTracker:
             `state_dict()`/`load_state_dict()` (torch optimizers); others are refused here.
         resume: continue the run recorded in the directory (model, optimizers, best, patience,
             kept files, history); `initial_epoch` says where. Implies `save_last`.
-        save_format: "weights", "keras" or "savedmodel" (default: from the
-            file name).
+        save_format: "weights", "keras" or "savedmodel" (default: from the file name).
         max_shard_size: GB per shard: sharded sets as `model.save_weights(path, max_shard_size=)`
             writes (a `.weights.json` `filepath`), kept and loaded as one unit.
         export_at_finish: with `save_format="savedmodel"`, keep weights while
             training and export the best model once, at `finish()`.
-        stop_on_non_finite: stop at once when the monitored value is NaN/inf.
+        stop_on_non_finite: stop at once when the monitored value (as read) is NaN/inf.
         stopping_threshold: stop as soon as a (feasible) monitored value
             reaches this one (`<=` with mode "min", `>=` with "max"); that
             epoch is saved first when it is the best.
         divergence_threshold: stop as soon as the monitored value is worse
             than this one (`>` with mode "min", `<` with "max"), or NaN.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
+        smooth: decide (best, patience, thresholds, top k) on `("mean", n)` of the last n validations or
+            `("ema", alpha)`, `s = alpha * value + (1 - alpha) * s`; the file kept is the epoch's whose
+            smoothed value is best; records hold the raw value too (`raw`; docs/smoothing.md).
         require: constraints an epoch must meet to be best or enter the top
             k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
             `==`) or a callable `metrics -> bool`. Epochs that break them
@@ -171,8 +171,13 @@ class BestWeightsTracker:
 
     @property
     def best(self) -> float | None:
-        """The best monitored value so far (`None` before the first improvement)."""
+        """The best monitored value so far (`None` before one; with `smooth=`, smoothed: see `best_raw`)."""
         return (self._run.state.engine or {}).get("best")
+
+    @property
+    def best_raw(self) -> float | None:
+        """The monitored value of the best epoch as read, before `smooth=` (else `best`)."""
+        return self._run.state.best_raw()
 
     @property
     def best_epoch(self) -> int | None:
@@ -270,8 +275,7 @@ class BestWeightsTracker:
 
     @property
     def stop_reason(self) -> StopReason:
-        stopped = self._run.state.stopped
-        return StopReason(stopped["reason"]) if stopped else StopReason.NONE
+        return StopReason((self._run.state.stopped or {}).get("reason", ""))
 
     def epochs(self, epochs: int) -> Iterator[int]:
         """The epochs left to train, up to `epochs`: from `initial_epoch` (0
@@ -311,8 +315,7 @@ class BestWeightsTracker:
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
         validated = checks.validated(self.objective, self.options, values)
         if validated:
-            checks.check_update(self.objective, self.options, self.path, values, step)
-            checks.resolve_modes(self.objective, self.model, metrics, final=True)
+            checks.check_update(self.objective, self.options, self.path, values, step, self.model, metrics)
         previous_best = self.best
         plan = self._apply(epoch, step, values, self.objective.score(values) if validated else None, swapped)
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),

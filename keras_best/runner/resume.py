@@ -68,4 +68,8 @@ def check_record(run: Any, record: RunRecord, model: Any) -> None:
     if record.require != o.require_spec:
         raise ValueError(f"{where} require={record.require!r}, not {o.require_spec!r}. Use the same "
                          "constraints, or another directory for a new run.")
+    smooth = run.options.recorded().get("smooth")
+    if record.options.get("smooth") != smooth:
+        raise ValueError(f"{where} smooth={record.options.get('smooth')!r}, not {smooth!r}: its averages "
+                         "would not continue. Use the same smooth=, or another directory for a new run.")
     parts.check_architecture(model, record.architecture, run.directory)

@@ -12,6 +12,7 @@ import math
 from typing import Any, Mapping
 
 from keras_best.core.retention import Record
+from keras_best.core.smoothing import check_window
 from keras_best.storage import files
 
 BOOKKEEPING = (files.MANIFEST_NAME, files.HISTORY_NAME, files.LOCK_NAME)  # never a recorded file
@@ -105,6 +106,11 @@ class Checker:
             v = value.get(key)
             if v is not None and (not isinstance(v, list) or not all(is_number(t) for t in v)):
                 raise self.error(f"engine.{key}", f"must be a list of numbers, not {v!r}")
+        if value.get("smooth") is not None:
+            try:
+                check_window(value["smooth"])
+            except ValueError as e:
+                raise self.error("engine.smooth", str(e)) from e
         return dict(value)
 
     def history_entry(self, value: Any, field: str) -> dict[str, Any]:
