@@ -150,7 +150,7 @@ def load_best(
         return best
 
     record = choose()
-    _check_architecture(model, data, directory)
+    check_architecture(model, data, directory)
     engine = engine_for(data.save_format)
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
@@ -163,7 +163,7 @@ def load_best(
     return record
 
 
-def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
+def check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
     from keras_best.runner.run import architecture_of
 
     recorded = data.architecture
@@ -208,4 +208,4 @@ def monitor_name(monitor: Any) -> str:
     return ", ".join(monitor) if isinstance(monitor, list) else str(monitor)
 
 
-__all__ = ["BestRecord", "load_best", "rank_kept", "read_best"]
+__all__ = ["BestRecord", "check_architecture", "load_best", "rank_kept", "read_best"]
