@@ -309,9 +309,10 @@ def report(title: str, run_dir: str, data: dict[str, Any], seconds: float) -> di
     print(f"  load_best(fresh_model, {run_dir!r}) -> epoch {record.epoch + 1}, "
           f"val_loss {record.value:.4f}; test accuracy {acc:.4f} ({len(data['test'][1])} unseen digits)")
     soup = build_model(seed=1)
-    averaged = average_best(soup, run_dir, k=KEEP)  # the uniform average of the kept files
+    k = len(s["kept"])  # KEEP, or fewer in a run shorter than that
+    averaged = average_best(soup, run_dir, k=k)  # the uniform average of the kept files
     soup_acc = test_accuracy(soup, data)
-    print(f"  average_best(fresh_model, {run_dir!r}, k={KEEP}) -> epochs "
+    print(f"  average_best(fresh_model, {run_dir!r}, k={k}) -> epochs "
           f"{', '.join(str(e + 1) for e in averaged.epochs)} averaged; test accuracy {soup_acc:.4f}")
     return {"title": title, "summary": s, "test_accuracy": acc, "record": record, "seconds": seconds,
             "average_test_accuracy": soup_acc, "averaged_epochs": averaged.epochs}
