@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "AverageRecord": "keras_best.frontends.average",
     "BestCheckpoint": "keras_best.frontends.callback",
     "BestRecord": "keras_best.frontends.loading",
     "BestWeightsTracker": "keras_best.frontends.tracker",
@@ -24,10 +25,12 @@ _PUBLIC = {
     "RunDirectoryLocked": "keras_best.storage.lock",
     "SaveError": "keras_best.frontends.tracker",
     "StopReason": "keras_best.core.monitor",
+    "average_best": "keras_best.frontends.average",
     "load_best": "keras_best.frontends.loading",
 }
 
 __all__ = [
+    "AverageRecord",
     "BestCheckpoint",
     "BestRecord",
     "BestWeightsTracker",
@@ -36,12 +39,14 @@ __all__ = [
     "RunDirectoryLocked",
     "SaveError",
     "StopReason",
+    "average_best",
     "load_best",
     "__version__",
 ]
 
 if TYPE_CHECKING:
     from keras_best.core.monitor import Decision, StopReason
+    from keras_best.frontends.average import AverageRecord, average_best
     from keras_best.frontends.callback import BestCheckpoint
     from keras_best.frontends.loading import BestRecord, load_best
     from keras_best.frontends.tracker import BestWeightsTracker, SaveError

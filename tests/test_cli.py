@@ -17,7 +17,7 @@ import time
 import keras
 import pytest
 
-from keras_best import BestWeightsTracker, load_best
+from keras_best import BestWeightsTracker, average_best, load_best
 from keras_best.cli.commands import main
 from keras_best.cli.summary import summarize
 from keras_best.cli.tables import format_size
@@ -329,6 +329,12 @@ def test_demo_short_run_keeps_three_and_reloads_the_best(tmp_path, capsys):
     acc = demo.test_accuracy(model, data)
     assert f"test accuracy {acc:.4f} (360 unseen digits)" in out
     assert acc > 0.8
+    # ...and the one after it, the average of the 3 kept files'.
+    soup = demo.build_model(seed=1)
+    averaged = average_best(soup, out_dir / "fit", k=3)
+    assert len(averaged.epochs) == 3
+    assert (f"k=3) -> epochs {', '.join(str(e + 1) for e in averaged.epochs)} averaged; "
+            f"test accuracy {demo.test_accuracy(soup, data):.4f}") in out
 
     # Running it again into the same directory starts afresh (it made that directory).
     code, out, err = run_cli(capsys, "demo", "--output", str(out_dir), "--epochs", "2")
@@ -392,7 +398,7 @@ def test_full_demo_as_python_m_keras_best(tmp_path):
         assert s["epochs_run"] == s["best"]["epoch"] + 1 + 5  # patience=5
     accuracies = [float(line.split("test accuracy ")[1].split()[0])
                   for line in proc.stdout.splitlines() if "test accuracy" in line]
-    assert len(accuracies) == 2 and min(accuracies) > 0.93
+    assert len(accuracies) == 4 and min(accuracies) > 0.93  # each run's best file, then its average of 3
     assert (tmp_path / "d" / "custom_loop.png").exists() and (tmp_path / "d" / "fit.png").exists()
 
 

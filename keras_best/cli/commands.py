@@ -5,6 +5,7 @@ keras-best demo [--output DIR]          train on scikit-learn's digits, twice, a
 keras-best inspect RUN_DIR [--json]     the run at a glance (a study directory: its trials, best first)
 keras-best compare RUN_DIR RUN_DIR...   runs side by side, best first; --plot OUT.png draws their curves
 keras-best plot RUN_DIR [-o curve.png]  the learning curve with the saved and kept epochs
+keras-best average RUN_DIR -k 3 -o FILE  the average of the run's k best kept files, into FILE
 ```
 
 Errors are one line on stderr and exit status 1 (2 for bad arguments), never a
@@ -34,6 +35,7 @@ examples:
   keras-best inspect runs/exp1 --history
   keras-best compare runs/exp1 runs/exp2 --plot compare.png
   keras-best plot runs/exp1 -o curve.png
+  keras-best average runs/exp1 -k 3 -o soup.weights.h5 --model arch.keras
 """
 _SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`yes | head`)
 
@@ -101,6 +103,23 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
     plot.add_argument("-o", "--output", metavar="FILE",
                       help="image to write, .png/.svg/.pdf (default: <run dir name>-curve.png here)")
+    average = sub.add_parser(
+        "average",
+        help="average the k best kept files of a run into one file (a checkpoint soup)",
+        description="Average the weights of the K best kept files of the run in RUN_DIR (ranked as "
+        "load_best ranks them; --by re-ranks) and write the averaged model to FILE with the stock "
+        "Keras saver: FILE.weights.h5 (weights) or FILE.keras (the whole model). The architecture "
+        "comes from the run's own .keras files, or from --model for a run of weights files. "
+        "BatchNormalization statistics are averaged (average_best(data=...) in Python recomputes them).",
+    )
+    average.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (the folder holding keras_best.json)")
+    average.add_argument("-k", type=int, default=3, metavar="K", help="how many of the best kept files (default: 3)")
+    average.add_argument("-o", "--output", required=True, metavar="FILE",
+                         help="the file to write, .weights.h5 or .keras (replaced atomically)")
+    average.add_argument("--model", metavar="FILE.keras",
+                         help="a saved model of the run's architecture (needed unless the run saved .keras files)")
+    average.add_argument("--by", metavar="METRIC", help="rank the kept files by another recorded metric")
+    average.add_argument("--by-mode", metavar="MODE", help="min or max for --by (inferred when left out)")
     return parser
 
 
@@ -121,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                             by=args.by, by_mode=args.by_mode)
         elif args.command == "compare":
             code = _compare(args.run_dirs, as_json=args.json, plot_to=args.plot)
+        elif args.command == "average":
+            from keras_best.cli.average import average
+
+            code = average(args.run_dir, args.k, args.output, model_file=args.model, by=args.by,
+                           by_mode=args.by_mode)
         else:
             code = _plot(args.run_dir, args.output)
         sys.stdout.flush()  # here, where a closed pipe is caught, not at exit

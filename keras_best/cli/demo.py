@@ -10,7 +10,8 @@ of handwritten digits; nothing is downloaded) twice:
 
 both with early stopping (`patience=5`) and the 3 best files kept. Each run
 prints what it saved and deleted epoch by epoch, what it kept, then reloads the
-best into a fresh model with `load_best` and reports its test accuracy. With
+best into a fresh model with `load_best` and reports its test accuracy, and
+that of the average of the kept files (`average_best`). With
 matplotlib installed it also draws each run's learning curve.
 """
 
@@ -288,7 +289,7 @@ def prepare_output(output: str) -> str:
 
 
 def report(title: str, run_dir: str, data: dict[str, Any], seconds: float) -> dict[str, Any]:
-    from keras_best import load_best
+    from keras_best import average_best, load_best
 
     s = summary_lib.summarize(run_dir)
     best = s["best"]
@@ -307,7 +308,14 @@ def report(title: str, run_dir: str, data: dict[str, Any], seconds: float) -> di
     acc = test_accuracy(fresh, data)
     print(f"  load_best(fresh_model, {run_dir!r}) -> epoch {record.epoch + 1}, "
           f"val_loss {record.value:.4f}; test accuracy {acc:.4f} ({len(data['test'][1])} unseen digits)")
-    return {"title": title, "summary": s, "test_accuracy": acc, "record": record, "seconds": seconds}
+    soup = build_model(seed=1)
+    k = len(s["kept"])  # KEEP, or fewer in a run shorter than that
+    averaged = average_best(soup, run_dir, k=k)  # the uniform average of the kept files
+    soup_acc = test_accuracy(soup, data)
+    print(f"  average_best(fresh_model, {run_dir!r}, k={k}) -> epochs "
+          f"{', '.join(str(e + 1) for e in averaged.epochs)} averaged; test accuracy {soup_acc:.4f}")
+    return {"title": title, "summary": s, "test_accuracy": acc, "record": record, "seconds": seconds,
+            "average_test_accuracy": soup_acc, "averaged_epochs": averaged.epochs}
 
 
 def main(output: str = "keras-best-demo", epochs: int = 60, plot: bool = True) -> int:

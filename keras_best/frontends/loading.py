@@ -153,7 +153,7 @@ def load_best(
             )
         return best
 
-    _check_architecture(model, data, directory)
+    check_architecture(model, data, directory)
     engine = engine_for(data.save_format)
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
@@ -184,7 +184,7 @@ def _files_of(data: manifest.RunRecord) -> Any:
 _READS = 5  # reads of a run directory that a writer keeps changing, before giving up
 
 
-def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
+def check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
     from keras_best.runner.run import architecture_of
 
     recorded = data.architecture
@@ -229,4 +229,4 @@ def monitor_name(monitor: Any) -> str:
     return ", ".join(monitor) if isinstance(monitor, list) else str(monitor)
 
 
-__all__ = ["BestRecord", "load_best", "rank_kept", "read_best"]
+__all__ = ["BestRecord", "check_architecture", "load_best", "rank_kept", "read_best"]

@@ -9,7 +9,7 @@ meets under its path ("d_optimizer", "generator/optimizer", ...). So does
 `tracked_optimizers`, with the same paths, so a training state names them as
 the weights file does. Private in Keras: `saving_lib._walk_saveable`,
 `KerasSaveable` and `BaseOptimizer._trainable_variables` (which variables an
-optimizer was built for); `tests/test_state_objects.py` pins them.
+optimizer was built for), `Layer._flatten_layers` (`all_layers`); `tests/test_state_objects.py` pins them.
 """
 
 from __future__ import annotations
@@ -54,6 +54,25 @@ def tracked_optimizers(model: Any) -> list[tuple[str, Any]]:
 
     visit(model, "")
     return found
+
+
+def all_layers(model: Any) -> list[Any]:
+    """Every layer inside `model`, nested ones included (those a subclassed
+    layer holds as attributes too), each once. Private in Keras:
+    `Layer._flatten_layers`; without it, the `layers` lists, recursively."""
+    flatten = getattr(model, "_flatten_layers", None)
+    if flatten is not None:
+        return list(flatten(include_self=False, recursive=True))
+    found: dict[int, Any] = {}
+
+    def visit(layer: Any) -> None:
+        for child in getattr(layer, "layers", None) or []:
+            if id(child) not in found:
+                found[id(child)] = child
+                visit(child)
+
+    visit(model)
+    return list(found.values())
 
 
 def built_for(optimizer: Any) -> list[Any] | None:
