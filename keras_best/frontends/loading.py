@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from keras_best.core.objective import Objective, Score, describe_require, rank_key
 from keras_best.engines import engine_for
+from keras_best.engines.partial import mismatch_error
 from keras_best.storage import files, manifest
 
 
@@ -26,6 +27,9 @@ class BestRecord:
             for a list, its first name).
         metrics: every metric recorded for that epoch.
         step: the step given to `update()`, if any.
+        skipped: with `skip_mismatch=True`, the objects (their paths in the
+            file, e.g. `"layers/dense_1"`) that differ from the model's and
+            kept their values; `()` when everything chosen was loaded.
     """
 
     epoch: int
@@ -34,6 +38,7 @@ class BestRecord:
     monitor: str
     metrics: Mapping[str, float]
     step: int | None = None
+    skipped: tuple[str, ...] = ()
 
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
@@ -116,7 +121,8 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
 
 
 def load_best(
-    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None
+    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None,
+    skip_mismatch: bool = False, only: Any = None,
 ) -> BestRecord:
     """Load the best weights recorded in `directory` into `model`.
 
@@ -133,9 +139,23 @@ def load_best(
     another metric, list of metrics or score function (see `rank_kept`) and
     the first is loaded.
 
+    Partial restore, e.g. to fine-tune a new head on the best backbone:
+    `only=` loads some layers only (a layer name or layer, or a list of them;
+    each with the layers inside it), and `skip_mismatch=True` skips, with a
+    warning naming them, the layers whose saved variables differ in shape (as
+    Keras's `load_weights(..., skip_mismatch=True)`); `rec.skipped` lists them.
+    Layers are matched as Keras matches them: by class and position, not by name.
+
+    ```python
+    rec = load_best(new_model, "runs/exp1", only=["backbone"])
+    ```
+
     Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
-    holds no run, and `ValueError` when `model` has another architecture.
+    holds no run, and `ValueError` when `model` has another architecture (naming
+    the first variables that differ and their shapes); nothing is loaded then.
     """
+    if not isinstance(skip_mismatch, bool):
+        raise ValueError(f"`skip_mismatch` must be True or False. Received: skip_mismatch={skip_mismatch!r}")
     directory = files.fspath(directory)
     data = manifest.read(directory)
 
@@ -150,28 +170,45 @@ def load_best(
         return best
 
     record = choose()
-    _check_architecture(model, data, directory)
     engine = engine_for(data.save_format)
+    whole = not skip_mismatch and only is None
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
+
+    def load(path: str, hint: str = "") -> tuple[str, ...]:
+        if whole and not _same_architecture(model, data):
+            _refuse_mismatch(engine, model, path, hint)
+        try:
+            skipped = engine.load(model, path, hint, skip_mismatch=skip_mismatch, only=only)
+        except files.DamagedFileError:
+            raise
+        except ValueError:
+            if whole:  # stock load_weights refused: say which variables differ
+                _refuse_mismatch(engine, model, path, hint)
+            raise
+        return tuple(dict.fromkeys(m.path for m in skipped))
+
     try:
-        engine.load(model, record.path)
+        skipped = load(record.path)
     except (FileNotFoundError, files.DamagedFileError):
         # A writer renamed the temp file into place meanwhile: read again.
         record = choose()
-        engine.load(model, record.path, hint)
-    return record
+        skipped = load(record.path, hint)
+    return dataclasses.replace(record, skipped=skipped)
 
 
-def _check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
+def _same_architecture(model: Any, data: manifest.RunRecord) -> bool:
     from keras_best.runner.run import architecture_of
 
     recorded = data.architecture
-    if recorded and getattr(model, "built", False) and architecture_of(model) != recorded:
-        raise ValueError(
-            f"The model's architecture (its weight shapes) differs from the run recorded in "
-            f"{directory!r}. Build the same model as in training before `load_best`."
-        )
+    return not (recorded and getattr(model, "built", False) and architecture_of(model) != recorded)
+
+
+def _refuse_mismatch(engine: Any, model: Any, path: str, hint: str) -> None:
+    """Raise the error naming the variables of `model` that differ from `path`'s, if any."""
+    found = engine.mismatches(model, path, hint)
+    if found:
+        raise mismatch_error(found, path) from None
 
 
 def why_no_best(data: manifest.RunRecord, history: list[Mapping[str, Any]]) -> str:
