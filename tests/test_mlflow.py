@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 
-import keras
 import numpy as np
 import pytest
 
