@@ -67,6 +67,7 @@ class Options:
     max_shard_size: float | None = None
     max_host_memory: int | None = None
     smooth: Any = None
+    loggers: Any = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -102,6 +103,7 @@ class Options:
                                  f"Received: save_state_every={self.save_state_every!r}")
             self._set("save_state_every", seconds)
         self._set("state", state_objects(self.state))
+        self._set("loggers", run_loggers(self.loggers))
         if self.max_shard_size is not None:
             size = real("max_shard_size", self.max_shard_size)
             if not 0 < size < math.inf:
@@ -194,6 +196,25 @@ def state_objects(value: Any) -> dict[str, Any] | None:
         if obj is None:
             raise ValueError(f"`state[{name!r}]` is None: pass the object to save, or leave the name out.")
     return dict(value) or None
+
+
+def run_loggers(value: Any) -> tuple[Any, ...]:
+    """The `loggers=` option: a logger or a list of them, each with an
+    `on_best` or `on_finish` method (`keras_best.runner.loggers`).
+
+    >>> run_loggers(None)
+    ()
+    >>> run_loggers([print])
+    Traceback (most recent call last):
+    ...
+    ValueError: `loggers` takes objects with an `on_best(event)` or `on_finish(event)` method (e.g. keras_best.mlflow.MlflowLogger()). Received: <built-in function print>
+    """
+    items = () if value is None else tuple(value) if isinstance(value, (list, tuple)) else (value,)
+    for item in items:
+        if not callable(getattr(item, "on_best", None)) and not callable(getattr(item, "on_finish", None)):
+            raise ValueError("`loggers` takes objects with an `on_best(event)` or `on_finish(event)` method "
+                             f"(e.g. keras_best.mlflow.MlflowLogger()). Received: {item!r}")
+    return items
 
 
 def flag(name: str, value: Any) -> bool:

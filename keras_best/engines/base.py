@@ -23,10 +23,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping
 
 import numpy as np
 
+from keras_best.engines import partial
 from keras_best.storage import files
 
 
@@ -107,8 +108,24 @@ class Engine:
         """The file inside a saved `path` that `model.load_weights` reads."""
         return path
 
-    def load(self, model: Any, path: str, hint: str = "") -> None:
+    def load(self, model: Any, path: str, hint: str = "", skip_mismatch: bool = False,
+             only: Any = None) -> list[partial.Mismatch]:
         """Load the weights saved at `path` (local or remote) into `model`; a
         damaged file raises `files.DamagedFileError` naming it (and `hint`:
-        what to do instead)."""
-        files.load_weights(model, self.weights_file(path), hint)
+        what to do instead). With `skip_mismatch` or `only` (see `partial`):
+        the objects chosen that fit; returns the differences skipped."""
+        if not skip_mismatch and only is None:
+            files.load_weights(model, self.weights_file(path), hint)
+            return []
+        with files.reading(self.weights_file(path), hint) as local, self.saved_groups(local) as saved:
+            return partial.load_groups(model, saved, skip_mismatch, only, what=path)
+
+    def mismatches(self, model: Any, path: str, hint: str = "") -> list[partial.Mismatch]:
+        """How `model` differs from what is saved at `path` (`[]`: it fits)."""
+        with files.reading(self.weights_file(path), hint) as local, self.saved_groups(local) as saved:
+            return partial.mismatches(model, saved)
+
+    def saved_groups(self, local: str) -> ContextManager[partial.Groups]:
+        """The groups of the weights file at the local `path`, object by object
+        (`partial.Groups`): a `.weights.h5` file or a sharded set's index."""
+        return partial.h5_groups(local)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import os
 import time
 import zipfile
-from typing import Any, Callable
+from typing import Any, Callable, ContextManager
 
 from keras_best.core.formats import KERAS
+from keras_best.engines import partial
 from keras_best.engines.base import Engine, LiveSnapshot, Snapshot
 from keras_best.engines.weights_h5 import OnWeights, WeightsSnapshot, WeightsWriter
 from keras_best.keras_adapter import h5_layout
@@ -108,6 +109,13 @@ class KerasEngine(Engine):
             return LiveSnapshot(model, _save)  # legacy format, or the model's own save
         snap = self._archive.snapshot(model, stream)
         return LiveSnapshot(model, _save) if snap is None else snap
+
+    def saved_groups(self, local: str) -> ContextManager[partial.Groups]:
+        """The groups of the archive's weights member (not of legacy `.h5` models)."""
+        if self._legacy_h5:
+            raise ValueError("Partial restore (`skip_mismatch=`, `only=`) reads `.weights.h5`, `.weights.json` and "
+                             f"`.keras` files; {local} is a legacy `.h5` model. Load it whole, or save `.keras`.")
+        return partial.archive_groups(local, h5_layout.archive_names()[2])
 
 
 def write_archive(path: str, members: list[tuple[str, bytes]], h5_name: str, fill: Callable[[Any], None],

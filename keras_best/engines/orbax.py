@@ -130,8 +130,13 @@ class OrbaxEngine(Engine):
     def weights_file(self, path: str) -> str:
         return path
 
-    def load(self, model: Any, path: str, hint: str = "") -> None:
+    def load(self, model: Any, path: str, hint: str = "", skip_mismatch: bool = False,
+             only: Any = None) -> list[Any]:
+        if skip_mismatch or only is not None:
+            raise ValueError("Partial restore (`skip_mismatch=`, `only=`) reads weights files; an Orbax "
+                             "run restores whole models. Load it whole, then copy the layers you need.")
         load(model, path, hint)
+        return []
 
 
 def step_path(path: str) -> str:

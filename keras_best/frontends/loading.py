@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from keras_best.core.objective import Objective, Score, describe_require, rank_key
 from keras_best.engines import engine_for
+from keras_best.engines.partial import mismatch_error
 from keras_best.storage import files, manifest
 
 
@@ -28,6 +29,9 @@ class BestRecord:
         step: the step given to `update()`, if any.
         raw: with `smooth=`, the monitored value as read (`value` is the
             smoothed one the best was chosen by); else `None`.
+        skipped: with `skip_mismatch=True`, the objects (their paths in the
+            file, e.g. `"layers/dense_1"`) that differ from the model's and
+            kept their values; `()` when everything chosen was loaded.
     """
 
     epoch: int
@@ -37,6 +41,7 @@ class BestRecord:
     metrics: Mapping[str, float]
     step: int | None = None
     raw: float | None = None
+    skipped: tuple[str, ...] = ()
 
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
@@ -120,7 +125,8 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
 
 
 def load_best(
-    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None
+    model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None,
+    skip_mismatch: bool = False, only: Any = None,
 ) -> BestRecord:
     """Load the best weights recorded in `directory` into `model`.
 
@@ -137,9 +143,23 @@ def load_best(
     another metric, list of metrics or score function (see `rank_kept`) and
     the first is loaded.
 
+    Partial restore, e.g. to fine-tune a new head on the best backbone:
+    `only=` loads some layers only (a layer name or layer, or a list of them;
+    each with the layers inside it), and `skip_mismatch=True` skips, with a
+    warning naming them, the layers whose saved variables differ in shape (as
+    Keras's `load_weights(..., skip_mismatch=True)`); `rec.skipped` lists them.
+    Layers are matched as Keras matches them: by class and position, not by name.
+
+    ```python
+    rec = load_best(new_model, "runs/exp1", only=["backbone"])
+    ```
+
     Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
-    holds no run, and `ValueError` when `model` has another architecture.
+    holds no run, and `ValueError` when `model` has another architecture (naming
+    the first variables that differ and their shapes); nothing is loaded then.
     """
+    if not isinstance(skip_mismatch, bool):
+        raise ValueError(f"`skip_mismatch` must be True or False. Received: skip_mismatch={skip_mismatch!r}")
     directory = files.fspath(directory)
     data = manifest.read(directory)
 
@@ -153,14 +173,28 @@ def load_best(
             )
         return best
 
-    check_architecture(model, data, directory)
     engine = engine_for(data.save_format)
+    whole = not skip_mismatch and only is None
     hint = (" Load another kept file with load_best(model, directory, by=...) (see "
             "`keras-best inspect`), or restore this one from a copy.")
+
+    def load(path: str, hint: str = "") -> tuple[str, ...]:
+        if whole and not _same_architecture(model, data):
+            _refuse_mismatch(engine, model, path, hint)
+        try:
+            skipped = engine.load(model, path, hint, skip_mismatch=skip_mismatch, only=only)
+        except files.DamagedFileError:
+            raise
+        except ValueError:
+            if whole:  # stock load_weights refused: say which variables differ
+                _refuse_mismatch(engine, model, path, hint)
+            raise
+        return tuple(dict.fromkeys(m.path for m in skipped))
+
     for attempt in range(_READS):
         record = choose()
         try:
-            engine.load(model, record.path, hint if attempt else "")
+            skipped = load(record.path, hint if attempt else "")
         except (FileNotFoundError, files.DamagedFileError):
             if attempt == _READS - 1:
                 raise
@@ -170,7 +204,7 @@ def load_best(
         # read again, so that the weights are one save's, never a mix.
         after = manifest.read(directory)
         if _files_of(after) == _files_of(data):
-            return record
+            return dataclasses.replace(record, skipped=skipped)
         data = after
     raise OSError(f"The run in {directory!r} replaced its best files {_READS} times while they were read. "
                   "Call load_best again (or wait for the run to finish).")
@@ -185,14 +219,26 @@ _READS = 5  # reads of a run directory that a writer keeps changing, before givi
 
 
 def check_architecture(model: Any, data: manifest.RunRecord, directory: str) -> None:
-    from keras_best.runner.run import architecture_of
-
-    recorded = data.architecture
-    if recorded and getattr(model, "built", False) and architecture_of(model) != recorded:
+    """Raise a `ValueError` when `model`'s weight shapes differ from the run's recorded ones."""
+    if not _same_architecture(model, data):
         raise ValueError(
             f"The model's architecture (its weight shapes) differs from the run recorded in "
             f"{directory!r}. Build the same model as in training before `load_best`."
         )
+
+
+def _same_architecture(model: Any, data: manifest.RunRecord) -> bool:
+    from keras_best.runner.run import architecture_of
+
+    recorded = data.architecture
+    return not (recorded and getattr(model, "built", False) and architecture_of(model) != recorded)
+
+
+def _refuse_mismatch(engine: Any, model: Any, path: str, hint: str) -> None:
+    """Raise the error naming the variables of `model` that differ from `path`'s, if any."""
+    found = engine.mismatches(model, path, hint)
+    if found:
+        raise mismatch_error(found, path) from None
 
 
 def why_no_best(data: manifest.RunRecord, history: list[Mapping[str, Any]]) -> str:

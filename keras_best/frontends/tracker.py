@@ -111,6 +111,9 @@ class BestWeightsTracker:
             optimizer; a slow disk makes `update()` wait). `0` (or less than one save) copies
             nothing: files are written in the training thread, one variable at a time, as
             `ModelCheckpoint` does (docs/performance.md: memory against blocked time).
+        loggers: objects told of each new best (`on_best(event)`, in the training thread) and,
+            once every file is on disk, of the run's end (`on_finish(event)` with the best's files):
+            e.g. `keras_best.mlflow.MlflowLogger()` (`keras_best.runner.loggers`).
 
     Example:
 

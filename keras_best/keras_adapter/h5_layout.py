@@ -70,7 +70,8 @@ class Layout:
     def __init__(self, model: Any, refuse_assets: bool = False) -> None:
         self.model = model
         self.fingerprint = fingerprint(model)
-        self.owners = _capture_owners(model, refuse_assets)
+        # `owners`: (save, group path, metadata); `objects`: the object saving each, in the same order.
+        self.owners, self.objects = _capture_owners(model, refuse_assets)
         self._read = BatchReader()
 
     @classmethod
@@ -187,7 +188,7 @@ def _saving_lib():
     return saving_lib
 
 
-def _capture_owners(model: Any, refuse_assets: bool = False) -> list[tuple[Any, str, dict[str, Any] | None]]:
+def _capture_owners(model: Any, refuse_assets: bool = False) -> tuple[list[Any], list[Any]]:
     """Run Keras's own walker with a store that records each `make()` call
     together with the `save_own_variables` of the object that receives it
     (and, with `refuse_assets`, an assets store that fails at the first object
@@ -198,7 +199,7 @@ def _capture_owners(model: Any, refuse_assets: bool = False) -> list[tuple[Any, 
     saving_lib._save_state(model, weights_store=store, assets_store=assets, inner_path="", visited_saveables=set())
     if not store.owners:
         raise LayoutError("Keras's walker visited nothing")
-    return store.owners
+    return store.owners, store.objects
 
 
 _CAPTURING_STORE = None
@@ -216,6 +217,7 @@ def _capturing_store_class() -> type:
         def __init__(self) -> None:  # no file
             self.mode = "w"
             self.owners: list[tuple[Any, str, dict[str, Any] | None]] = []
+            self.objects: list[Any] = []
             self._recorder = _KeysOnlyStore()
 
         def __bool__(self) -> bool:
@@ -235,6 +237,7 @@ def _capturing_store_class() -> type:
             if save is None:
                 raise LayoutError(f"{type(owner).__name__} has no save_own_variables")
             self.owners.append((save, path, dict(metadata) if metadata else None))
+            self.objects.append(owner)
             return self._recorder.make(path, metadata)
 
         def close(self) -> None:

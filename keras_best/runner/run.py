@@ -26,7 +26,7 @@ from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
-from keras_best.runner import distribute
+from keras_best.runner import distribute, loggers
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
 from keras_best.storage import files, manifest
@@ -203,6 +203,8 @@ class Run:
             if isinstance(e, OSError) and not isinstance(e, SaveError):
                 raise SaveError(self._save_error_message(epoch, e)) from e
             raise
+        loggers.after_update(self.options.loggers if self.chief else (), self.directory, self.state.best_record(),
+                             self.objective.name, (epoch, step))
         return plan
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo,
@@ -364,6 +366,8 @@ class Run:
                 self.lock.release()
         if on_restore is not None and restored is not None:
             on_restore(restored.epoch, restored.step)
+        if error is None:
+            loggers.at_finish(self.options.loggers if self.chief else (), self.directory, best, self.objective.name)
         if error is not None:
             raise error from error.__cause__
 

@@ -123,6 +123,14 @@ def load_weights(model: Any, path: str, hint: str = "", model_only: bool = False
             model.load_weights(local)
 
 
+@contextlib.contextmanager
+def reading(path: str, hint: str = "") -> Iterator[str]:
+    """A local path that reads as the saved `path` does (see `_readable`), a
+    damaged file reported as `DamagedFileError` naming it (and `hint`)."""
+    with _damaged_as_error(path, hint), _readable(path) as local:
+        yield local
+
+
 def _readable(path: str) -> contextlib.AbstractContextManager[str]:
     """A local path that reads as `path` does: a sharded set's view (`_set_view`), or `local_copy`."""
     return _set_view(path) if is_set_name(basename(path)) else local_copy(path)
