@@ -7,7 +7,8 @@ state then holds (`keras_best.training_state.callbacks`), and guards the
 `fit()` (`keras_best.keras_adapter.fit.FitGuard`): it follows the last batch
 done and, when an exception ends `fit()`, writes the training state as of that
 batch (`keras_best.runner.interrupted`). A resume puts the callbacks' state
-back at the first epoch begin, after their `on_train_begin` reset it.
+back at the first epoch begin, after their `on_train_begin` reset it (or at
+`on_train_end` when the resumed `fit()` trains nothing).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ class FitSession:
             self.states.apply()
 
     def end(self) -> None:
+        """At `on_train_end`: a resume that trained nothing puts the callbacks' state back now."""
+        self.epoch_begin()
         if self.guard is not None:
             self.guard.remove()
 

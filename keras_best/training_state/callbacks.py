@@ -20,7 +20,8 @@ What is saved, for each callback of the `fit()` (`BestCheckpoint` finds them):
 KEY is the callback's position among the saved ones and its class name
 ("0-EarlyStopping"). Keras callbacks reset their state in `on_train_begin`,
 so what is read at resume is put back later, at the resumed `fit()`'s first
-epoch begin (`CallbackStates.apply`), after every `on_train_begin`. A state
+epoch begin (`CallbackStates.apply`), after every `on_train_begin` (or at its
+`on_train_end` when it trains nothing). A state
 written before callbacks were saved (or without this callback) leaves them as
 they are, with a warning naming them.
 
