@@ -68,6 +68,7 @@ class Options:
     max_host_memory: int | None = None
     smooth: Any = None
     loggers: Any = None
+    save_on_exception: bool | None = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -104,6 +105,13 @@ class Options:
             self._set("save_state_every", seconds)
         self._set("state", state_objects(self.state))
         self._set("loggers", run_loggers(self.loggers))
+        if self.save_on_exception is None:  # by default, whenever a training state is kept
+            self._set("save_on_exception", self.keeps_state)
+        elif flag("save_on_exception", self.save_on_exception) and not self.keeps_state:
+            raise ValueError("`save_on_exception` writes the training state, and this run keeps none: pass "
+                             "resume=True (or save_last=True) too. Received: save_on_exception=True")
+        else:
+            self._set("save_on_exception", flag("save_on_exception", self.save_on_exception))
         if self.max_shard_size is not None:
             size = real("max_shard_size", self.max_shard_size)
             if not 0 < size < math.inf:

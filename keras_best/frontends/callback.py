@@ -14,6 +14,7 @@ from keras_best.core.objective import MonitorSpec
 from keras_best.core.options import Options, flag
 from keras_best.core.paths import RunPath
 from keras_best.frontends import checks
+from keras_best.frontends.fit_session import FitSession
 from keras_best.frontends.tracker import UNBOUND, BestWeightsTracker
 from keras_best.keras_adapter.fit import clear_initial_epoch, set_initial_epoch
 from keras_best.storage import files
@@ -96,6 +97,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._since_save = cadence.Progress()
         self._ema: EmaWatch | None = None
         self._epoch = 0
+        self._session = FitSession(self)  # replaced at each on_train_begin
 
     # ModelCheckpoint attribute names, for code that reads them.
     @property
@@ -121,18 +123,22 @@ class BestCheckpoint(keras.callbacks.Callback):
         return self.tracker.monitor
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._session = FitSession(self)  # the other callbacks' state, save on exception
         if self.tracker.model is not self.model:
             # Every read of the variables goes through `self.model`: on JAX, it puts their values back.
-            self.tracker.bind(self.model, model_source=lambda: self.model, epochs=(self.params or {}).get("epochs"))
+            self.tracker.bind(self.model, model_source=lambda: self.model, epochs=(self.params or {}).get("epochs"),
+                              callbacks=self._session.states)
             # What keras.callbacks.BackupAndRestore does: continue after the last saved
             # epoch, or run none if the resumed run had already stopped early.
             if self.tracker.stopped:
                 set_initial_epoch(self.model, (self.params or {}).get("epochs", self.tracker.initial_epoch))
             elif self.tracker.initial_epoch:
                 set_initial_epoch(self.model, self.tracker.initial_epoch)
+        self._session.begin()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
+        self._session.epoch_begin()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         ema = self._ema_watch()
@@ -190,6 +196,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         return logs
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        self._session.end()
         if self.tracker.resume:
             clear_initial_epoch(self.model)  # a later fit() starts where it is told
         self.tracker.finish()

@@ -15,7 +15,7 @@ from keras_best.core.retention import Record
 from keras_best.frontends import checks, report
 from keras_best.frontends.history import HistoryView
 from keras_best.frontends.metrics import read_all
-from keras_best.runner import distribute
+from keras_best.runner import distribute, interrupted
 from keras_best.runner.preemption import SafePoints
 from keras_best.runner.run import Run, SaveError, architecture_of
 from keras_best.storage.manifest import RunRecord
@@ -114,6 +114,10 @@ class BestWeightsTracker:
         loggers: objects told of each new best (`on_best(event)`, in the training thread) and,
             once every file is on disk, of the run's end (`on_finish(event)` with the best's files):
             e.g. `keras_best.mlflow.MlflowLogger()` (`keras_best.runner.loggers`).
+        save_on_exception: when an exception ends training (`fit()`, or the body of
+            `for epoch in tracker.epochs(n)`), write the training state as of the last batch
+            done and say so on stderr; the best is untouched (default: when a training state
+            is kept; `keras_best.runner.interrupted`).
 
     Example:
 
@@ -149,15 +153,16 @@ class BestWeightsTracker:
             return getattr(self.options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def bind(self, model: Any, model_source: Callable[[], Any] | None = None, epochs: int | None = None) -> None:
+    def bind(self, model: Any, model_source: Callable | None = None, epochs: int | None = None, callbacks=None) -> None:
         """Attach the model (the constructor does; `BestCheckpoint` at `on_train_begin`).
         `model_source()`, called before each read of the variables, returns `model` with
         their values in place (`fit()` on JAX detaches them during an epoch). `epochs`: where
-        training ends, if known (`fit()`'s): see `Run.train_until`."""
+        training ends, if known (`fit()`'s): see `Run.train_until`; `callbacks`: the
+        `CallbackStates` of `fit()`'s other callbacks, which the training state holds."""
         checks.check_model(model, self.options)  # and its optimizer
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
-        self._run.open(model, self.optimizer, epochs)
+        self._run.open(model, self.optimizer, epochs, callbacks)
         if self._run.resumed and self._run.chief and self.verbose:
             report.say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
                                                    self._run.state.stopped))
@@ -296,7 +301,7 @@ class BestWeightsTracker:
                 self._safe.end_if_preempted()  # the state written by the last update is current
                 yield epoch
 
-        return left(self.initial_epoch)
+        return interrupted.guard(left(self.initial_epoch), self._safe, self._model_source, self)
 
     def update(self, epoch: int, metrics: Mapping[str, Any], step: int | None = None) -> Decision:
         """Read `metrics`, decide, save if better; return the `Decision`.

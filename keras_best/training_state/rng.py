@@ -4,13 +4,16 @@ So that a run resumed mid-epoch draws the same random numbers as one that was
 never interrupted: the model's own `keras.random.SeedGenerator` states (e.g.
 `Dropout`'s; model variables that are not weights), Keras's global seed
 generator (what unseeded `keras.random` calls use), Python's `random`, NumPy's
-global `np.random` and, on torch, `torch`'s CPU generator. Read in the
+global `np.random` and, on torch, `torch`'s CPU generator and (where CUDA is
+available) its CUDA generators, one per device. Read in the
 training thread as host arrays; written into the state file's `random` group.
 
 Not covered: a per-epoch data order drawn from a global stream at the start of
 an epoch (the resumed epoch would draw again; derive it from the epoch number,
-e.g. `np.random.default_rng(seed + epoch).permutation(n)`), `tf.data` iterators
-and CUDA generators.
+e.g. `np.random.default_rng(seed + epoch).permutation(n)`), `tf.data` iterators,
+and the CUDA generators of TensorFlow and JAX (their random ops are seeded by
+Keras's seed generators, which are saved). CUDA generators are restored only
+when the device count matches.
 
 >>> import random
 >>> saved = capture(None)
@@ -56,6 +59,8 @@ def capture(model: Any) -> dict[str, np.ndarray]:
     torch = sys.modules.get("torch")
     if torch is not None and keras.backend.backend() == "torch":
         out["torch_cpu"] = torch.get_rng_state().numpy().copy()
+        if torch.cuda.is_available():  # one state per device, all the same size
+            out["torch_cuda"] = np.stack([s.numpy() for s in torch.cuda.get_rng_state_all()])
     return out
 
 
@@ -78,6 +83,9 @@ def restore(model: Any, saved: Mapping[str, np.ndarray]) -> None:
     torch = sys.modules.get("torch")
     if torch is not None and "torch_cpu" in saved:
         torch.set_rng_state(torch.from_numpy(np.asarray(saved["torch_cpu"], np.uint8).copy()))
+    if torch is not None and "torch_cuda" in saved and torch.cuda.is_available() and (
+            len(saved["torch_cuda"]) == torch.cuda.device_count()):
+        torch.cuda.set_rng_state_all([torch.from_numpy(np.asarray(s, np.uint8).copy()) for s in saved["torch_cuda"]])
 
 
 def _keras_global(create: bool = False) -> Any:
