@@ -9,9 +9,11 @@ training thread, before anything is written); this module gives it sizes:
   directories too) into `DiskUsage.measured`, and the record it writes holds
   the measured sizes;
 - a file not written yet (this update's) is estimated as the largest measured
-  file of its kind (model file or training state), or before the first one is
-  measured, from the bytes of the variables it holds. A file larger than its
-  estimate is corrected at the next update, which evicts what then exceeds;
+  file of its kind (model file or training state): while a kind has none
+  measured, the update waits for the writer's pending commit (once per kind),
+  and before any file of its kind was written, the estimate is the bytes of
+  the variables it holds. A file larger than its estimate is corrected at the
+  next update, which evicts what then exceeds;
 - files recorded without a size (a run resumed with `max_disk` newly set) are
   measured on disk once.
 
@@ -30,21 +32,29 @@ from keras_best.keras_adapter.host import nbytes_of
 from keras_best.runner import distribute
 from keras_best.runner.memory import one_save_bytes
 from keras_best.storage import files
+from keras_best.storage.writer import Writer
 
 
 class DiskUsage:
     """The sizes `max_disk` (bytes or `None`) decides with, for one run directory."""
 
-    def __init__(self, max_disk: int | None, directory: str) -> None:
-        self.max_disk, self.directory = max_disk, directory
+    def __init__(self, max_disk: int | None, directory: str, writer: Writer) -> None:
+        self.max_disk, self.directory, self.writer = max_disk, directory, writer
         self.measured: dict[str, int] | None = None if max_disk is None else {}  # filled by the writer
         self._warned = False
         self._checked = False
+        self._seeded = False
 
     def sized(self, state: RunState) -> RunState:
         """`state` with the measured size of every file it names."""
         if self.measured is None:
             return state
+        if not self._seeded:  # a resumed run's recorded sizes: measured by the commits that wrote them
+            self._seeded = True
+            for r in state.kept + state.archived:
+                self.measured.setdefault(r.path, r.size) if r.size is not None else None
+            for s in ((state.last,) if state.last else ()) + tuple(state.states):
+                self.measured.setdefault(s["path"], s["size"]) if s.get("size") is not None else None
         named = [(r.path, r.size) for r in state.kept + state.archived] + [
             (s["path"], s.get("size")) for s in ((state.last,) if state.last else ()) + tuple(state.states)]
         for name, size in named:
@@ -66,11 +76,18 @@ class DiskUsage:
                 raise ValueError("`max_disk` is not supported yet in a job of several processes (its eviction "
                                  "decision uses sizes only the chief measures). Drop max_disk there, or bound "
                                  "the files with keep_top_k and keep_last.")
-        largest = [0, 0]
+        largest = self._largest()
+        if not all(largest):  # a first file of a kind may be in flight: its size is the estimate
+            self.writer.flush()
+            largest = self._largest()
+        return (largest[0] or nbytes_of(list(model.weights)), largest[1] or one_save_bytes(model, optimizer))
+
+    def _largest(self) -> list[int]:
+        largest = [0, 0]  # model files, training states
         for name, size in dict(self.measured).items():
             kind = int(name == LAST_NAME or name.startswith(STATE_PREFIX))
             largest[kind] = max(largest[kind], size)
-        return (largest[0] or nbytes_of(list(model.weights)), largest[1] or one_save_bytes(model, optimizer))
+        return largest
 
     def warn(self, plan: Plan) -> None:
         """Warn once when the best and the newest training state alone exceed `max_disk`."""

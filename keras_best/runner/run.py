@@ -81,7 +81,7 @@ class Run:
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.memory = HostMemory(options.max_host_memory, self.writer, self.chief)
-        self.disk = DiskUsage(options.max_disk, self.directory)
+        self.disk = DiskUsage(options.max_disk, self.directory, self.writer)
         self.lock = None
         if self.chief:
             prepare_directory(self.directory)
