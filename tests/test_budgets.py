@@ -148,19 +148,29 @@ def test_the_eviction_priority_archive_then_lowest_top_k_then_older_states():
 
 
 @settings(max_examples=80, deadline=None)
-@given(gaps=st.lists(st.floats(0, 7200), min_size=1, max_size=12), hours=st.sampled_from(["1h", "30min", "90s"]))
-def test_a_time_based_archive_keeps_one_save_per_period_of_the_injected_clock(gaps, hours):
-    sim = Sim(archive_every=hours, keep_top_k=1)
+@given(gaps=st.lists(st.floats(0, 7200), min_size=1, max_size=12), hours=st.sampled_from(["1h", "30min", "90s"]),
+       max_disk=st.sampled_from([None, 20, 30, 40]))
+def test_a_time_based_archive_keeps_one_save_per_period_of_the_injected_clock(gaps, hours, max_disk):
+    sim = Sim(archive_every=hours, keep_top_k=1, resume=True, max_disk=max_disk)
     period = {"1h": 3600.0, "30min": 1800.0, "90s": 90.0}[hours]
     expected, last = [], None
     for epoch, gap in enumerate(gaps):
         sim.clock.now += gap
-        if last is None or sim.clock.now - last >= period:
+        due = last is None or sim.clock.now - last >= period
+        plan = sim.update(epoch, 1.0 - epoch * 0.01 if epoch % 2 else 2.0, 10, 10)
+        if max_disk is None:
+            assert plan.entry.get("archived", False) == due
+        else:  # an archived save the budget evicts at once is not written, and the period goes on
+            assert plan.entry.get("archived", False) <= due
+            assert sum(size for _, size in sim.disk.values()) <= max_disk
+        if plan.entry.get("archived"):
             expected.append(epoch)
             last = sim.clock.now
-        sim.update(epoch, 1.0 - epoch * 0.01 if epoch % 2 else 2.0, 10, 10)
-        assert [r.epoch for r in sim.state.archived] == expected
+        assert {r.epoch for r in sim.state.archived} <= set(expected)
+        if max_disk is None:
+            assert [r.epoch for r in sim.state.archived] == expected
         assert set(sim.disk) == sim.named()
+    assert expected and expected[0] == 0  # the first update is archived
 
 
 def test_the_time_rule_on_its_own():

@@ -72,6 +72,8 @@ class RunState:
             any rule keeps it).
         states: the older training states `keep_last` keeps, newest first
             (`last` is the newest).
+        archive_time: the wall time of the newest save a time-based
+            `archive_every` archived (kept when `max_disk` evicts it since).
     """
 
     engine: MonitorState | None = None
@@ -83,6 +85,7 @@ class RunState:
     at: Position | None = None
     archived: tuple[Record, ...] = ()
     states: tuple[Mapping[str, Any], ...] = ()
+    archive_time: float | None = None
 
     def __post_init__(self) -> None:
         if self.engine is not None and not isinstance(self.engine, MonitorState):
@@ -244,7 +247,8 @@ class Policy:
             write_state=o.keeps_state,
             entry=entry,
             state=dataclasses.replace(state, engine=engine, kept=kept, best_at=best_at,
-                                      last=last, stopped=stopped, at=position, archived=archived, states=states),
+                                      last=last, stopped=stopped, at=position, archived=archived, states=states,
+                                      archive_time=new.time if archive and new.time else state.archive_time),
             drop_states=drop_states,
             over_budget=(left, o.max_disk) if budgeted and left > o.max_disk else None,
         )
@@ -272,7 +276,8 @@ class Policy:
                                                    pinned=best_at)
             kept = top if any(r is new for r in top) else state.kept  # would be evicted at once: not written
         rule = ArchiveEvery(o.archive_seconds) if o.archive_seconds else Archive(o.archive_epochs)
-        archived = rule.keep(state.archived, new)
+        archived = rule.keep(state.archived, new, state.archive_time) if o.archive_seconds else rule.keep(
+            state.archived, new)
         in_top, in_archive = any(r is new for r in kept), any(r is new for r in archived)
         if not (in_top or in_archive):
             return kept, archived, None, False

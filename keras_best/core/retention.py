@@ -198,10 +198,11 @@ class ArchiveEvery:
 
     seconds: float
 
-    def keep(self, kept: Sequence[Record], new: Record) -> tuple[Record, ...]:
-        """The archived records once `new` has been considered (oldest first)."""
+    def keep(self, kept: Sequence[Record], new: Record, since: float | None = None) -> tuple[Record, ...]:
+        """The archived records once `new` has been considered (oldest first);
+        `since`: the time of the newest archived save, also when evicted since."""
         others = [r for r in kept if r.position != new.position]
-        times = [r.time for r in others if r.time is not None]
+        times = [r.time for r in others if r.time is not None] + ([] if since is None else [since])
         if new.step is not None or new.time is None or (times and new.time - max(times) < self.seconds):
             return tuple(kept)
         return (*others, new)
