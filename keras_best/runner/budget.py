@@ -10,10 +10,12 @@ training thread, before anything is written); this module gives it sizes:
   the measured sizes;
 - a file not written yet (this update's) is estimated as the largest measured
   file of its kind (model file or training state): while a kind has none
-  measured, the update waits for the writer's pending commit (once per kind),
-  and before any file of its kind was written, the estimate is the bytes of
-  the variables it holds. A file larger than its estimate is corrected at the
-  next update, which evicts what then exceeds;
+  measured, the update waits for the writer's pending commit (once per kind);
+  a model file before any is measured is bounded by a measured training state
+  (which holds the model's weights), and at the very first update, estimated
+  from the bytes of the variables it holds. A file larger than its estimate
+  (only possible at the first update, for a file that is not the best) is
+  corrected at the next update, which evicts what then exceeds;
 - files recorded without a size (a run resumed with `max_disk` newly set) are
   measured on disk once.
 
@@ -80,7 +82,9 @@ class DiskUsage:
         if not all(largest):  # a first file of a kind may be in flight: its size is the estimate
             self.writer.flush()
             largest = self._largest()
-        return (largest[0] or nbytes_of(list(model.weights)), largest[1] or one_save_bytes(model, optimizer))
+        # A training state holds the model's weights: before a model file is measured, a measured state bounds it.
+        return (largest[0] or largest[1] or nbytes_of(list(model.weights)),
+                largest[1] or one_save_bytes(model, optimizer))
 
     def _largest(self) -> list[int]:
         largest = [0, 0]  # model files, training states
