@@ -139,7 +139,7 @@ def test_a_hand_edited_record_cannot_make_a_state_or_an_archive_reach_out(tmp_pa
         (dict(save_state_every_batches=10), r"`save_state_every_batches` is about training states"),
         (dict(resume=True, save_state_every=0), r"`save_state_every` is in seconds and must be > 0"),
         (dict(resume=True, keep_last=0), r"`keep_last` must be an int >= 1"),
-        (dict(archive_every=0), r"`archive_every` must be an int >= 1 \(epochs\) or None"),
+        (dict(archive_every=0), r"`archive_every` must be an int >= 1 \(epochs\), a duration of wall time"),
     ],
 )
 def test_bad_rules_are_refused_at_construction(tmp_path, options, message):

@@ -196,6 +196,9 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
                "size_bytes": _size(directory, data, x["path"])}
               for x in ((data.state.last,) if data.state.last else ()) + tuple(data.state.states)]
     epochs = sorted({int(h["epoch"]) for h in history})
+    sizes = {x["path"]: x["size_bytes"] for x in kept + archived + states}
+    disk = {"used_bytes": None if None in sizes.values() else sum(sizes.values()),
+            "max_disk": data.options.get("max_disk")}
     stopped = data.state.stopped
     if stopped:
         stopped = {"epoch": int(stopped["epoch"]), "step": stopped.get("step"), "reason": str(stopped["reason"])}
@@ -225,6 +228,7 @@ def _summarize(directory: str, data: manifest.RunRecord, history: list[dict[str,
         "kept": kept,
         "archived": archived,
         "states": states,
+        "disk": disk,
         "export": data.state.export,
         "pending": bool(data.pending),
         "updated_at": data.updated_at,

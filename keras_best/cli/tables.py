@@ -127,6 +127,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
         ("Save format", f"{summary['save_format']}  (filepath {summary['filepath']!r})"),
         ("Keep top k", "all" if keep is None else str(keep)),
     ]
+    disk = summary.get("disk") or {}
+    if disk.get("max_disk"):
+        used, limit = disk["used_bytes"], disk["max_disk"]
+        share = "" if used is None else f" ({100 * used / limit:.0f}%)"
+        fields.append(("Disk", f"{format_size(used)} kept of max_disk {format_size(limit)}{share}"))
     if summary.get("require"):
         fields.append(("Require", describe_require(summary["require"])))
     if summary.get("export"):
@@ -167,7 +172,7 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
     for r in kept:
         rule = "best " + ("(all kept)" if keep is None else f"{keep}")
         if r["path"] in archived:
-            rule += f", every {every} epochs"
+            rule += f", {_every_text(every)}"
         rows.append([
             str(r["rank"]),
             epoch_label(r["epoch"], r["step"]),
@@ -191,8 +196,14 @@ def _archived_lines(summary: Mapping[str, Any]) -> list[str]:
     every = summary["options"].get("archive_every")
     rows = [["epoch", monitor_names(summary["monitor"])[0], "size", "file", "kept by"]]
     rows += [[epoch_label(r["epoch"], r["step"]), format_value(r["value"]), format_size(r["size_bytes"]),
-              printable(r["path"]), f"every {every} epochs"] for r in only]
-    return ["", f"Archived files ({len(only)} more, never deleted):", *("  " + x for x in _table(rows, {0, 1, 2}))]
+              printable(r["path"]), _every_text(every)] for r in only]
+    never = "the first evicted over max_disk" if summary["options"].get("max_disk") else "never deleted"
+    return ["", f"Archived files ({len(only)} more, {never}):", *("  " + x for x in _table(rows, {0, 1, 2}))]
+
+
+def _every_text(every: Any) -> str:
+    """`archive_every` as the "kept by" column says it: epochs, or a duration of wall time."""
+    return f"one per {every}" if isinstance(every, str) else f"every {every} epochs"
 
 
 def _state_lines(summary: Mapping[str, Any]) -> list[str]:

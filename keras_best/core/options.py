@@ -18,6 +18,7 @@ ValueError: `verbose` must be 0, 1 or 2. Received: verbose='1'
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import difflib
 import math
 import numbers
@@ -69,6 +70,7 @@ class Options:
     smooth: Any = None
     loggers: Any = None
     save_on_exception: bool | None = None
+    max_disk: Any = None
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -92,7 +94,8 @@ class Options:
             raise ValueError(f"`save_format` must be a string or None. Received: save_format={self.save_format!r}")
         # Checked now, not at the first update: raises their own messages.
         self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
-        self._set("archive_every", integer("archive_every", self.archive_every, 1, " (epochs) or None"))
+        self._set("archive_every", archive_period(self.archive_every))
+        self._set("max_disk", byte_size("max_disk", self.max_disk))
         self._set("max_host_memory", integer("max_host_memory", self.max_host_memory, 0,
                                              " (bytes; 0 takes no host copy), or None for one save's size"))
         self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
@@ -142,6 +145,17 @@ class Options:
         return self.save_last or self.resume
 
     @property
+    def archive_seconds(self) -> float | None:
+        """The wall time between archived saves when `archive_every` is a duration."""
+        every = self.archive_every
+        return duration_seconds(every) if isinstance(every, str) else None
+
+    @property
+    def archive_epochs(self) -> int | None:
+        """The epochs between archived saves when `archive_every` is an int."""
+        return self.archive_every if isinstance(self.archive_every, int) else None
+
+    @property
     def needs_monitor(self) -> bool:
         """Whether every update must hold the monitored value (without it, as
         `ModelCheckpoint` with `save_best_only=False`, every update is saved)."""
@@ -159,8 +173,8 @@ class Options:
         """The options written into `keras_best.json` (what `inspect` shows)."""
         return {k: getattr(self, k) for k in ("min_delta", "baseline", "patience", "start_from_epoch",
                                               "keep_top_k", "save_best_only", "stopping_threshold",
-                                              "divergence_threshold", "keep_last", "archive_every")} | (
-            {} if self.max_shard_size is None else {"max_shard_size": self.max_shard_size}) | (
+                                              "divergence_threshold", "keep_last", "archive_every")} | {
+            k: getattr(self, k) for k in ("max_shard_size", "max_disk") if getattr(self, k) is not None} | (
             {} if self.smooth is None else {"smooth": list(self.smooth)})
 
     @classmethod
@@ -223,6 +237,60 @@ def run_loggers(value: Any) -> tuple[Any, ...]:
             raise ValueError("`loggers` takes objects with an `on_best(event)` or `on_finish(event)` method "
                              f"(e.g. keras_best.mlflow.MlflowLogger()). Received: {item!r}")
     return items
+
+
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_SECONDS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(s|sec|min|m|h|d)\s*$", re.IGNORECASE)
+
+
+def byte_size(name: str, value: Any) -> int | None:
+    """A size in bytes: an int, or a string with a unit ("500MB", "20GB",
+    "1.5GiB": KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024).
+
+    >>> byte_size("max_disk", "1.5GiB"), byte_size("max_disk", "20GB"), byte_size("max_disk", 4096)
+    (1610612736, 20000000000, 4096)
+    >>> byte_size("max_disk", "20 gigs")
+    Traceback (most recent call last):
+    ...
+    ValueError: `max_disk` must be a number of bytes > 0 (an int, or a string such as "500MB", "20GB" or "1.5GiB"), or None. Received: max_disk='20 gigs'
+    """
+    if value is None:
+        return None
+    nbytes = None
+    if _is_int(value):
+        nbytes = int(value)
+    elif isinstance(value, str) and (match := _SIZE.match(value)) and match[2].lower() in _BYTE_UNITS:
+        nbytes = int(float(match[1]) * _BYTE_UNITS[match[2].lower()])
+    if nbytes is None or nbytes <= 0:
+        raise ValueError(f'`{name}` must be a number of bytes > 0 (an int, or a string such as "500MB", "20GB" '
+                         f'or "1.5GiB"), or None. Received: {name}={value!r}')
+    return nbytes
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a checked duration string ("90s", "30min", "1.5h", "2d")."""
+    match = _DURATION.match(text)
+    return float(match[1]) * _SECONDS[match[2].lower()]
+
+
+def archive_period(value: Any) -> int | str | None:
+    """`archive_every`: an int of epochs, or a duration of wall time ("90s",
+    "30min", "1h", "2d", or a `datetime.timedelta`), normalised to a string.
+
+    >>> archive_period(3), archive_period(" 1.5H "), archive_period(datetime.timedelta(minutes=2))
+    (3, '1.5h', '120s')
+    """
+    if isinstance(value, datetime.timedelta):
+        value = f"{value.total_seconds():g}s"
+    if isinstance(value, str) and _DURATION.match(value) and duration_seconds(value) > 0:
+        return value.strip().lower()
+    if value is None or (_is_int(value) and int(value) >= 1):
+        return None if value is None else int(value)
+    raise ValueError("`archive_every` must be an int >= 1 (epochs), a duration of wall time such as \"30min\", "
+                     f"\"1h\" or \"2d\" (one archived save per period), or None. Received: archive_every={value!r}")
 
 
 def flag(name: str, value: Any) -> bool:

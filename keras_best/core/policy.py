@@ -16,6 +16,10 @@ The invariants, checked by `RunState.check` and by the property tests:
 2. At most `keep_top_k` records are kept, their names are distinct plain
    file names, and no record is ever given the name of another kept one.
 3. A NaN/inf or infeasible score is never best.
+4. With `max_disk`, the kept files' sizes (measured, or estimated for the
+   pending ones) add up to at most `max_disk`, unless the best and the newest
+   training state alone exceed it (`Plan.over_budget`); neither is ever
+   evicted for the budget (`keras_best.core.retention.DiskBudget`).
 
 >>> from keras_best.core.options import Options
 >>> from keras_best.core.objective import Objective, Score
@@ -29,13 +33,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Mapping
 
 from keras_best.core import names
 from keras_best.core.monitor import Decision, Monitor, MonitorState
 from keras_best.core.objective import Objective, Score
 from keras_best.core.options import Options
-from keras_best.core.retention import Archive, BestK, LastN, Position, Record, ranked
+from keras_best.core.retention import (
+    Archive,
+    ArchiveEvery,
+    BestK,
+    DiskBudget,
+    LastN,
+    Position,
+    Record,
+    ranked,
+    with_sizes,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +72,8 @@ class RunState:
             any rule keeps it).
         states: the older training states `keep_last` keeps, newest first
             (`last` is the newest).
+        archive_time: the wall time of the newest save a time-based
+            `archive_every` archived (kept when `max_disk` evicts it since).
     """
 
     engine: MonitorState | None = None
@@ -68,10 +85,21 @@ class RunState:
     at: Position | None = None
     archived: tuple[Record, ...] = ()
     states: tuple[Mapping[str, Any], ...] = ()
+    archive_time: float | None = None
 
     def __post_init__(self) -> None:
         if self.engine is not None and not isinstance(self.engine, MonitorState):
             object.__setattr__(self, "engine", MonitorState.from_json(self.engine))
+
+    def with_sizes(self, sizes: Mapping[str, int]) -> RunState:
+        """This state with the measured size of each file named in `sizes`."""
+        def sized(s: Mapping[str, Any]) -> Mapping[str, Any]:
+            return {**s, "size": sizes[s["path"]]} if s["path"] in sizes else s
+
+        if not sizes:
+            return self
+        return dataclasses.replace(self, kept=with_sizes(self.kept, sizes), archived=with_sizes(self.archived, sizes),
+                                   last=self.last and sized(self.last), states=tuple(sized(s) for s in self.states))
 
     def best_record(self) -> Record | None:
         """The kept record of the best epoch (`None` before the first best)."""
@@ -128,14 +156,16 @@ class Plan:
     entry: dict[str, Any]
     state: RunState
     drop_states: tuple[str, ...] = ()
+    over_budget: tuple[int, int] | None = None  # (bytes kept, max_disk) when the best and newest state exceed it
 
 
 class Policy:
     """Turns scores into plans for one run's `Options` and `Objective`."""
 
-    def __init__(self, options: Options, objective: Objective) -> None:
+    def __init__(self, options: Options, objective: Objective, clock: Callable[[], float] = time.time) -> None:
         self.options = options
         self.objective = objective
+        self.clock = clock  # wall time, for a time-based `archive_every` (tests pass a fake one)
         self._monitor: Monitor | None = None
 
     @property
@@ -155,12 +185,14 @@ class Policy:
         score: Score | None,
         values: Mapping[str, float],
         name: Callable[[int], str],
+        sizes: tuple[int, int] = (0, 0),
     ) -> Plan:
         """Decide one update. `name(version)` gives the file name to save as
         (version 0, or `-vN` when that name is a kept file of another epoch).
         `score=None` is an update without validation values (e.g. `fit()`
         with `validation_freq`): recorded, the training state written if asked,
-        but no best decision and no patience counted."""
+        but no best decision and no patience counted. `sizes`: the bytes
+        expected of this update's saved file and training state (`max_disk`)."""
         position = (epoch, step)
         if state.at is not None and _order(position) <= _order(state.at):
             raise ValueError(
@@ -180,12 +212,24 @@ class Policy:
             best_at = position if decision.improved else state.best_at
             score = Score(decision.value, decision.ties, decision.feasible)  # smoothed: what `smooth=` ranks
             new = Record(epoch, score.primary, "", dict(values), step, score.ties, score.feasible, raw)
+        o = self.options
+        budgeted = o.max_disk is not None
+        new = dataclasses.replace(new, size=sizes[0] if budgeted else None,
+                                  time=self.clock() if o.archive_seconds else None)
         admitted = score is not None and self._admits(decision, score)
         kept, archived, save_as, archive = self._retain(state, new, admitted, best_at, name)
+        last, states = self._states(state, epoch, step, sizes[1] if budgeted else None)
+        gone, left = DiskBudget(o.max_disk).evict(kept, archived, ((last,) if last else ()) + states, {
+            *(r.path for r in kept if best_at is not None and r.position == tuple(best_at)), *((last["path"],) if last else ())})
+        if gone:
+            kept, archived = (tuple(r for r in rs if r.path not in gone) for rs in (kept, archived))
+            states = tuple(s for s in states if s["path"] not in gone)
+            save_as, archive = (None, False) if save_as in gone else (save_as, archive)
         on_disk = {r.path for r in kept + archived}
         evict = tuple(p for p in dict.fromkeys(r.path for r in state.kept + state.archived) if p not in on_disk)
-        o = self.options
-        last, states, drop_states = self._states(state, epoch, step)
+        held = {s["path"] for s in ((last,) if last else ()) + states}
+        drop_states = tuple(s["path"] for s in ((state.last,) if state.last else ()) + tuple(state.states)
+                            if s["path"] not in held)
         stopped = state.stopped
         if decision.should_stop:
             stopped = {"epoch": epoch, "step": step, "reason": decision.stop_reason.value}
@@ -211,8 +255,10 @@ class Policy:
             write_state=o.keeps_state,
             entry=entry,
             state=dataclasses.replace(state, engine=engine, kept=kept, best_at=best_at,
-                                      last=last, stopped=stopped, at=position, archived=archived, states=states),
+                                      last=last, stopped=stopped, at=position, archived=archived, states=states,
+                                      archive_time=new.time if archive and new.time else state.archive_time),
             drop_states=drop_states,
+            over_budget=(left, o.max_disk) if budgeted and left > o.max_disk else None,
         )
 
     def _admits(self, decision: Decision, score: Score) -> bool:
@@ -237,7 +283,9 @@ class Policy:
             top = BestK(o.keep_top_k, modes).keep([r for r in state.kept if r.position != new.position], new,
                                                    pinned=best_at)
             kept = top if any(r is new for r in top) else state.kept  # would be evicted at once: not written
-        archived = Archive(o.archive_every).keep(state.archived, new)
+        rule = ArchiveEvery(o.archive_seconds) if o.archive_seconds else Archive(o.archive_epochs)
+        archived = rule.keep(state.archived, new, state.archive_time) if o.archive_seconds else rule.keep(
+            state.archived, new)
         in_top, in_archive = any(r is new for r in kept), any(r is new for r in archived)
         if not (in_top or in_archive):
             return kept, archived, None, False
@@ -247,18 +295,18 @@ class Policy:
         kept = tuple(ranked([named if r is new else r for r in kept], modes)) if in_top else kept
         return kept, tuple(named if r is new else r for r in archived), named.path, in_archive
 
-    def _states(self, state: RunState, epoch: int, step: int | None):
-        """`(last, states, drop)`: the training state this update writes, the
-        older ones `keep_last` keeps (newest first), and those it drops."""
+    def _states(self, state: RunState, epoch: int, step: int | None, size: int | None):
+        """`(last, states)`: the training state this update writes (`size`:
+        its expected bytes, with `max_disk`) and the older ones `keep_last`
+        keeps (newest first)."""
         o = self.options
         if not o.keeps_state:
-            return state.last, state.states, ()
+            return state.last, tuple(state.states)
         new = {"path": names.LAST_NAME if o.keep_last == 1 else names.state_name(epoch, step),
-               "epoch": epoch, "step": step}
+               "epoch": epoch, "step": step, **({} if size is None else {"size": size})}
         old = ((state.last,) if state.last else ()) + tuple(state.states)
         kept = LastN(o.keep_last).keep(old, new)
-        paths = {s["path"] for s in kept}
-        return kept[0], kept[1:], tuple(s["path"] for s in old if s["path"] not in paths)
+        return kept[0], tuple(kept[1:])
 
 
 def _free_name(name: Callable[[int], str], taken: set[str]) -> str:

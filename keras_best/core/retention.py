@@ -7,7 +7,11 @@ disk while any rule keeps it (`keras_best.core.policy` takes the union):
 
 - `BestK(k, modes)`: the k best saved files (the run's best pinned);
 - `Archive(every)`: a file every `every` epochs, never deleted;
-- `LastN(n)`: the n newest training states.
+- `LastN(n)`: the n newest training states;
+- `ArchiveEvery(seconds)`: a file per `seconds` of wall time, never deleted
+  (Orbax's `EveryNSeconds`);
+- `DiskBudget(max_bytes)`: not a keep rule but a bound over their union: it
+  evicts, in a fixed priority, until what is kept fits (see its docstring).
 
 Records are ranked by their `Score` with `keras_best.core.objective.rank_key`,
 the same order `Monitor` uses to decide an improvement. Every `mode` argument
@@ -33,6 +37,8 @@ class Record:
     `require` constraint (kept only with `save_best_only=False`). With
     `smooth=`, `value` (and `ties`) are the smoothed values the file was
     ranked by and `raw` the monitored value as read; otherwise `raw` is None.
+    `size` is the bytes of its files (with `max_disk`: measured once written,
+    estimated before), `time` the wall time it was saved at (with a time-based archive).
     """
 
     epoch: int
@@ -43,6 +49,8 @@ class Record:
     ties: tuple[float, ...] = ()
     feasible: bool = True
     raw: float | None = None
+    size: int | None = None
+    time: float | None = None
 
     @property
     def score(self) -> Score:
@@ -67,6 +75,9 @@ class Record:
             data["feasible"] = False
         if self.raw is not None:
             data["raw"] = self.raw
+        for key in ("size", "time"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
     @classmethod
@@ -83,7 +94,15 @@ class Record:
             ties=tuple(float(t) for t in data.get("ties") or ()),
             feasible=bool(data.get("feasible", True)),
             raw=None if data.get("raw") is None else float(data["raw"]),
+            size=None if data.get("size") is None else _count(data["size"]),
+            time=None if data.get("time") is None else float(data["time"]),
         )
+
+
+def _count(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"a size must be an int >= 0, not {value!r}")
+    return value
 
 
 def _modes(mode: str | Sequence[str]) -> tuple[str, ...]:
@@ -167,3 +186,80 @@ class LastN:
         one of `new`'s name, `n` in all."""
         older = [s for s in kept if s["path"] != new["path"]]
         return (new, *older[: self.n - 1])
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchiveEvery:
+    """Keep every record kept so far, and `new` when at least `seconds` of
+    wall time (`Record.time`) have passed since the newest archived one (the
+    first is kept), as Orbax's `EveryNSeconds`. Epoch ends only, one record
+    per `(epoch, step)`, as `Archive`.
+
+    >>> rule = ArchiveEvery(3600)
+    >>> [r.epoch for r in rule.keep([Record(0, 0.5, "a", time=0.0)], Record(1, 0.4, "b", time=1800.0))]
+    [0]
+    >>> [r.epoch for r in rule.keep([Record(0, 0.5, "a", time=0.0)], Record(2, 0.4, "b", time=3600.0))]
+    [0, 2]
+    """
+
+    seconds: float
+
+    def keep(self, kept: Sequence[Record], new: Record, since: float | None = None) -> tuple[Record, ...]:
+        """The archived records once `new` has been considered (oldest first);
+        `since`: the time of the newest archived save, also when evicted since."""
+        others = [r for r in kept if r.position != new.position]
+        times = [r.time for r in others if r.time is not None] + ([] if since is None else [since])
+        if new.step is not None or new.time is None or (times and new.time - max(times) < self.seconds):
+            return tuple(kept)
+        return (*others, new)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiskBudget:
+    """At most `max_bytes` in the files the other rules keep (`None`: no bound).
+
+    `evict` drops files, one unit at a time (a sharded set is one), in this
+    priority until the total fits: archived files that no other rule keeps,
+    oldest first; then the top-k files, lowest-ranked first; then the older
+    training states, oldest first. The `protected` ones (the best, the newest
+    training state) are never evicted: when they alone exceed the bound they
+    stay, and `evict` says how far over it is.
+
+    >>> best, low = Record(1, 0.1, "best", size=40), Record(0, 0.5, "low", size=40)
+    >>> old = Record(2, 0.9, "arch", size=30)
+    >>> DiskBudget(100).evict([best, low], [old], [{"path": "s", "size": 20}], {"best", "s"})
+    (('arch',), 100)
+    >>> DiskBudget(50).evict([best, low], [old], [{"path": "s", "size": 20}], {"best", "s"})
+    (('arch', 'low'), 60)
+    """
+
+    max_bytes: int | None
+
+    def evict(self, kept: Sequence[Record], archived: Sequence[Record], states: Sequence[Mapping[str, Any]],
+              protected: set[str]) -> tuple[tuple[str, ...], int]:
+        """`(evicted names, bytes left)`. `kept`: the top-k records best first;
+        `archived`: oldest first; `states`: newest first. A size not known
+        counts as 0."""
+        sizes: dict[str, int] = {}
+        for path, size in [(r.path, r.size) for r in (*kept, *archived)] + [(s["path"], s.get("size"))
+                                                                             for s in states]:
+            sizes[path] = size or 0
+        total = sum(sizes.values())
+        if self.max_bytes is None or total <= self.max_bytes:
+            return (), total
+        in_top = {r.path for r in kept}
+        order = [r.path for r in archived if r.path not in in_top] + [r.path for r in reversed(kept)] + [
+            s["path"] for s in reversed(states)]
+        evicted = []
+        for path in order:
+            if total <= self.max_bytes:
+                break
+            if path not in protected and path not in evicted:
+                evicted.append(path)
+                total -= sizes[path]
+        return tuple(evicted), total
+
+
+def with_sizes(records: Sequence[Record], sizes: Mapping[str, int]) -> tuple[Record, ...]:
+    """`records` with the size of each file named in `sizes` (measured)."""
+    return tuple(dataclasses.replace(r, size=sizes[r.path]) if r.path in sizes else r for r in records)

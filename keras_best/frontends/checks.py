@@ -124,7 +124,8 @@ def check_placeholders(path: RunPath, options: Options | None = None, save_freq:
         )
     if options.archive_every is not None:
         raise ValueError(
-            f"archive_every={options.archive_every} keeps a file every {options.archive_every} epochs besides "
+            f"archive_every={options.archive_every!r} keeps a file every {options.archive_every}"
+            f"{' epochs' if options.archive_epochs else ''} besides "
             "the best, so `filepath` needs a placeholder that differs per epoch, e.g. "
             f"'{{epoch:03d}}.weights.h5'. Received: filepath={path.filepath}"
         )

@@ -57,7 +57,11 @@ class BestWeightsTracker:
             older ones are named `keras_best_state-EPOCH[-STEP].h5`).
         archive_every: also save the model every this many epochs, in
             `filepath`'s format, and never delete those files (with top-k:
-            a file kept by either rule stays). Needs a placeholder.
+            a file kept by either rule stays). Needs a placeholder. A
+            duration ("30min", "1h", "2d") keeps one per that much wall time.
+        max_disk: bytes (an int, or "500MB", "20GB", "1.5GiB") for every file
+            the run keeps; over it, the lowest-priority files go first (never
+            the best nor the newest training state: docs/run-directory.md).
         save_state_every: also write the training state every so many
             seconds, at the end of a batch (`fit()`, `batches()`).
         save_state_every_batches: ... or every so many batches.

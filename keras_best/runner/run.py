@@ -27,6 +27,7 @@ from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute, loggers
+from keras_best.runner.budget import DiskUsage
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
 from keras_best.storage import files, manifest
@@ -84,6 +85,7 @@ class Run:
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
         self.memory = HostMemory(options.max_host_memory, self.writer, self.chief,
                                  self.engine.load if self.engine.format == ORBAX else None)
+        self.disk = DiskUsage(options.max_disk, self.directory, self.writer)
         self.lock = None
         if self.chief:
             prepare_directory(self.directory)
@@ -198,8 +200,11 @@ class Run:
         self.raise_write_error()
         self._check_directory(epoch)
         suffix = ".weights.h5" if self.options.export_at_finish else ""  # exported at finish()
+        self.state = self.disk.sized(self.state)
         plan = self.policy.plan(self.state, epoch, step, score, values,
-                                lambda v: self.path.format(epoch, step, values, v) + suffix)
+                                lambda v: self.path.format(epoch, step, values, v) + suffix,
+                                self.disk.estimate(model, optimizer))
+        self.disk.warn(plan)
         undo = _Undo(self.state, len(self.history), self.history_bytes, self.unwritten_from,
                      self.best_weights, self.architecture, epoch)
         try:
@@ -215,7 +220,8 @@ class Run:
 
     def _carry_out(self, plan: Plan, model: Any, optimizer: Any, epoch: int, step: int | None, undo: _Undo,
                    swapped: Sequence[tuple[Any, Any]]) -> None:
-        txn = Transaction(record=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states))
+        txn = Transaction(record=None, rollback=undo, deletes=list(plan.evict) + list(plan.drop_states),
+                          sizes=self.disk.measured)
         reuse, snapshot, copies = None, None, []
         # Built first (optimizers not built yet): the best file holds what the state does.
         state_parts = plan.write_state and self.state_parts(model, optimizer, self.options.save_random_state, swapped)

@@ -86,6 +86,9 @@ class Checker:
         step = value.get("step")
         if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
             raise self.error(f"{key}.step", f"must be an int or null, not {step!r}")
+        size = value.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise self.error(f"{key}.size", f"must be an int >= 0 or null, not {size!r}")
         return dict(value)
 
     def engine(self, value: Any) -> dict[str, Any] | None:

@@ -49,6 +49,9 @@ class Transaction:
             transaction is no longer needed, with `True` once it is
             committed or merged after an older one (the merged transaction
             rolls back past it), `False` when it failed or was dropped.
+        sizes: with `max_disk`, the run's measured sizes by name: the commit
+            adds the bytes of the files it renames in (a sharded set: their
+            sum, under the set's name) and records them.
     """
 
     record: RunRecord
@@ -59,6 +62,7 @@ class Transaction:
     history: bytes = b""
     history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
     done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
+    sizes: dict[str, int] | None = None
 
     def over(self, committed: bool) -> None:
         """Run the `done` callbacks, once."""
@@ -80,6 +84,8 @@ def commit(directory: str, txn: Transaction) -> None:
         for tmp_rel in written:
             files.remove(files.join(directory, tmp_rel), missing_ok=True)
         raise
+    if txn.sizes is not None:
+        measure(directory, txn)
     if txn.history:
         history.append(directory, txn.record.history_bytes - len(txn.history), txn.history,
                        txn.history_head or (lambda: b""))
@@ -93,6 +99,18 @@ def commit(directory: str, txn: Transaction) -> None:
     # is found and applied again (idempotent); the next commit's fsync of the
     # directory makes it durable. One journal commit of the file system less.
     txn.record.write(directory, sync_dir=False)
+
+
+def measure(directory: str, txn: Transaction) -> None:
+    """Add the sizes of the temp files `txn` renames in to `txn.sizes`, by
+    final name, and put the sizes into its record."""
+    finals = [final for _, final in txn.renames]
+    found: dict[str, int] = {}
+    for tmp, final in txn.renames:
+        name = next((f for f in finals if files.is_set_name(f) and files.is_shard_of(final, f)), final)
+        found[name] = found.get(name, 0) + files.size(files.join(directory, tmp))
+    txn.sizes.update(found)
+    txn.record = dataclasses.replace(txn.record, state=txn.record.state.with_sizes(dict(txn.sizes)))
 
 
 def roll_forward(directory: str, record: RunRecord) -> RunRecord:

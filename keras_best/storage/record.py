@@ -124,6 +124,7 @@ class RunRecord:
             "states": [dict(x) for x in s.states],
             "stopped": None if s.stopped is None else dict(s.stopped),
             "export": s.export,
+            **({} if s.archive_time is None else {"archive_time": s.archive_time}),
             "history_count": self.history_count,
             "history_bytes": self.history_bytes,
             "updated_at": self.updated_at if self.updated_at is not None else time.time(),
@@ -184,8 +185,10 @@ class RunRecord:
             count = check.integer(data, "history_count")
             nbytes = check.integer(data, "history_bytes")
         best_at = None if best is None else (best.epoch, best.step)
+        archive_time = check.optional(data, "archive_time", (int, float))
         state = RunState(engine=engine, kept=kept, best_at=best_at, last=last, stopped=stopped, export=export,
-                         archived=archived, states=states)
+                         archived=archived, states=states,
+                         archive_time=None if archive_time is None else float(archive_time))
         return cls(
             monitor=data.get("monitor"),
             mode=data.get("mode"),

@@ -224,6 +224,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
         history=older.history + newer.history,
         history_head=older.history_head,
         done=[d for d in older.done if d[0] not in dropped_jobs] + [d for d in newer.done if d[0] is not None],
+        sizes=newer.sizes,
     )
 
 
