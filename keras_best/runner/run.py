@@ -76,6 +76,7 @@ class Run:
         self.initial_step = 0
         self.random_before: tuple[Any, Any] | None = None  # (model, random state) before a resume
         self.tracked: list[tuple[str, Any]] = []  # the other optimizers the model tracks
+        self.front_parts: Sequence[Any] = ()  # parts the front end adds (fit(): `training_state.fit`)
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
@@ -87,10 +88,12 @@ class Run:
                 self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
 
     # -------------------------------------------------------------- start
-    def open(self, model: Any, optimizer: Any, epochs: int | None = None) -> None:
+    def open(self, model: Any, optimizer: Any, epochs: int | None = None, front_parts: Sequence[Any] = ()) -> None:
         """Take the lock, finish a crashed transaction, resume if asked (the
         lock is released again when any of it fails). `epochs`: where training
-        will end, when known (`fit()`): see `train_until`."""
+        will end, when known (`fit()`): see `train_until`. `front_parts`: state
+        parts of the front end, saved and resumed with the others."""
+        self.front_parts = tuple(front_parts)
         self.acquire()
         try:
             self.tracked = objects.tracked_optimizers(model) if self.options.keeps_state else []
@@ -155,7 +158,7 @@ class Run:
     def state_parts(self, model: Any, optimizer: Any, random: bool, swapped: Sequence = ()) -> list[Any]:
         """The parts of the training state (`keras_best.training_state`): the model, its optimizer,
         the other optimizers it tracks, the `state=` objects and (if `random`) the random state."""
-        extra = objects.parts_for(model, optimizer, self.tracked, self.options.state)
+        extra = [*objects.parts_for(model, optimizer, self.tracked, self.options.state), *self.front_parts]
         return parts.for_model(model, optimizer, random=random, swapped=swapped, extra=extra)
 
     def train_until(self, epochs: int) -> None:

@@ -85,3 +85,12 @@ def _keras_global(create: bool = False) -> Any:
     from keras_best.keras_adapter.h5_layout import global_seed_generator
 
     return global_seed_generator(create)
+
+
+GLOBAL = ("python", "python_gauss", "numpy_keys", "numpy_rest", "torch_cpu")  # the process-wide generators
+
+
+def capture_global() -> dict[str, np.ndarray]:
+    """`capture`'s process-wide generators only (what data pipelines shuffle with:
+    Python's, NumPy's and torch's), not the model's nor Keras's."""
+    return {k: a for k, a in capture(None).items() if k in GLOBAL}
