@@ -84,6 +84,8 @@ def unpositionable(epoch_iterator: Any) -> str | None:
     adapter = epoch_iterator.data_adapter
     kind = type(adapter).__name__
     steps = epoch_iterator.steps_per_epoch
+    if kind == "GeneratorDataAdapter":
+        return "a Python generator cannot be rewound to draw the consumed batches again"
     if steps and steps != adapter.num_batches:
         return f"with steps_per_epoch={steps}, one stream of batches runs across the epochs"
     if kind in ("ArrayDataAdapter", "TFDatasetAdapter"):
@@ -96,8 +98,6 @@ def unpositionable(epoch_iterator: Any) -> str | None:
             return ("the DataLoader draws its order from its own `generator=`, whose state at the start of the "
                     "epoch is not saved (leave it out: the global torch generator is)")
         return None
-    if kind == "GeneratorDataAdapter":
-        return "a Python generator cannot be rewound to draw the consumed batches again"
     return f"a {kind} cannot be rewound to draw the consumed batches again"
 
 

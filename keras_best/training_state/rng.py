@@ -7,9 +7,10 @@ generator (what unseeded `keras.random` calls use), Python's `random`, NumPy's
 global `np.random` and, on torch, `torch`'s CPU generator. Read in the
 training thread as host arrays; written into the state file's `random` group.
 
-Not covered: a per-epoch data order drawn from a global stream at the start of
-an epoch (the resumed epoch would draw again; derive it from the epoch number,
-e.g. `np.random.default_rng(seed + epoch).permutation(n)`), `tf.data` iterators
+Not covered here: a per-epoch data order drawn from a global stream at the
+start of an epoch in a custom loop (the resumed epoch would draw again; derive
+it from the epoch number, e.g. `np.random.default_rng(seed + epoch).permutation(n)`;
+`fit()` saves the epoch-start state for its data: `keras_best.training_state.fit`),
 and CUDA generators.
 
 >>> import random
