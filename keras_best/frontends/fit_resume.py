@@ -39,7 +39,7 @@ class FitResume:
         self.resume_at: tuple[int, int] | None = None
         self.skipping: int | None = None  # batches of this epoch still to draw without training
         self.logs: Any = None
-        self.random_after: dict[str, Any] = {}
+        self.random_after: dict[str, Any] | None = None
 
     def metric_variables(self) -> list[Any]:
         return fit.metric_variables(self.model) if self.model is not None else []
@@ -84,8 +84,9 @@ class FitResume:
     def batch_begin(self, batch: int) -> None:
         if self.skipping is None:
             return
-        if batch < self.skipping:
-            fit.skip_batch(self.model, self.logs)
+        if batch < self.skipping:  # after the last one, before fit() makes the next epoch's iterator
+            last = batch + int(getattr(self.model, "steps_per_execution", 1) or 1) >= self.skipping
+            fit.skip_batch(self.model, self.logs, then=self.restore_random if last else None)
         else:
             self.done()
 
@@ -93,8 +94,14 @@ class FitResume:
         """Whether batch `batch` was only drawn (a batch end to ignore)."""
         return self.skipping is not None and batch < self.skipping
 
-    def done(self) -> None:
+    def restore_random(self) -> None:
         """The consumed batches are drawn: the random state the resume gave comes back."""
+        after, self.random_after = self.random_after, None
+        if after is not None:
+            rng.restore(None, after)
+
+    def done(self) -> None:
+        """No batch is left to skip (and the random state is back)."""
         if self.skipping is not None:
             self.skipping = None
-            rng.restore(None, self.random_after)
+            self.restore_random()

@@ -119,9 +119,10 @@ def metric_variables(model: Any) -> list[Any]:
     return list(getattr(model, "metrics_variables", []))
 
 
-def skip_batch(model: Any, logs: Any) -> None:
+def skip_batch(model: Any, logs: Any, then: Any = None) -> None:
     """Have `fit()`'s next call of `model.train_function` only draw its batches
-    (trained already) and return `logs`; the train function comes back at once."""
+    (trained already), call `then()` if given, and return `logs`; the train
+    function comes back at once."""
     import keras
 
     train, backend = model.train_function, keras.backend.backend()
@@ -134,6 +135,8 @@ def skip_batch(model: Any, logs: Any) -> None:
             for _ in range(int(getattr(model, "steps_per_execution", 1) or 1) - 1):
                 if next(iterator, None) is None:
                     break
+        if then is not None:
+            then()
         return (logs, args[0]) if backend == "jax" else logs
 
     model.train_function = skip
