@@ -14,6 +14,7 @@ from keras_best.core.objective import MonitorSpec
 from keras_best.core.options import Options, flag
 from keras_best.core.paths import RunPath
 from keras_best.frontends import checks
+from keras_best.frontends.fit_resume import FitResume
 from keras_best.frontends.fit_session import FitSession
 from keras_best.frontends.tracker import UNBOUND, BestWeightsTracker
 from keras_best.keras_adapter.fit import clear_initial_epoch, set_initial_epoch
@@ -98,6 +99,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._ema: EmaWatch | None = None
         self._epoch = 0
         self._session = FitSession(self)  # replaced at each on_train_begin
+        self._fit = FitResume()  # continues an epoch at the batch a training state stands at
 
     # ModelCheckpoint attribute names, for code that reads them.
     @property
@@ -126,21 +128,29 @@ class BestCheckpoint(keras.callbacks.Callback):
         self._session = FitSession(self)  # the other callbacks' state, save on exception
         if self.tracker.model is not self.model:
             # Every read of the variables goes through `self.model`: on JAX, it puts their values back.
+            self._fit.attach(self.model, self.tracker.options.resume)
+            callbacks = self._session.states.parts() if self._session.states is not None else []
             self.tracker.bind(self.model, model_source=lambda: self.model, epochs=(self.params or {}).get("epochs"),
-                              callbacks=self._session.states)
+                              parts=[self._fit.part, *callbacks])
             # What keras.callbacks.BackupAndRestore does: continue after the last saved
             # epoch, or run none if the resumed run had already stopped early.
             if self.tracker.stopped:
                 set_initial_epoch(self.model, (self.params or {}).get("epochs", self.tracker.initial_epoch))
-            elif self.tracker.initial_epoch:
-                set_initial_epoch(self.model, self.tracker.initial_epoch)
+            elif self.tracker.initial_epoch or self.tracker.initial_step:  # mid-epoch: the batch too
+                set_initial_epoch(self.model, self._fit.start(self.tracker.initial_epoch, self.tracker.initial_step))
         self._session.begin()
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epoch = epoch
         self._session.epoch_begin()
+        self._fit.epoch_begin(epoch)
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._fit.batch_begin(batch)
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._fit.skipped(batch):  # drawn again, trained before the resume
+            return
         ema = self._ema_watch()
         steps = (self.params or {}).get("steps")
         if ema.active and (steps is None or batch == steps - 1):
@@ -165,6 +175,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         return self._ema
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._fit.done()
         if self._cadence.due(cadence.Moment(cadence.EPOCH)):
             logs = self._logs(logs)
             ema = self._ema_watch()
@@ -197,6 +208,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         self._session.end()
+        self._fit.done()
         if self.tracker.resume:
             clear_initial_epoch(self.model)  # a later fit() starts where it is told
         self.tracker.finish()

@@ -70,16 +70,19 @@ class Reporter:
             return "no best yet" + ("" if self.baseline is None else f" (baseline {self.baseline:.5f})")
         return f"best {self.objective.name} {best:.5f} at epoch {best_epoch + 1}"
 
-    def resumed_line(self, directory: str, initial_epoch: int, best: float | None, best_epoch: int | None,
+    def resumed_line(self, directory: str, initial: tuple[int, int], best: float | None, best_epoch: int | None,
                      stopped: Mapping[str, Any] | None) -> str:
-        """What `resume=True` continues from, e.g.
-        "Resuming runs/x at epoch 4 (best val_loss 0.12340 at epoch 2)"."""
+        """What `resume=True` continues from (`initial`: epoch and batch, 0-based), e.g.
+        "Resuming runs/x at epoch 4 (best val_loss 0.12340 at epoch 2)", or
+        "Resuming runs/x at epoch 3, batch 9 (...)" after a state saved mid-epoch."""
+        initial_epoch, step = initial
         so_far = self.so_far(best, best_epoch)
         if stopped:
             why = describe_stop(stopped.get("reason"), self.options, self.objective.name)
             return (f"Resuming {directory}: it stopped early at epoch {int(stopped['epoch']) + 1} ({why}), "
                     f"so there is nothing left to train ({so_far})")
-        return f"Resuming {directory} at epoch {initial_epoch + 1} ({so_far})"
+        at = f"epoch {initial_epoch + 1}" + (f", batch {step + 1}" if step else "")
+        return f"Resuming {directory} at {at} ({so_far})"
 
 
 def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int) -> None:

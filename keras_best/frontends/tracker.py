@@ -157,19 +157,20 @@ class BestWeightsTracker:
             return getattr(self.options, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def bind(self, model: Any, model_source: Callable | None = None, epochs: int | None = None, callbacks=None) -> None:
+    def bind(self, model: Any, model_source: Callable[[], Any] | None = None, epochs: int | None = None,
+             parts: Sequence[Any] = ()) -> None:
         """Attach the model (the constructor does; `BestCheckpoint` at `on_train_begin`).
         `model_source()`, called before each read of the variables, returns `model` with
         their values in place (`fit()` on JAX detaches them during an epoch). `epochs`: where
-        training ends, if known (`fit()`'s): see `Run.train_until`; `callbacks`: the
-        `CallbackStates` of `fit()`'s other callbacks, which the training state holds."""
+        training ends, if known (`fit()`'s): see `Run.train_until`. `parts`: more training-state
+        parts (`fit()`'s batch position and other callbacks: `keras_best.training_state`)."""
         checks.check_model(model, self.options)  # and its optimizer
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
-        self._run.open(model, self.optimizer, epochs, callbacks)
+        self._run.open(model, self.optimizer, epochs, parts)
         if self._run.resumed and self._run.chief and self.verbose:
-            report.say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
-                                                   self._run.state.stopped))
+            report.say(self._reporter.resumed_line(self.directory, (self.initial_epoch, self.initial_step), self.best,
+                                                   self.best_epoch, self._run.state.stopped))
         self._safe.start(self.initial_epoch, self.initial_step)
 
     @property

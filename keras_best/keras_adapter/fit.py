@@ -126,3 +126,109 @@ class FitGuard:
         self.originals = {}
         if getattr(getattr(self.model, "train_function", None), "keras_best_guard", None) is self:
             self.model.train_function = self.train_function
+
+
+# ------------------------------------------------- mid-epoch resume of fit()
+# Also pinned by `tests/test_fit_resume.py`: the running `fit()` holds its
+# `EpochIterator` in the local `epoch_iterator` (its `data_adapter`,
+# `steps_per_epoch`), each epoch draws its batches from a new iterator of the
+# adapter (numpy arrays: `np.random.permutation` at the first batch; a PyDataset:
+# `random.shuffle`; a torch DataLoader: the torch generator; arrays on TensorFlow:
+# the same op seeds every epoch; a `tf.data.Dataset`: its reshuffle seed advances
+# once per iterator made), and `fit()` calls `model.train_function` once per
+# `steps_per_execution` batches: TensorFlow with the iterator, JAX with
+# `(state, iterator)` returning `(logs, state)`, torch with the drawn batches.
+
+
+def running_fit_data() -> Any:
+    """The `EpochIterator` of the `fit()` call this is called from (a callback's
+    `on_train_begin`), or `None`."""
+    import sys
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        found = frame.f_locals.get("epoch_iterator")
+        if found is not None and hasattr(found, "data_adapter"):
+            return found
+        frame = frame.f_back
+    return None
+
+
+def unpositionable(epoch_iterator: Any) -> str | None:
+    """Why `fit()` cannot continue in the middle of an epoch of this data (the
+    consumed batches cannot be drawn again in the same order); `None` when it can."""
+    if epoch_iterator is None:
+        return "the data of this fit() call could not be found"
+    adapter = epoch_iterator.data_adapter
+    kind = type(adapter).__name__
+    steps = epoch_iterator.steps_per_epoch
+    if kind == "GeneratorDataAdapter":
+        return "a Python generator cannot be rewound to draw the consumed batches again"
+    if steps and steps != adapter.num_batches:
+        return f"with steps_per_epoch={steps}, one stream of batches runs across the epochs"
+    if kind in ("ArrayDataAdapter", "TFDatasetAdapter"):
+        return None
+    if kind == "PyDatasetAdapter":
+        return None if adapter.py_dataset.num_batches is not None else "the PyDataset has no num_batches (endless)"
+    if kind == "TorchDataLoaderAdapter":
+        loader = adapter.get_torch_dataloader()
+        if getattr(loader, "generator", None) is not None:
+            return ("the DataLoader draws its order from its own `generator=`, whose state at the start of the "
+                    "epoch is not saved (leave it out: the global torch generator is)")
+        return None
+    return f"a {kind} cannot be rewound to draw the consumed batches again"
+
+
+def advance_epochs(epoch_iterator: Any, epochs: int) -> None:
+    """Make the iterators of a `tf.data.Dataset` that `fit()`'s first `epochs`
+    epochs made (none drawn from): its reshuffle seed then stands where an
+    uninterrupted run's does. `EpochIterator` makes one at each epoch's start
+    and, when the number of batches is known (from the dataset's cardinality, or
+    after a first epoch), one more at each epoch's end."""
+    adapter = getattr(epoch_iterator, "data_adapter", None)
+    if type(adapter).__name__ == "TFDatasetAdapter" and epochs > 0:
+        dataset = adapter.get_tf_dataset()
+        for _ in range(2 * epochs if adapter.num_batches else 2 * epochs - 1):
+            iter(dataset)
+
+
+def metric_variables(model: Any) -> list[Any]:
+    """The variables of the model's compiled metrics (`model.metrics`), in order."""
+    return list(getattr(model, "metrics_variables", []))
+
+
+def skip_batch(model: Any, logs: Any, then: Any = None) -> None:
+    """Have `fit()`'s next call of `model.train_function` only draw its batches
+    (trained already), call `then()` if given, and return `logs`; the train
+    function comes back at once."""
+    import keras
+
+    train, backend = model.train_function, keras.backend.backend()
+
+    def skip(*args: Any) -> Any:
+        model.train_function = train
+        if backend in ("tensorflow", "jax"):  # the batches are drawn inside the train function
+            iterator = args[-1]
+            next(iterator)
+            for _ in range(int(getattr(model, "steps_per_execution", 1) or 1) - 1):
+                if next(iterator, None) is None:
+                    break
+        if then is not None:
+            then()
+        return (logs, args[0]) if backend == "jax" else logs
+
+    model.train_function = skip
+
+
+def build_metrics(model: Any, epoch_iterator: Any) -> None:
+    """Build the compiled metrics before the first batch (TensorFlow builds them
+    when it traces the train function), for their saved state to be assigned,
+    from the data's element spec: no batch is drawn."""
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or epoch_iterator is None:
+        return
+    compiled = getattr(model, "_compile_metrics", None)
+    dataset = getattr(epoch_iterator, "_distributed_dataset", None)
+    if compiled is not None and not compiled.built and dataset is not None:
+        model._symbolic_build(data_batch=dataset.element_spec)

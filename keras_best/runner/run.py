@@ -37,7 +37,6 @@ from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
 from keras_best.storage.writer import Transaction, Writer
 from keras_best.training_state import objects, parts, rng, state
-from keras_best.training_state.callbacks import CallbackStates
 from keras_best.training_state.parts import architecture_of
 
 
@@ -79,7 +78,7 @@ class Run:
         self.initial_step = 0
         self.random_before: tuple[Any, Any] | None = None  # (model, random state) before a resume
         self.tracked: list[tuple[str, Any]] = []  # the other optimizers the model tracks
-        self.callbacks = CallbackStates()  # the other callbacks of fit() whose state is saved
+        self.front_parts: Sequence[Any] = ()  # parts the front end adds (fit(): its position, its callbacks)
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
@@ -93,17 +92,16 @@ class Run:
                 self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
 
     # -------------------------------------------------------------- start
-    def open(self, model: Any, optimizer: Any, epochs: int | None = None,
-             callbacks: CallbackStates | None = None) -> None:
+    def open(self, model: Any, optimizer: Any, epochs: int | None = None, front_parts: Sequence[Any] = ()) -> None:
         """Take the lock, finish a crashed transaction, resume if asked (the
         lock is released again when any of it fails). `epochs`: where training
-        will end, when known (`fit()`): see `train_until`; `callbacks`: the other
-        callbacks of `fit()` (`keras_best.training_state.callbacks`)."""
+        will end, when known (`fit()`): see `train_until`. `front_parts`: state
+        parts of the front end, saved and resumed with the others."""
+        self.front_parts = tuple(front_parts)
         self.acquire()
         try:
             distribute.check_layout(model, self.engine.format, self.options.keeps_state)
             self.tracked = objects.tracked_optimizers(model) if self.options.keeps_state else []
-            self.callbacks = callbacks if callbacks is not None and self.options.keeps_state else CallbackStates()
             self._open(model, optimizer, epochs)
         except BaseException:
             if self.lock is not None:
@@ -164,9 +162,9 @@ class Run:
 
     def state_parts(self, model: Any, optimizer: Any, random: bool, swapped: Sequence = ()) -> list[Any]:
         """The parts of the training state (`keras_best.training_state`): the model, its optimizer,
-        the other optimizers it tracks, the `state=` objects, the other callbacks of `fit()` and (if
-        `random`) the random state."""
-        extra = objects.parts_for(model, optimizer, self.tracked, self.options.state) + self.callbacks.parts()
+        the other optimizers it tracks, the `state=` objects, the front end's parts (`fit()`'s position
+        and other callbacks) and (if `random`) the random state."""
+        extra = [*objects.parts_for(model, optimizer, self.tracked, self.options.state), *self.front_parts]
         return parts.for_model(model, optimizer, random=random, swapped=swapped, extra=extra)
 
     def train_until(self, epochs: int) -> None:

@@ -8,9 +8,10 @@ global `np.random` and, on torch, `torch`'s CPU generator and (where CUDA is
 available) its CUDA generators, one per device. Read in the
 training thread as host arrays; written into the state file's `random` group.
 
-Not covered: a per-epoch data order drawn from a global stream at the start of
-an epoch (the resumed epoch would draw again; derive it from the epoch number,
-e.g. `np.random.default_rng(seed + epoch).permutation(n)`), `tf.data` iterators,
+Not covered here: a per-epoch data order drawn from a global stream at the
+start of an epoch in a custom loop (the resumed epoch would draw again; derive
+it from the epoch number, e.g. `np.random.default_rng(seed + epoch).permutation(n)`;
+`fit()` saves the epoch-start state for its data: `keras_best.training_state.fit`),
 and the CUDA generators of TensorFlow and JAX (their random ops are seeded by
 Keras's seed generators, which are saved). CUDA generators are restored only
 when the device count matches.
@@ -93,3 +94,12 @@ def _keras_global(create: bool = False) -> Any:
     from keras_best.keras_adapter.h5_layout import global_seed_generator
 
     return global_seed_generator(create)
+
+
+GLOBAL = ("python", "python_gauss", "numpy_keys", "numpy_rest", "torch_cpu")  # the process-wide generators
+
+
+def capture_global() -> dict[str, np.ndarray]:
+    """`capture`'s process-wide generators only (what data pipelines shuffle with:
+    Python's, NumPy's and torch's), not the model's nor Keras's."""
+    return {k: a for k, a in capture(None).items() if k in GLOBAL}
