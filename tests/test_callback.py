@@ -268,7 +268,7 @@ def test_front_ends_touch_no_private_attribute_of_another_object():
                 found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr") and (
                     len(node.args) > 1 and isinstance(node.args[1], ast.Constant)
-                    and str(node.args[1].value).startswith("_")):
+                    and str(node.args[1].value).startswith("_") and not str(node.args[1].value).startswith("__")):
                 found.append(f"{path.name}:{node.lineno} {ast.unparse(node)}")
     assert found == []
 
@@ -327,6 +327,8 @@ def _keras_error(**kwargs):
     ],
 )
 def test_same_errors_as_model_checkpoint(tmp_path, kwargs):
+    if kwargs["filepath"] == "best" and keras.backend.backend() == "jax":
+        pytest.skip("on JAX a name without a file extension is an Orbax checkpoint directory (test_orbax.py)")
     kwargs = dict(kwargs, filepath=str(tmp_path / kwargs["filepath"]))
     message = _keras_error(**kwargs)
     with pytest.raises(ValueError) as info:

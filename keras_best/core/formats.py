@@ -16,13 +16,15 @@ EXPORT_WEIGHTS_NAME = "keras_best.weights.h5"
 
 
 def resolve_format(filepath: str, save_format: str | None = None, save_weights_only: bool | None = None,
-                   sharded: bool = False) -> str:
+                   sharded: bool = False, orbax: bool = True) -> str:
     """The format implied by `filepath` and `save_format`, or a `ValueError`.
 
     With `save_weights_only` (True or False) and no `save_format`, the file
     name rules and messages of `keras.callbacks.ModelCheckpoint` apply
     (`BestCheckpoint` takes its arguments). `sharded` (`max_shard_size` given):
     weights saved as a `.weights.json` set, as `model.save_weights` does.
+    `orbax=False` (a backend without Orbax saves): a name without a file
+    extension is not an Orbax directory, and ModelCheckpoint's rules refuse it.
 
     >>> resolve_format("best.weights.h5"), resolve_format("m.keras")
     ('weights', 'keras')
@@ -36,7 +38,7 @@ def resolve_format(filepath: str, save_format: str | None = None, save_weights_o
     name = str(filepath)
     if sharded or name.endswith(SET_SUFFIX):
         return _sharded(name, save_format, save_weights_only, sharded)
-    if save_format == ORBAX or (save_format is None and not has_extension(name)):
+    if save_format == ORBAX or (save_format is None and orbax and not has_extension(name)):
         if has_extension(name):
             raise ValueError(
                 'save_format="orbax" saves each kept best as an Orbax checkpoint directory: give a name '

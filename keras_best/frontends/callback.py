@@ -85,7 +85,8 @@ class BestCheckpoint(keras.callbacks.Callback):
             raise TypeError("BestCheckpoint takes `initial_value_threshold` (as ModelCheckpoint), not `baseline`.")
         if options.get("save_format") is None:
             options["save_format"] = resolve_format(filepath, None, flag("save_weights_only", save_weights_only),
-                                                    sharded=options.get("max_shard_size") is not None)
+                                                    sharded=options.get("max_shard_size") is not None,
+                                                    orbax=keras.backend.backend() == "jax")
         if isinstance(keep_top_k, str) and keep_top_k == "auto":
             # As ModelCheckpoint: every file its name tells apart is kept; a fixed name is one file.
             keep_top_k = None if RunPath(filepath).fields else 1
