@@ -18,7 +18,7 @@ done once:
 This module also holds the other Keras internals keras-best needs to save and
 check a model: the `.keras` archive's config and metadata JSON and member
 names, the input signature `model.export` traces, whether an optimizer was
-built for a model, EMA pairs and the global seed generator. With `host` and
+built for a model (EMA pairs and the global seed generator: `keras_adapter.state`). With `host` and
 `fit`, the `keras_adapter` folder is the only place that touches Keras or
 TensorFlow internals (`tests/test_architecture.py` checks it);
 `tests/test_h5_layout.py` and `tests/test_archive.py` pin it against the
@@ -152,33 +152,6 @@ def load_weights(model: Any, path: str, model_only: bool = False) -> None:
     model.load_weights(path)
     for v, a in zip(optimizer.variables, kept):
         v.assign(a)
-
-
-def ema_pairs(optimizer: Any) -> list[tuple[Any, Any]]:
-    """`(model variable, its moving average)` pairs of an optimizer built with
-    `use_ema=True` (through a `LossScaleOptimizer`), else `[]`. Private in
-    Keras: `_trainable_variables` and `_model_variables_moving_average`, the
-    attributes `keras.callbacks.SwapEMAWeights` swaps."""
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
-    if not getattr(optimizer, "use_ema", False):
-        return []
-    averages = getattr(optimizer, "_model_variables_moving_average", None)
-    variables = getattr(optimizer, "_trainable_variables", None)
-    if not averages or not variables or len(averages) != len(variables):
-        return []
-    return list(zip(variables, averages))
-
-
-def global_seed_generator(create: bool = False) -> Any:
-    """Keras's global `SeedGenerator` (what unseeded `keras.random` calls draw
-    from), or `None` when none was made yet and not `create`. Private in
-    Keras: `keras.src.random.seed_generator` and its global-state key."""
-    from keras.src.backend.common import global_state
-    from keras.src.random import seed_generator
-
-    if create:
-        return seed_generator.global_seed_generator()
-    return global_state.get_global_attribute(seed_generator.GLOBAL_SEED_GENERATOR)
 
 
 # ----------------------------------------------------------------- internals

@@ -28,6 +28,7 @@ from keras_best.core.policy import Plan, Policy, RunState
 from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute, loggers
 from keras_best.runner.budget import DiskUsage
+from keras_best.runner.failures import SaveError, save_error_message
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
 from keras_best.storage import files, manifest
@@ -38,10 +39,6 @@ from keras_best.storage.manifest import RunRecord
 from keras_best.storage.writer import Transaction, Writer
 from keras_best.training_state import objects, parts, rng, state
 from keras_best.training_state.parts import architecture_of
-
-
-class SaveError(OSError):
-    """A save failed; the previous best and the record are intact."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,17 +337,7 @@ class Run:
             raise error from error.__cause__
 
     def _save_error_message(self, epoch: int, error: OSError) -> str:
-        if not files.isdir(self.directory):
-            return (f"Epoch {epoch + 1}: could not save: the run directory {self.directory!r} no longer "
-                    "exists (was it removed?). The files saved there went with it: no best of this run "
-                    "is on disk any more. Create the directory again to carry on (the next update() "
-                    "starts a new record there, keeping the history), or restore it from a copy.")
-        where = f"writing into {self.directory!r} failed: {error}"
-        best = self.state.best_record()
-        kept = (f"The previous best (epoch {best.epoch + 1}, {self.objective.name}={best.value:.5f}, "
-                f"{best.path}) is intact and still recorded." if best else "Nothing was saved before.")
-        return (f"Epoch {epoch + 1}: could not save: {where}. {kept} Free disk space or fix "
-                "the directory, then call update() again or resume with resume=True.")
+        return save_error_message(self.directory, self.state.best_record(), self.objective.name, epoch, error)
 
     # ---------------------------------------------------------------- end
     def finish(self, model: Any, on_restore: Callable[[int, int | None], None] | None = None) -> None:

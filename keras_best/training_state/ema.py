@@ -28,7 +28,7 @@ class EmaWatch:
     """Fingerprints of one EMA pair of `optimizer` (inactive without EMA)."""
 
     def __init__(self, optimizer: Any) -> None:
-        from keras_best.keras_adapter.h5_layout import ema_pairs
+        from keras_best.keras_adapter.state import ema_pairs
 
         self.pairs = ema_pairs(optimizer)
         self.probe = min(self.pairs, key=lambda p: int(np.prod(p[0].shape))) if self.pairs else None

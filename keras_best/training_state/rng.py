@@ -91,7 +91,7 @@ def restore(model: Any, saved: Mapping[str, np.ndarray]) -> None:
 
 def _keras_global(create: bool = False) -> Any:
     """Keras's global `SeedGenerator`, if there is one (or `create`)."""
-    from keras_best.keras_adapter.h5_layout import global_seed_generator
+    from keras_best.keras_adapter.state import global_seed_generator
 
     return global_seed_generator(create)
 
