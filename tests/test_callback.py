@@ -242,6 +242,24 @@ def test_fit_with_save_freq_and_batch_in_name_matches_model_checkpoint(tmp_path,
         assert _same(a.get_weights(), b.get_weights())
 
 
+def test_save_freq_without_validation_data_records_no_value_not_nan(tmp_path, fit_data):
+    # issue 25: each missing val_loss was recorded as NaN, and inspect said "NaN or infinite at every epoch".
+    from keras_best.summary import format_table, summarize
+
+    x, y, _, _ = fit_data
+    name = "e{epoch}-b{batch}.weights.h5"
+    ours = BestCheckpoint(str(tmp_path / "ours" / name), save_weights_only=True, save_freq=3)
+    theirs = keras.callbacks.ModelCheckpoint(str(tmp_path / "keras" / name), save_weights_only=True, save_freq=3)
+    _compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[ours, theirs])
+    assert _files(tmp_path / "ours") == _files(tmp_path / "keras") != []  # still saved, as ModelCheckpoint
+    entries = ours.tracker.history
+    assert entries and all(h["validated"] is False and h["wait"] == 0 and not h["improved"] for h in entries)
+    assert ours.best is None
+    summary = summarize(str(tmp_path / "ours"))
+    assert "no validation values" in summary["no_best"] and "NaN" not in summary["no_best"]
+    assert " nan " not in format_table(summary)  # the kept files' value: "-"
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras refuses steps_per_execution > 1 on the PyTorch backend")
 def test_fit_with_save_freq_counts_batches_as_model_checkpoint_with_steps_per_execution(tmp_path, fit_data):
     x, y, _, _ = fit_data

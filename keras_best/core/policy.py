@@ -173,7 +173,8 @@ class Policy:
             decision, engine = self.monitor.step(engine, epoch, score)
             best_at = position if decision.improved else state.best_at
             new = Record(epoch, score.primary, "", dict(values), step, score.ties, score.feasible)
-        admitted = score is not None and self._admits(decision, score)
+        # Without validation values: saved only where every update is (ModelCheckpoint's save_best_only=False).
+        admitted = self._admits(decision, score) if score is not None else not self.options.needs_monitor
         kept, archived, save_as, archive = self._retain(state, new, admitted, best_at, name)
         on_disk = {r.path for r in kept + archived}
         evict = tuple(p for p in dict.fromkeys(r.path for r in state.kept + state.archived) if p not in on_disk)

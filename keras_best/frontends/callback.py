@@ -182,7 +182,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         missing = [n for n in self.tracker.objective.names if n not in logs]
         if missing and self.tracker.options.needs_monitor and checks.validated(
-                self.tracker.objective, self.tracker.options, logs):
+                self.tracker.objective, logs):
             raise ValueError(
                 f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
                 "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."

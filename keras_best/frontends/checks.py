@@ -121,18 +121,18 @@ def check_placeholders(path: RunPath, options: Options | None = None, save_freq:
         )
 
 
-def validated(objective: Objective, options: Options, values: Mapping[str, float]) -> bool:
+def validated(objective: Objective, values: Mapping[str, float]) -> bool:
     """False for an update without any validation value while the monitor
     names only validation metrics (`fit(validation_freq=k)`, `save_freq=N`
-    batches): it is recorded, but decides nothing. (Without a needed monitor,
-    every update is saved, as `ModelCheckpoint` does.)
+    batches, no validation data): it is recorded as "no value" (never NaN),
+    decides nothing and counts no patience. (Without a needed monitor it is
+    still saved, as `ModelCheckpoint` does.)
 
-    >>> validated(Objective("val_loss"), Options(), {"loss": 0.5})
+    >>> validated(Objective("val_loss"), {"loss": 0.5})
     False
     """
     names = objective.names
-    if not options.needs_monitor or not names or not all(n.startswith("val_") for n in names) or any(
-            n in values for n in names):
+    if not names or not all(n.startswith("val_") for n in names) or any(n in values for n in names):
         return True
     return any(k.startswith("val_") for k in values)
 

@@ -93,7 +93,7 @@ def warn_if_never_validated(history: Sequence[Mapping[str, Any]], name: str) -> 
     if history and not any(h.get("validated", True) for h in history):
         warnings.warn(
             f"The monitored {name!r} was never among the metrics: no update held "
-            "validation values, so no best was chosen or saved. Give validation data (in fit(): "
+            "validation values, so no best was chosen. Give validation data (in fit(): "
             "validation_data= or validation_split=, and check validation_freq), or monitor a "
             "training metric.", stacklevel=3)
 

@@ -309,7 +309,7 @@ class BestWeightsTracker:
             raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
         epoch, step = integer("epoch", epoch, 0, allow_none=False), integer("step", step, 0)
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
-        validated = checks.validated(self.objective, self.options, values)
+        validated = checks.validated(self.objective, values)
         if validated:
             checks.check_update(self.objective, self.options, self.path, values, step)
             checks.resolve_modes(self.objective, self.model, metrics, final=True)
@@ -317,7 +317,7 @@ class BestWeightsTracker:
         plan = self._apply(epoch, step, values, self.objective.score(values) if validated else None, swapped)
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),
                                        evicted=tuple(self.path.shown(p) for p in plan.evict))
-        if self._run.chief and validated:  # workers decide alike; the chief saves and speaks
+        if self._run.chief and (validated or decision.saved_path):  # workers decide alike; the chief speaks
             report.announce(self._reporter, decision, previous_best, self.verbose)
         return decision
 
