@@ -495,3 +495,16 @@ def test_best_epoch_and_best_path_as_the_tracker_has_them(tmp_path, data):
     record = run_json(tmp_path)
     assert cb.best_epoch == record["best"]["epoch"] and cb.best == record["best"]["value"]
     assert cb.best_path == str(tmp_path / record["best"]["path"])
+
+
+def test_resuming_a_complete_fit_says_it_is_complete(tmp_path, fit_data, capsys):
+    # issue 25: "Resuming ... at epoch 3" for a run whose epochs were all trained.
+    x, y, vx, vy = fit_data
+    path = str(tmp_path / "best.weights.h5")
+    for _ in range(2):
+        _compiled().fit(x, y, validation_data=(vx, vy), epochs=2, batch_size=32, verbose=0,
+                        callbacks=[BestCheckpoint(path, resume=True, verbose=1, save_best_only=True)])
+    out = capsys.readouterr().out
+    assert "val_loss improved from inf to " in out
+    assert f"Resuming {tmp_path}: the run is complete (all 2 epochs trained), nothing left to train" in out
+    assert "at epoch 3" not in out

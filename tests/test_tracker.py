@@ -367,7 +367,7 @@ def test_verbose_lines(tmp_path, model, capsys):
     tracker.finish()
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines == [
-        f"Epoch 1: val_loss improved from None to 0.31200, saving model to {path}",
+        f"Epoch 1: val_loss improved from inf to 0.31200, saving model to {path}",
         f"Epoch 2: val_loss improved from 0.31200 to 0.29810, saving model to {path}",
         "Epoch 3: val_loss did not improve from 0.29810",
         "Epoch 3: early stopping: patience of 1 epoch exhausted; best val_loss 0.29810 at epoch 2",
@@ -387,7 +387,7 @@ def test_verbose_lines_say_why_an_epoch_is_no_candidate(tmp_path, model, capsys)
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines[0] == "Epoch 1: val_loss is nan: not a candidate; no best yet"
     assert lines[1] == "Epoch 2: val_loss=0.40000 breaks require (val_recall >= 0.5): not a candidate; no best yet"
-    assert lines[2].startswith("Epoch 3: val_loss improved from None to 0.30000, saving model to ")
+    assert lines[2].startswith("Epoch 3: val_loss improved from inf to 0.30000, saving model to ")
     assert lines[3] == "Epoch 4: val_loss is nan: not a candidate; best val_loss 0.30000 at epoch 3"
     assert lines[4:] == [
         "Epoch 5: val_loss did not improve from 0.30000 (this epoch breaks require: val_recall >= 0.5)",
@@ -406,8 +406,13 @@ def test_resume_says_where_it_continues(tmp_path, capsys):
     first.finish()
     capsys.readouterr()
     again = BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=1)
-    assert capsys.readouterr().out == f"Resuming {tmp_path} at epoch 4 (best val_loss 0.12340 at epoch 2)\n"
+    assert capsys.readouterr().out == (f"Resuming {tmp_path} at epoch 4 (initial_epoch=3; best val_loss 0.12340 "
+                                       "at epoch 2)\n")
     assert again.initial_epoch == 3 and again.best_epoch == 1  # the line counts from 1, the API from 0
+    assert list(again.epochs(3)) == []  # issue 25: a complete run says so, not "at epoch 4"
+    assert capsys.readouterr().out == (f"Resuming {tmp_path}: the run is complete (all 3 epochs trained), "
+                                       "nothing left to train (best val_loss 0.12340 at epoch 2)\n")
+    assert list(again.epochs(5)) == [3, 4] and capsys.readouterr().out == ""
     again.finish()
     BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=0).finish()
     assert capsys.readouterr().out == ""  # verbose=0: silent

@@ -34,7 +34,7 @@ class Reporter:
         name, ties = self.objective.name, ""
         if d.ties:  # a list monitor: show the tie-break values too
             ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
-        before = fmt(previous_best, self.baseline)  # as ModelCheckpoint prints it
+        before = fmt(previous_best, self.baseline, self.objective.engine_modes[0])  # as ModelCheckpoint
         breaks = "" if d.feasible else self.objective.describe_require()
         if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
             msg = f"saving model to {d.saved_path}"
@@ -50,7 +50,7 @@ class Reporter:
         elif breaks and d.best is None:
             msg, breaks = f"{name}={d.value:.5f} breaks require ({breaks}): not a candidate; no best yet", ""
         else:
-            msg = f"{name} did not improve from {fmt(d.best, self.baseline)}"
+            msg = f"{name} did not improve from {fmt(d.best, self.baseline, self.objective.engine_modes[0])}"
         if breaks:
             msg += f" (this epoch breaks require: {breaks})"
         prefix = f"Epoch {d.epoch + 1}: "
@@ -68,16 +68,32 @@ class Reporter:
             return "no best yet" + ("" if self.baseline is None else f" (baseline {self.baseline:.5f})")
         return f"best {self.objective.name} {best:.5f} at epoch {best_epoch + 1}"
 
-    def resumed_line(self, directory: str, initial_epoch: int, best: float | None, best_epoch: int | None,
-                     stopped: Mapping[str, Any] | None) -> str:
-        """What `resume=True` continues from, e.g.
-        "Resuming runs/x at epoch 4 (best val_loss 0.12340 at epoch 2)"."""
-        so_far = self.so_far(best, best_epoch)
+    def resumed_line(self, directory: str, run: Any, epochs: int | None = None) -> str:
+        """What `resume=True` continues from (`run`: a `keras_best.runner.run.Run`; `epochs`:
+        where training ends, when known), e.g. "Resuming runs/x at epoch 4 (initial_epoch=3;
+        best val_loss 0.12340 at epoch 2)". Epochs in words count from 1, as Keras's progress
+        bar; an API value is written `initial_epoch=3`, from 0 as in Keras callbacks."""
+        engine, stopped = run.state.engine or {}, run.state.stopped
+        so_far = self.so_far(engine.get("best"), engine.get("best_epoch"))
         if stopped:
             why = describe_stop(stopped.get("reason"), self.options, self.objective.name)
             return (f"Resuming {directory}: it stopped early at epoch {int(stopped['epoch']) + 1} ({why}), "
                     f"so there is nothing left to train ({so_far})")
-        return f"Resuming {directory} at epoch {initial_epoch + 1} ({so_far})"
+        if epochs is not None and run.initial_epoch >= epochs:
+            return self.complete_line(directory, epochs, so_far)
+        step = f", batch {run.initial_step + 1}" if run.initial_step else ""
+        return f"Resuming {directory} at epoch {run.initial_epoch + 1}{step} (initial_epoch={run.initial_epoch}; {so_far})"
+
+    def complete_line(self, directory: str, epochs: int, so_far: str) -> str:
+        return f"Resuming {directory}: the run is complete (all {epochs} epochs trained), nothing left to train ({so_far})"
+
+
+def say_resumed(reporter: Reporter, run: Any, verbose: int, epochs: int | None = None, complete: bool = False) -> None:
+    """Print `resumed_line` (when `run` resumed, on the chief, with `verbose`); with
+    `complete`, only when `epochs` are all trained (a custom loop's `epochs(n)`)."""
+    if run.resumed and run.chief and verbose and (not complete or (
+            epochs is not None and run.initial_epoch >= epochs and run.state.stopped is None)):
+        say(reporter.resumed_line(run.directory, run, epochs))
 
 
 def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int) -> None:
@@ -114,6 +130,7 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def fmt(x: float | None, fallback: float | None) -> str:
+def fmt(x: float | None, fallback: float | None, mode: str = "min") -> str:
+    """`x` (else `fallback`) as ModelCheckpoint prints it: no value yet is "inf" ("-inf" with mode "max")."""
     x = x if x is not None else fallback
-    return "None" if x is None else f"{x:.5f}"
+    return f"{(math.inf if mode == 'min' else -math.inf) if x is None else x:.5f}"

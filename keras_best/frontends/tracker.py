@@ -155,9 +155,7 @@ class BestWeightsTracker:
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
         self._run.open(model, self.optimizer, epochs)
-        if self._run.resumed and self._run.chief and self.verbose:
-            report.say(self._reporter.resumed_line(self.directory, self.initial_epoch, self.best, self.best_epoch,
-                                                   self._run.state.stopped))
+        report.say_resumed(self._reporter, self._run, self.verbose, epochs)
         self._safe.start(self.initial_epoch, self.initial_step)
 
     @property
@@ -283,6 +281,7 @@ class BestWeightsTracker:
 
         def left(start: int) -> Iterator[int]:
             self._run.train_until(end)  # none left: a resume keeps the process's random state
+            report.say_resumed(self._reporter, self._run, self.verbose, end, complete=True)
             for epoch in range(start, end):
                 if self.stopped:
                     return
