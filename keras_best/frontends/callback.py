@@ -122,6 +122,7 @@ class BestCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         if self.tracker.model is not self.model:
+            checks.check_train_begin(self.tracker.objective, self.model)  # not after a whole epoch
             # Every read of the variables goes through `self.model`: on JAX, it puts their values back.
             self.tracker.bind(self.model, model_source=lambda: self.model, epochs=(self.params or {}).get("epochs"))
             # What keras.callbacks.BackupAndRestore does: continue after the last saved
