@@ -725,3 +725,4 @@ def test_close_waits_for_writes_without_restoring(tmp_path, model):
     fresh = make_model()
     assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), best)
     assert not tracker._run.lock.held
+

@@ -28,6 +28,7 @@ from keras_best.engines import engine_for, savedmodel
 from keras_best.runner import distribute
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
+from keras_best.runner.stale import StaleWatch
 from keras_best.storage import files, manifest
 from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.files import prepare_directory
@@ -79,6 +80,7 @@ class Run:
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
+        self.stale = StaleWatch(jax_only=True)
         self.memory = HostMemory(options.max_host_memory, self.writer, self.chief)
         self.lock = None
         if self.chief:
@@ -182,6 +184,8 @@ class Run:
         """Plan one update with the policy and carry it out; return the plan. `swapped`: the EMA
         (variable, average) pairs whose values trade places in this update's training state."""
         parts.require_built(model)
+        if score is not None and self.chief:
+            self.stale.check(model, values)  # JAX: trained values never written back into the model
         try:
             self.acquire()
         except OSError as e:  # e.g. a read-only directory: the lock file cannot be made
