@@ -387,7 +387,7 @@ def test_same_verbose_lines_as_model_checkpoint(tmp_path, capsys, options):
         keras_cb.on_epoch_end(epoch, log)
     keras_lines = [line for line in capsys.readouterr().out.splitlines() if line]
     path = str(tmp_path / "b" / "best.keras")
-    ours = BestCheckpoint(path, verbose=1, initial_value_threshold=0.35, **options)
+    ours = BestCheckpoint(path, verbose=1, initial_value_threshold=0.35, async_save=False, **options)
     ours.set_model(make_model())
     ours.on_train_begin()
     for epoch, log in enumerate(logs):

@@ -361,7 +361,7 @@ def test_run_with_a_mapping_of_metrics(tmp_path):
 # ------------------------------------------------------------------ verbose
 def test_verbose_lines(tmp_path, model, capsys):
     path = str(tmp_path / "best.weights.h5")
-    tracker = BestWeightsTracker(model, path, patience=1, verbose=1)
+    tracker = BestWeightsTracker(model, path, patience=1, verbose=1, async_save=False)  # async: see test_async_writer
     for epoch, v in enumerate([0.312, 0.2981, 0.4]):
         tracker.update(epoch, {"val_loss": v})
     tracker.finish()
@@ -377,7 +377,7 @@ def test_verbose_lines(tmp_path, model, capsys):
 def test_verbose_lines_say_why_an_epoch_is_no_candidate(tmp_path, model, capsys):
     # NaN, a broken requirement and early stopping read as words, never "from None"
     # or a raw enum value; restore_best_weights says so as Keras's EarlyStopping does.
-    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), patience=3, verbose=1,
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), patience=3, verbose=1, async_save=False,
                                  require={"val_recall": (">=", 0.5)}, restore_best_weights=True)
     rows = [(math.nan, 0.9), (0.4, 0.1), (0.3, 0.9), (math.nan, 0.9), (0.2, 0.1), (0.35, 0.9)]
     for epoch, (v, recall) in enumerate(rows):
@@ -462,7 +462,7 @@ def test_verbose_2_reports_evictions(tmp_path, model, capsys):
     tracker.update(0, {"val_loss": 0.5})
     tracker.update(1, {"val_loss": 0.4})
     out = capsys.readouterr().out
-    assert f"Epoch 2: deleted {tmp_path / 'e1.weights.h5'} (no longer among the best 1)" in out
+    assert f"Epoch 2: deleting {tmp_path / 'e1.weights.h5'} (no longer among the best 1)" in out
 
 
 # -------------------------------------------------------------------- mode

@@ -25,10 +25,27 @@ class Reporter:
     save_best_only: bool
     keep_top_k: int | None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Options.recorded()`
+    queued: list = dataclasses.field(default_factory=list)  # [(writer.submitted, epoch + 1)]: saves announced
 
-    def report(self, d: Decision, previous_best: float | None, verbose: int) -> None:
+    def report(self, d: Decision, previous_best: float | None, verbose: int, writer: Any = None) -> None:
+        lines = self.lines(d, previous_best, verbose)
+        if writer is not None:
+            lines[0] += self.still_writing(writer, d)
         if verbose:
-            say("".join("\n" + line for line in self.lines(d, previous_best, verbose)))
+            say("".join("\n" + line for line in lines))
+
+    def still_writing(self, writer: Any, d: Decision) -> str:
+        """With `async_save`, a save announced is queued, not yet on disk: each line names the
+        earlier saves still being written ("(the save of epoch 3 is still being written)"); a line
+        without that note means every earlier save is durable. `writer`: the run's `Writer`."""
+        self.queued[:] = [(n, label) for n, label in self.queued if n > writer.durable]
+        pending = list(dict.fromkeys(str(e) for n, e in self.queued if n < writer.submitted))  # not its own
+        if d.saved_path:
+            self.queued.append((writer.submitted, d.epoch + 1))
+        if not pending:
+            return ""
+        s = "s" if len(pending) > 1 else ""
+        return f" (the save{s} of epoch{s} {', '.join(pending)} {'are' if s else 'is'} still being written)"
 
     def lines(self, d: Decision, previous_best: float | None, verbose: int = 1) -> list[str]:
         name, ties = self.objective.name, ""
@@ -56,7 +73,7 @@ class Reporter:
         prefix = f"Epoch {d.epoch + 1}: "
         lines = [prefix + msg]
         if verbose > 1:
-            lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
+            lines += [prefix + f"deleting {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
         if d.should_stop:
             lines.append(prefix + f"early stopping: {describe_stop(d.stop_reason, self.options, name)}; "
                          f"{self.so_far(d.best, d.best_epoch)}")
@@ -96,10 +113,10 @@ def say_resumed(reporter: Reporter, run: Any, verbose: int, epochs: int | None =
         say(reporter.resumed_line(run.directory, run, epochs))
 
 
-def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int) -> None:
+def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int, writer: Any = None) -> None:
     """`reporter.report(...)`, where a failure only warns: the save is committed, never undo it for a print."""
     try:
-        reporter.report(d, previous_best, verbose)
+        reporter.report(d, previous_best, verbose, writer)
     except Exception as e:  # noqa: BLE001 - see above
         warnings.warn(f"keras-best could not print epoch {d.epoch + 1}'s line: {e!r}", stacklevel=4)
 

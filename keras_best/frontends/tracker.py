@@ -317,7 +317,7 @@ class BestWeightsTracker:
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),
                                        evicted=tuple(self.path.shown(p) for p in plan.evict))
         if self._run.chief and (validated or decision.saved_path):  # workers decide alike; the chief speaks
-            report.announce(self._reporter, decision, previous_best, self.verbose)
+            report.announce(self._reporter, decision, previous_best, self.verbose, self._run.writer)
         return decision
 
     def _apply(self, epoch: int, step: int | None, values: Mapping, score: Any, swapped: Sequence = ()) -> Any:
