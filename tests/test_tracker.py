@@ -726,3 +726,41 @@ def test_close_waits_for_writes_without_restoring(tmp_path, model):
     assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), best)
     assert not tracker._run.lock.held
 
+
+
+def test_a_new_run_moves_the_old_runs_files_aside(tmp_path):
+    # issue 25: a directory reused without resume=True left the old run's files beside the new run's.
+    run = tmp_path / "run"
+    path = str(run / "e{epoch}.weights.h5")
+
+    def train(values, seed):
+        model = make_model(seed=seed)
+        tracker = BestWeightsTracker(model, path, keep_top_k=2, save_last=True,
+                                     optimizer=keras.optimizers.Adam(), verbose=0)
+        for epoch, v in enumerate(values):
+            perturb(model, seed * 10 + epoch)
+            tracker.update(epoch, {"val_loss": v})
+        tracker.finish()
+        return model
+
+    train([0.5, 0.4, 0.45], seed=1)
+    os.makedirs(run / "notes")
+    (run / "notes" / "mine.txt").write_text("the user's own")
+    old_names = sorted(n for n in os.listdir(run) if not n.startswith(".") and n != "notes")
+    outside = sorted(os.listdir(tmp_path))
+    with pytest.warns(UserWarning, match=r"already holds a keras-best run .* moved to .*previous-1"):
+        train([0.9, 0.8], seed=2)
+    assert sorted(os.listdir(tmp_path)) == outside  # nothing outside the run directory
+    assert sorted(os.listdir(run / "previous-1")) == old_names  # every file of the old run, none deleted
+    assert (run / "notes" / "mine.txt").read_text() == "the user's own"  # not the run's: untouched
+    assert sorted(n for n in os.listdir(run) if not n.startswith(".")) == sorted(
+        ["e1.weights.h5", "e2.weights.h5", "keras_best.json", "keras_best_history.jsonl", "keras_best_last.h5",
+         "notes", "previous-1"])
+    restored = make_model(seed=3)
+    record = load_best(restored, str(run / "previous-1"))  # the old run, readable where it went
+    assert record.epoch == 1 and record.value == 0.4
+    assert len(run_json(run)["history"]) == 2  # the new run's own record
+    with pytest.warns(UserWarning, match=r"moved to .*previous-2"):
+        train([0.7], seed=4)
+    assert sorted(os.listdir(run / "previous-2")) == sorted(
+        ["e1.weights.h5", "e2.weights.h5", "keras_best.json", "keras_best_history.jsonl", "keras_best_last.h5"])

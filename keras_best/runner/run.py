@@ -29,7 +29,7 @@ from keras_best.runner import distribute
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
 from keras_best.runner.stale import StaleWatch
-from keras_best.storage import files, manifest
+from keras_best.storage import aside, files, manifest
 from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
@@ -108,15 +108,14 @@ class Run:
             return
         if self.options.resume:
             resume(self, record or RunRecord.read(self.directory), model, optimizer, epochs)
-        elif self.chief:
-            best = record.best
+        elif self.chief:  # its files move aside, never deleted (`keras_best.storage.aside`)
+            best, moved = record.best, aside.move_aside(self.directory, record)
             warnings.warn(
                 f"{self.directory} already holds a keras-best run (best epoch "
                 f"{None if best is None else best.epoch + 1}, {record.monitor}="
-                f"{None if best is None else best.value}). Starting a new run there; pass "
-                "resume=True to continue it instead.",
-                stacklevel=4,
-            )
+                f"{None if best is None else best.value}). Starting a new run there; the old run's files "
+                f"were moved to {files.join(self.directory, moved)} (load_best and inspect read it there). "
+                "Pass resume=True to continue a run instead.", stacklevel=4)
 
     def _taken_over(self) -> None:
         """A newer tracker of this process takes this run directory: let this
