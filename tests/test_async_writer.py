@@ -556,3 +556,29 @@ def test_pending_writes_are_flushed_at_interpreter_exit(tmp_path):
     assert all(np.all(w == 7) for w in model.get_weights())
     assert [n for n in os.listdir(run) if files.is_tmp_name(n)] == []
 
+
+
+def test_the_console_names_the_saves_still_being_written(tmp_path, capsys):
+    # issue 25: after kill -9 the epochs the console had shown as saved were not on disk.
+    model = make_model()
+    tracker = BestWeightsTracker(model, str(tmp_path / "{epoch:02d}.weights.h5"), verbose=1, save_best_only=True,
+                                 max_host_memory=1 << 30)
+    with slow_disk(tracker):
+        for epoch, v in enumerate([1.0, 0.9, 0.8]):
+            tracker.update(epoch, {"val_loss": v})
+        lines = [line for line in capsys.readouterr().out.splitlines() if line]
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")]  # none durable yet
+    tracker.flush()
+    assert sorted(n for n in os.listdir(tmp_path) if n.endswith(".weights.h5")) == ["03.weights.h5"]  # the best
+    tracker.update(3, {"val_loss": 0.95})
+    lines += [line for line in capsys.readouterr().out.splitlines() if line]
+    assert [line.split(", saving model to")[0] for line in lines] == [
+        "Epoch 1: val_loss improved from inf to 1.00000",
+        "Epoch 2: val_loss improved from 1.00000 to 0.90000",
+        "Epoch 3: val_loss improved from 0.90000 to 0.80000",
+        "Epoch 4: val_loss did not improve from 0.80000",  # every earlier save is on disk: no note
+    ]
+    assert lines[0].endswith("01.weights.h5")
+    assert lines[1].endswith("02.weights.h5 (the save of epoch 1 is still being written)")
+    assert lines[2].endswith("03.weights.h5 (the saves of epochs 1, 2 are still being written)")
+    tracker.finish()

@@ -160,3 +160,46 @@ print("tensorflow" in sys.modules)
 def test_savedmodel_is_refused_at_construction_on_torch(tmp_path):
     with pytest.raises(ValueError, match=r'save_format="savedmodel" cannot work on the torch backend'):
         BestWeightsTracker(_model(), str(tmp_path / "export"), save_format="savedmodel")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="a stateless JAX loop trains arrays of its own")
+@pytest.mark.parametrize("write_back", [False, True])
+def test_a_jax_loop_that_never_writes_the_trained_values_back_warns_once(tmp_path, write_back):
+    # issue 25: without the write-back every file saved held the untrained weights, silently.
+    import jax
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((128, 4), dtype="float32"), rng.random((128, 1), dtype="float32")
+    model = _model()
+    optimizer, loss_fn = keras.optimizers.SGD(0.1), keras.losses.MeanSquaredError()
+    optimizer.build(model.trainable_variables)
+
+    def loss_of(trainable, non_trainable, xb, yb):
+        pred, non_trainable = model.stateless_call(trainable, non_trainable, xb, training=True)
+        return loss_fn(yb, pred), non_trainable
+
+    @jax.jit
+    def train_step(state, xb, yb):
+        trainable, non_trainable, optimizer_vars = state
+        (_, non_trainable), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable, non_trainable, xb, yb)
+        trainable, optimizer_vars = optimizer.stateless_apply(optimizer_vars, grads, trainable)
+        return trainable, non_trainable, optimizer_vars
+
+    variables = (model.trainable_variables, model.non_trainable_variables, optimizer.variables)
+    state = [[v.value for v in vs] for vs in variables]
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), optimizer=optimizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for epoch in range(4):
+            state = train_step(state, x[:96], y[:96])
+            if write_back:
+                for vs, values in zip(variables, state):
+                    for v, value in zip(vs, values):
+                        v.assign(value)
+            pred, _ = model.stateless_call(state[0], state[1], x[96:])  # the loop validates its own arrays
+            tracker.update(epoch, {"val_loss": float(loss_fn(y[96:], pred))})
+        tracker.finish()
+    stale = [w for w in caught if "weights did not change since the last update" in str(w.message)]
+    assert len(stale) == (0 if write_back else 1)
+    if stale:
+        assert "assign the trained values back before `update()`" in str(stale[0].message)

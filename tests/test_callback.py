@@ -242,6 +242,24 @@ def test_fit_with_save_freq_and_batch_in_name_matches_model_checkpoint(tmp_path,
         assert _same(a.get_weights(), b.get_weights())
 
 
+def test_save_freq_without_validation_data_records_no_value_not_nan(tmp_path, fit_data):
+    # issue 25: each missing val_loss was recorded as NaN, and inspect said "NaN or infinite at every epoch".
+    from keras_best.summary import format_table, summarize
+
+    x, y, _, _ = fit_data
+    name = "e{epoch}-b{batch}.weights.h5"
+    ours = BestCheckpoint(str(tmp_path / "ours" / name), save_weights_only=True, save_freq=3)
+    theirs = keras.callbacks.ModelCheckpoint(str(tmp_path / "keras" / name), save_weights_only=True, save_freq=3)
+    _compiled().fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[ours, theirs])
+    assert _files(tmp_path / "ours") == _files(tmp_path / "keras") != []  # still saved, as ModelCheckpoint
+    entries = ours.tracker.history
+    assert entries and all(h["validated"] is False and h["wait"] == 0 and not h["improved"] for h in entries)
+    assert ours.best is None
+    summary = summarize(str(tmp_path / "ours"))
+    assert "no validation values" in summary["no_best"] and "NaN" not in summary["no_best"]
+    assert " nan " not in format_table(summary)  # the kept files' value: "-"
+
+
 @pytest.mark.skipif(BACKEND == "torch", reason="Keras refuses steps_per_execution > 1 on the PyTorch backend")
 def test_fit_with_save_freq_counts_batches_as_model_checkpoint_with_steps_per_execution(tmp_path, fit_data):
     x, y, _, _ = fit_data
@@ -371,7 +389,7 @@ def test_same_verbose_lines_as_model_checkpoint(tmp_path, capsys, options):
         keras_cb.on_epoch_end(epoch, log)
     keras_lines = [line for line in capsys.readouterr().out.splitlines() if line]
     path = str(tmp_path / "b" / "best.keras")
-    ours = BestCheckpoint(path, verbose=1, initial_value_threshold=0.35, **options)
+    ours = BestCheckpoint(path, verbose=1, initial_value_threshold=0.35, async_save=False, **options)
     ours.set_model(make_model())
     ours.on_train_begin()
     for epoch, log in enumerate(logs):
@@ -479,3 +497,92 @@ def test_best_epoch_and_best_path_as_the_tracker_has_them(tmp_path, data):
     record = run_json(tmp_path)
     assert cb.best_epoch == record["best"]["epoch"] and cb.best == record["best"]["value"]
     assert cb.best_path == str(tmp_path / record["best"]["path"])
+
+
+def test_resuming_a_complete_fit_says_it_is_complete(tmp_path, fit_data, capsys):
+    # issue 25: "Resuming ... at epoch 3" for a run whose epochs were all trained.
+    x, y, vx, vy = fit_data
+    path = str(tmp_path / "best.weights.h5")
+    for _ in range(2):
+        _compiled().fit(x, y, validation_data=(vx, vy), epochs=2, batch_size=32, verbose=0,
+                        callbacks=[BestCheckpoint(path, resume=True, verbose=1, save_best_only=True)])
+    out = capsys.readouterr().out
+    assert "val_loss improved from inf to " in out
+    assert f"Resuming {tmp_path}: the run is complete (all 2 epochs trained), nothing left to train" in out
+    assert "at epoch 3" not in out
+
+
+class _EpochEnds(keras.callbacks.Callback):  # counts the batches trained
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.count += 1
+
+
+class _TruePositives(keras.metrics.Metric):  # the Keras guide's custom metric: no direction hint
+    def __init__(self, name="categorical_true_positives", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.true_positives = self.add_variable(shape=(), initializer="zeros", name="tp")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        hits = keras.ops.cast(keras.ops.equal(keras.ops.cast(y_pred > 0.5, "float32"), y_true), "float32")
+        self.true_positives.assign_add(keras.ops.sum(hits))
+
+    def result(self):
+        return self.true_positives.value
+
+    def reset_state(self):
+        self.true_positives.assign(0.0)
+
+
+def test_an_unknown_metric_direction_fails_at_train_begin_with_the_custom_loop_message(tmp_path, fit_data):
+    # issue 25: "Cannot infer whether ... minimised or maximised" came after the first epoch.
+    x, y, vx, vy = fit_data
+    model = _compiled(metrics=[_TruePositives()])
+    ends = _EpochEnds()
+    cb = BestCheckpoint(str(tmp_path / "fit" / "b.weights.h5"), monitor="val_categorical_true_positives")
+    with pytest.raises(ValueError) as fit_error:
+        model.fit(x, y, validation_data=(vx, vy), epochs=2, batch_size=32, verbose=0, callbacks=[cb, ends])
+    assert ends.count == 0
+    tracker = BestWeightsTracker(_compiled(), str(tmp_path / "loop" / "b.weights.h5"),
+                                 monitor="val_categorical_true_positives")
+    with pytest.raises(ValueError) as loop_error:
+        tracker.update(0, {"val_categorical_true_positives": _TruePositives()})
+    assert str(fit_error.value) == str(loop_error.value)
+    assert "Cannot infer whether `val_categorical_true_positives` should be minimised or maximised" in str(
+        fit_error.value)
+    # A compiled metric with a direction still resolves "auto" at train begin.
+    ok = BestCheckpoint(str(tmp_path / "auc" / "b.weights.h5"), monitor="val_my_auc")
+    _compiled(metrics=[keras.metrics.AUC(name="my_auc")]).fit(x, y, validation_data=(vx, vy), epochs=1,
+                                                              batch_size=32, verbose=0, callbacks=[ok])
+    assert ok.tracker.mode == "max"
+
+
+class _NoCall(keras.Model):  # as the Keras guide's GAN: its weights in sub-models, no call(), never built
+    def __init__(self):
+        super().__init__()
+        self.inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+
+    def train_step(self, data):
+        return {"loss": 0.5}
+
+    def test_step(self, data):
+        return {"loss": 0.4}
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="on JAX and torch, Keras's fit() itself refuses it at once")
+def test_a_model_with_its_weights_but_not_built_fails_at_train_begin(tmp_path, fit_data):
+    x, y, vx, vy = fit_data
+    model, ends = _NoCall(), _EpochEnds()
+    model.compile()
+    assert model.weights and not model.built
+    cb = BestCheckpoint(str(tmp_path / "b.weights.h5"))
+    with pytest.raises(ValueError, match=r"_NoCall has its weights but is not built .*`self\.built = True`"):
+        model.fit(x, y, validation_data=(vx, vy), epochs=2, batch_size=32, verbose=0, callbacks=[cb, ends])
+    assert ends.count == 0
+    model.built = True  # the fix the message names
+    model.fit(x, y, validation_data=(vx, vy), epochs=1, batch_size=32, verbose=0,
+              callbacks=[BestCheckpoint(str(tmp_path / "b.weights.h5"))])
+    assert _files(tmp_path) == ["b.weights.h5"]

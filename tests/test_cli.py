@@ -555,7 +555,7 @@ def test_inspect_text_and_json_agree_on_epochs(tmp_path, capsys):
     tracker = BestWeightsTracker(make_model(), os.path.join(going, "{epoch:03d}-{val_loss:.4f}.weights.h5"),
                                  keep_top_k=3, resume=True, optimizer=keras.optimizers.Adam())
     assert tracker.initial_epoch == res["next_epoch"] == 3
-    assert capsys.readouterr().out == f"Resuming {going} at epoch 4 (best val_loss 0.90000 at epoch 2)\n"
+    assert capsys.readouterr().out == f"Resuming {going} at epoch 4 (initial_epoch=3; best val_loss 0.90000 at epoch 2)\n"
     tracker.finish()
 
 

@@ -272,9 +272,10 @@ def test_a_new_tracker_recovers_the_directory(tmp_path, point, weights):
         tracker = BestWeightsTracker(model, str(tmp_path / "e{epoch}.weights.h5"), verbose=0)
     tracker.finish()
     assert not [n for n in os.listdir(tmp_path) if files.is_tmp_name(n)]
-    assert manifest.read(str(tmp_path)).pending is None
+    moved = str(tmp_path / "previous-1")  # the recovered run, moved aside for the new one
+    assert manifest.read(moved).pending is None
     fresh = make_model(seed=6)
-    rec = load_best(fresh, str(tmp_path))
+    rec = load_best(fresh, moved)
     assert rec.epoch == epoch and _same(fresh.get_weights(), expected)
 
 

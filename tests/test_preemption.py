@@ -118,6 +118,29 @@ def test_sigterm_at_random_instants_resumes_bit_identically(tmp_path, reference)
 
 
 @pytest.mark.slow
+@pytest.mark.backend_neutral  # the same safe point on every backend: `after_batch`
+@pytest.mark.timeout(600)
+def test_a_loop_over_its_own_batches_stops_at_the_next_batch_with_after_batch(tmp_path):
+    # issue 25: in a loop that iterates its own batches a SIGTERM took effect only at update().
+    run, out = tmp_path / "run", tmp_path / "out.npz"
+    worker = Worker(run, out, how="handloop")
+    worker.wait_for(lambda lines: batches_seen(lines) > STEPS + 2 or "EOF" in lines)  # mid-epoch 2
+    worker.proc.send_signal(signal.SIGTERM)
+    rc, err = worker.finish()
+    assert rc == 128 + signal.SIGTERM, err
+    assert "keras-best: Preempted by SIGTERM" in err
+    last = run_json(run)["last"]
+    batches = [x for x in worker.lines if x.startswith("BATCH")]
+    assert f"BATCH {last['epoch']} {last['step']}" == batches[-1]  # saved at the batch the signal came in
+    again = Worker(run, out, how="handloop")
+    rc, err = again.finish()
+    assert rc == 0, err
+    assert again.lines[0] == f"READY {last['epoch']} {last['step'] + 1}"
+    following = (last["epoch"], last["step"] + 1) if last["step"] + 1 < STEPS else (last["epoch"] + 1, 0)
+    assert [x for x in again.lines if x.startswith("BATCH")][0] == "BATCH {} {}".format(*following)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_fit_saves_the_state_at_the_batch_and_continues_at_the_next_one(tmp_path):
     run, out = tmp_path / "run", tmp_path / "out.npz"

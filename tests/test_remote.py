@@ -270,14 +270,15 @@ def test_roll_forward(remote_dir, store, tmp_path):
 
     # Readers see the new content while the journal is pending...
     assert load_best(make_model(seed=7), remote_dir).path == f"{remote_dir}/{tmp}"
-    # ...and a new tracker rolls it forward (a run without a training state starts anew there).
-    with pytest.warns(UserWarning, match="already holds a keras-best run"):
+    # ...and a new tracker rolls it forward, then moves it aside (a new run starts there).
+    with pytest.warns(UserWarning, match="already holds a keras-best run.*were moved to .*previous-1"):
         BestWeightsTracker(make_model(), f"{remote_dir}/best.weights.h5", monitor="val_loss",
                            verbose=0).finish()
-    assert store.tree(remote_dir) == {"best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME}
-    assert "pending" not in run_json(remote_dir)
+    assert store.tree(remote_dir) == {f"previous-1/{n}" for n in (
+        "best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME)}
+    assert "pending" not in run_json(f"{remote_dir}/previous-1")
     restored = make_model(seed=7)
-    assert load_best(restored, remote_dir).epoch == 50 and weights_equal(restored, newer)
+    assert load_best(restored, f"{remote_dir}/previous-1").epoch == 50 and weights_equal(restored, newer)
 
 
 NEW = {"saved_model.pb": b"new", "variables/v.index": b"new-index", files.COMPLETE_MARKER: b"1"}
@@ -487,7 +488,8 @@ def test_a_failed_upload_keeps_the_previous_best(fail_on, async_save):
     # A temp file a failed commit left is removed at the next start.
     with pytest.warns(UserWarning, match="already holds a keras-best run"):
         BestWeightsTracker(make_model(), f"{run}/e{{epoch}}.weights.h5", verbose=0).close()
-    assert sorted(Store(run).listdir(run)) == ["e3.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME]
+    assert Store(run).tree(run) == {f"previous-1/{n}" for n in (
+        "e3.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME)}  # the old run, moved aside
 
 
 @needs_fsspec

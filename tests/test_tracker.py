@@ -361,13 +361,13 @@ def test_run_with_a_mapping_of_metrics(tmp_path):
 # ------------------------------------------------------------------ verbose
 def test_verbose_lines(tmp_path, model, capsys):
     path = str(tmp_path / "best.weights.h5")
-    tracker = BestWeightsTracker(model, path, patience=1, verbose=1)
+    tracker = BestWeightsTracker(model, path, patience=1, verbose=1, async_save=False)  # async: see test_async_writer
     for epoch, v in enumerate([0.312, 0.2981, 0.4]):
         tracker.update(epoch, {"val_loss": v})
     tracker.finish()
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines == [
-        f"Epoch 1: val_loss improved from None to 0.31200, saving model to {path}",
+        f"Epoch 1: val_loss improved from inf to 0.31200, saving model to {path}",
         f"Epoch 2: val_loss improved from 0.31200 to 0.29810, saving model to {path}",
         "Epoch 3: val_loss did not improve from 0.29810",
         "Epoch 3: early stopping: patience of 1 epoch exhausted; best val_loss 0.29810 at epoch 2",
@@ -377,7 +377,7 @@ def test_verbose_lines(tmp_path, model, capsys):
 def test_verbose_lines_say_why_an_epoch_is_no_candidate(tmp_path, model, capsys):
     # NaN, a broken requirement and early stopping read as words, never "from None"
     # or a raw enum value; restore_best_weights says so as Keras's EarlyStopping does.
-    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), patience=3, verbose=1,
+    tracker = BestWeightsTracker(model, str(tmp_path / "best.weights.h5"), patience=3, verbose=1, async_save=False,
                                  require={"val_recall": (">=", 0.5)}, restore_best_weights=True)
     rows = [(math.nan, 0.9), (0.4, 0.1), (0.3, 0.9), (math.nan, 0.9), (0.2, 0.1), (0.35, 0.9)]
     for epoch, (v, recall) in enumerate(rows):
@@ -387,7 +387,7 @@ def test_verbose_lines_say_why_an_epoch_is_no_candidate(tmp_path, model, capsys)
     lines = [line for line in capsys.readouterr().out.splitlines() if line]
     assert lines[0] == "Epoch 1: val_loss is nan: not a candidate; no best yet"
     assert lines[1] == "Epoch 2: val_loss=0.40000 breaks require (val_recall >= 0.5): not a candidate; no best yet"
-    assert lines[2].startswith("Epoch 3: val_loss improved from None to 0.30000, saving model to ")
+    assert lines[2].startswith("Epoch 3: val_loss improved from inf to 0.30000, saving model to ")
     assert lines[3] == "Epoch 4: val_loss is nan: not a candidate; best val_loss 0.30000 at epoch 3"
     assert lines[4:] == [
         "Epoch 5: val_loss did not improve from 0.30000 (this epoch breaks require: val_recall >= 0.5)",
@@ -406,8 +406,13 @@ def test_resume_says_where_it_continues(tmp_path, capsys):
     first.finish()
     capsys.readouterr()
     again = BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=1)
-    assert capsys.readouterr().out == f"Resuming {tmp_path} at epoch 4 (best val_loss 0.12340 at epoch 2)\n"
+    assert capsys.readouterr().out == (f"Resuming {tmp_path} at epoch 4 (initial_epoch=3; best val_loss 0.12340 "
+                                       "at epoch 2)\n")
     assert again.initial_epoch == 3 and again.best_epoch == 1  # the line counts from 1, the API from 0
+    assert list(again.epochs(3)) == []  # issue 25: a complete run says so, not "at epoch 4"
+    assert capsys.readouterr().out == (f"Resuming {tmp_path}: the run is complete (all 3 epochs trained), "
+                                       "nothing left to train (best val_loss 0.12340 at epoch 2)\n")
+    assert list(again.epochs(5)) == [3, 4] and capsys.readouterr().out == ""
     again.finish()
     BestWeightsTracker(make_model(), path, resume=True, optimizer=keras.optimizers.Adam(), verbose=0).finish()
     assert capsys.readouterr().out == ""  # verbose=0: silent
@@ -457,7 +462,7 @@ def test_verbose_2_reports_evictions(tmp_path, model, capsys):
     tracker.update(0, {"val_loss": 0.5})
     tracker.update(1, {"val_loss": 0.4})
     out = capsys.readouterr().out
-    assert f"Epoch 2: deleted {tmp_path / 'e1.weights.h5'} (no longer among the best 1)" in out
+    assert f"Epoch 2: deleting {tmp_path / 'e1.weights.h5'} (no longer among the best 1)" in out
 
 
 # -------------------------------------------------------------------- mode
@@ -720,3 +725,42 @@ def test_close_waits_for_writes_without_restoring(tmp_path, model):
     fresh = make_model()
     assert load_best(fresh, str(tmp_path)).epoch == 0 and _same(fresh.get_weights(), best)
     assert not tracker._run.lock.held
+
+
+
+def test_a_new_run_moves_the_old_runs_files_aside(tmp_path):
+    # issue 25: a directory reused without resume=True left the old run's files beside the new run's.
+    run = tmp_path / "run"
+    path = str(run / "e{epoch}.weights.h5")
+
+    def train(values, seed):
+        model = make_model(seed=seed)
+        tracker = BestWeightsTracker(model, path, keep_top_k=2, save_last=True,
+                                     optimizer=keras.optimizers.Adam(), verbose=0)
+        for epoch, v in enumerate(values):
+            perturb(model, seed * 10 + epoch)
+            tracker.update(epoch, {"val_loss": v})
+        tracker.finish()
+        return model
+
+    train([0.5, 0.4, 0.45], seed=1)
+    os.makedirs(run / "notes")
+    (run / "notes" / "mine.txt").write_text("the user's own")
+    old_names = sorted(n for n in os.listdir(run) if not n.startswith(".") and n != "notes")
+    outside = sorted(os.listdir(tmp_path))
+    with pytest.warns(UserWarning, match=r"already holds a keras-best run .* moved to .*previous-1"):
+        train([0.9, 0.8], seed=2)
+    assert sorted(os.listdir(tmp_path)) == outside  # nothing outside the run directory
+    assert sorted(os.listdir(run / "previous-1")) == old_names  # every file of the old run, none deleted
+    assert (run / "notes" / "mine.txt").read_text() == "the user's own"  # not the run's: untouched
+    assert sorted(n for n in os.listdir(run) if not n.startswith(".")) == sorted(
+        ["e1.weights.h5", "e2.weights.h5", "keras_best.json", "keras_best_history.jsonl", "keras_best_last.h5",
+         "notes", "previous-1"])
+    restored = make_model(seed=3)
+    record = load_best(restored, str(run / "previous-1"))  # the old run, readable where it went
+    assert record.epoch == 1 and record.value == 0.4
+    assert len(run_json(run)["history"]) == 2  # the new run's own record
+    with pytest.warns(UserWarning, match=r"moved to .*previous-2"):
+        train([0.7], seed=4)
+    assert sorted(os.listdir(run / "previous-2")) == sorted(
+        ["e1.weights.h5", "e2.weights.h5", "keras_best.json", "keras_best_history.jsonl", "keras_best_last.h5"])

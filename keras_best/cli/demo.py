@@ -91,13 +91,13 @@ class Progress:
         bar = "[" + "#" * done + "-" * (self.width - done) + "]"
         metrics = "  ".join(f"{k} {m[k]:.4f}" for k in ("loss", "val_loss", "val_accuracy") if k in m)
         if h["saved"] and h["improved"]:
-            what = f"new best, saved {h['saved']}"
+            what = f"new best, saving {h['saved']}"
         elif h["saved"]:
-            what = f"no new best ({h['wait']}/{PATIENCE}) but among the best {KEEP}, saved {h['saved']}"
+            what = f"no new best ({h['wait']}/{PATIENCE}) but among the best {KEEP}, saving {h['saved']}"
         else:
             what = f"no improvement ({h['wait']}/{PATIENCE})"
         if deleted:
-            what += f", deleted {', '.join(deleted)}"
+            what += f", deleting {', '.join(deleted)}"
         if self.tracker.stopped:
             what += " -> early stop"
         n = len(str(self.epochs))

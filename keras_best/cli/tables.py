@@ -176,7 +176,8 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
         rows.append([
             str(r["rank"]),
             epoch_label(r["epoch"], r["step"]),
-            format_value(r[key]) + ("" if r.get("feasible", True) else " (breaks require)"),
+            format_value(None if _no_value(r, primary) else r[key]) + (
+                "" if r.get("feasible", True) else " (breaks require)"),
             *[format_value(r.get("raw"))] * raw,
             *(format_value(r["metrics"].get(k)) for k in others),
             format_size(r["size_bytes"]),
@@ -186,6 +187,11 @@ def _kept_lines(summary: Mapping[str, Any]) -> list[str]:
     right = set(range(0, 3 + raw + len(others) + 1))
     lines.extend("  " + line for line in _table(rows, right))
     return lines
+
+
+def _no_value(record: Mapping[str, Any], name: str) -> bool:
+    """A file saved by an update without validation values (`save_best_only=False`): "-", not NaN."""
+    return name.startswith("val_") and name not in record["metrics"] and math.isnan(float(record["value"]))
 
 
 def _archived_lines(summary: Mapping[str, Any]) -> list[str]:

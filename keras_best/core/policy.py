@@ -216,7 +216,8 @@ class Policy:
         budgeted = o.max_disk is not None
         new = dataclasses.replace(new, size=sizes[0] if budgeted else None,
                                   time=self.clock() if o.archive_seconds else None)
-        admitted = score is not None and self._admits(decision, score)
+        # Without validation values: saved only where every update is (ModelCheckpoint's save_best_only=False).
+        admitted = self._admits(decision, score) if score is not None else not self.options.needs_monitor
         kept, archived, save_as, archive = self._retain(state, new, admitted, best_at, name)
         last, states = self._states(state, epoch, step, sizes[1] if budgeted else None)
         gone, left = DiskBudget(o.max_disk).evict(kept, archived, ((last,) if last else ()) + states, {

@@ -128,6 +128,7 @@ class BestCheckpoint(keras.callbacks.Callback):
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._session = FitSession(self)  # the other callbacks' state, save on exception
         if self.tracker.model is not self.model:
+            checks.check_train_begin(self.tracker.objective, self.model)  # not after a whole epoch
             # Every read of the variables goes through `self.model`: on JAX, it puts their values back.
             self._fit.attach(self.model, self.tracker.options.resume)
             callbacks = self._session.states.parts() if self._session.states is not None else []
@@ -200,7 +201,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         logs = dict(logs or {})
         missing = [n for n in self.tracker.objective.names if n not in logs]
         if missing and self.tracker.options.needs_monitor and checks.validated(
-                self.tracker.objective, self.tracker.options, logs):
+                self.tracker.objective, logs):
             raise ValueError(
                 f"BestCheckpoint monitors {missing[0]!r}, which is not among the fit() logs: {sorted(logs)}. "
                 "Fix `monitor=` (a metric compiled into the model, with `val_` for its validation value)."

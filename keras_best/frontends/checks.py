@@ -9,10 +9,10 @@ from typing import Any, Mapping
 
 from keras_best.core import formats as savers
 from keras_best.core.extras import install_hint
-from keras_best.core.objective import Objective
+from keras_best.core.objective import Objective, infer_mode
 from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
-from keras_best.keras_adapter.fit import compiled_metric_direction, metric_direction
+from keras_best.keras_adapter.fit import compiled_metric, compiled_metric_direction, metric_direction
 
 
 def check_format(filepath: str, options: Options) -> str:
@@ -131,18 +131,18 @@ def check_placeholders(path: RunPath, options: Options | None = None, save_freq:
         )
 
 
-def validated(objective: Objective, options: Options, values: Mapping[str, float]) -> bool:
+def validated(objective: Objective, values: Mapping[str, float]) -> bool:
     """False for an update without any validation value while the monitor
     names only validation metrics (`fit(validation_freq=k)`, `save_freq=N`
-    batches): it is recorded, but decides nothing. (Without a needed monitor,
-    every update is saved, as `ModelCheckpoint` does.)
+    batches, no validation data): it is recorded as "no value" (never NaN),
+    decides nothing and counts no patience. (Without a needed monitor it is
+    still saved, as `ModelCheckpoint` does.)
 
-    >>> validated(Objective("val_loss"), Options(), {"loss": 0.5})
+    >>> validated(Objective("val_loss"), {"loss": 0.5})
     False
     """
     names = objective.names
-    if not options.needs_monitor or not names or not all(n.startswith("val_") for n in names) or any(
-            n in values for n in names):
+    if not names or not all(n.startswith("val_") for n in names) or any(n in values for n in names):
         return True
     return any(k.startswith("val_") for k in values)
 
@@ -176,6 +176,22 @@ def resolve_modes(objective: Objective, model: Any, metrics: Mapping[str, Any] |
         objective.hint(name, metric_direction((metrics or {}).get(name)) or compiled_metric_direction(model, name))
     if final:
         objective.finalize()
+
+
+def check_train_begin(objective: Objective, model: Any) -> None:
+    """What `fit()` knows at train begin and would otherwise fail the first save after a whole epoch:
+    a model Keras cannot save (not built), and a monitored metric compiled into the model whose
+    direction "auto" cannot infer (the message of a custom loop's first update)."""
+    import keras
+
+    from keras_best.training_state.parts import require_built
+
+    if model.weights and not model.built and type(model).call is keras.Model.call:  # nothing will build it
+        require_built(model)  # (TensorFlow builds a model with call() at its first batch, after train begin)
+    resolve_modes(objective, model)
+    for name in objective.unresolved:
+        if compiled_metric(model, name) is not None:
+            infer_mode(name)  # raises: "Cannot infer whether `name` should be minimised or maximised..."
 
 
 def check_keeps_state(options: Options) -> None:

@@ -25,10 +25,27 @@ class Reporter:
     save_best_only: bool
     keep_top_k: int | None
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # `Options.recorded()`
+    queued: list = dataclasses.field(default_factory=list)  # [(writer.submitted, epoch + 1)]: saves announced
 
-    def report(self, d: Decision, previous_best: float | None, verbose: int) -> None:
+    def report(self, d: Decision, previous_best: float | None, verbose: int, writer: Any = None) -> None:
+        lines = self.lines(d, previous_best, verbose)
+        if writer is not None:
+            lines[0] += self.still_writing(writer, d)
         if verbose:
-            say("".join("\n" + line for line in self.lines(d, previous_best, verbose)))
+            say("".join("\n" + line for line in lines))
+
+    def still_writing(self, writer: Any, d: Decision) -> str:
+        """With `async_save`, a save announced is queued, not yet on disk: each line names the
+        earlier saves still being written ("(the save of epoch 3 is still being written)"); a line
+        without that note means every earlier save is durable. `writer`: the run's `Writer`."""
+        self.queued[:] = [(n, label) for n, label in self.queued if n > writer.durable]
+        pending = list(dict.fromkeys(str(e) for n, e in self.queued if n < writer.submitted))  # not its own
+        if d.saved_path:
+            self.queued.append((writer.submitted, d.epoch + 1))
+        if not pending:
+            return ""
+        s = "s" if len(pending) > 1 else ""
+        return f" (the save{s} of epoch{s} {', '.join(pending)} {'are' if s else 'is'} still being written)"
 
     def lines(self, d: Decision, previous_best: float | None, verbose: int = 1) -> list[str]:
         name, ties = self.objective.name, ""
@@ -36,7 +53,7 @@ class Reporter:
             ties = " (" + ", ".join(f"{n}={v:.5f}" for n, v in zip(self.objective.names[1:], d.ties)) + ")"
         if self.options.get("smooth"):  # decided on the smoothed value: say so, and show the value as read
             name, ties = f"smoothed {name}", f"{ties} (raw {d.raw:.5f})"
-        before = fmt(previous_best, self.baseline)  # as ModelCheckpoint prints it
+        before = fmt(previous_best, self.baseline, self.objective.engine_modes[0])  # as ModelCheckpoint
         breaks = "" if d.feasible else self.objective.describe_require()
         if d.saved_path and not self.save_best_only:  # as ModelCheckpoint prints it
             msg = f"saving model to {d.saved_path}"
@@ -52,13 +69,13 @@ class Reporter:
         elif breaks and d.best is None:
             msg, breaks = f"{name}={d.value:.5f} breaks require ({breaks}): not a candidate; no best yet", ""
         else:
-            msg = f"{name} did not improve from {fmt(d.best, self.baseline)}"
+            msg = f"{name} did not improve from {fmt(d.best, self.baseline, self.objective.engine_modes[0])}"
         if breaks:
             msg += f" (this epoch breaks require: {breaks})"
         prefix = f"Epoch {d.epoch + 1}: "
         lines = [prefix + msg]
         if verbose > 1:
-            lines += [prefix + f"deleted {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
+            lines += [prefix + f"deleting {p} (no longer among the best {self.keep_top_k})" for p in d.evicted]
         if d.should_stop:
             lines.append(prefix + f"early stopping: {describe_stop(d.stop_reason, self.options, name)}; "
                          f"{self.so_far(d.best, d.best_epoch)}")
@@ -70,25 +87,38 @@ class Reporter:
             return "no best yet" + ("" if self.baseline is None else f" (baseline {self.baseline:.5f})")
         return f"best {self.objective.name} {best:.5f} at epoch {best_epoch + 1}"
 
-    def resumed_line(self, directory: str, initial: tuple[int, int], best: float | None, best_epoch: int | None,
-                     stopped: Mapping[str, Any] | None) -> str:
-        """What `resume=True` continues from (`initial`: epoch and batch, 0-based), e.g.
-        "Resuming runs/x at epoch 4 (best val_loss 0.12340 at epoch 2)", or
-        "Resuming runs/x at epoch 3, batch 9 (...)" after a state saved mid-epoch."""
-        initial_epoch, step = initial
-        so_far = self.so_far(best, best_epoch)
+    def resumed_line(self, directory: str, run: Any, epochs: int | None = None) -> str:
+        """What `resume=True` continues from (`run`: a `keras_best.runner.run.Run`; `epochs`:
+        where training ends, when known), e.g. "Resuming runs/x at epoch 4 (initial_epoch=3;
+        best val_loss 0.12340 at epoch 2)". Epochs in words count from 1, as Keras's progress
+        bar; an API value is written `initial_epoch=3`, from 0 as in Keras callbacks."""
+        engine, stopped = run.state.engine or {}, run.state.stopped
+        so_far = self.so_far(engine.get("best"), engine.get("best_epoch"))
         if stopped:
             why = describe_stop(stopped.get("reason"), self.options, self.objective.name)
             return (f"Resuming {directory}: it stopped early at epoch {int(stopped['epoch']) + 1} ({why}), "
                     f"so there is nothing left to train ({so_far})")
-        at = f"epoch {initial_epoch + 1}" + (f", batch {step + 1}" if step else "")
-        return f"Resuming {directory} at {at} ({so_far})"
+        if epochs is not None and run.initial_epoch >= epochs:
+            return self.complete_line(directory, epochs, so_far)
+        step = f", batch {run.initial_step + 1}" if run.initial_step else ""
+        return f"Resuming {directory} at epoch {run.initial_epoch + 1}{step} (initial_epoch={run.initial_epoch}; {so_far})"
+
+    def complete_line(self, directory: str, epochs: int, so_far: str) -> str:
+        return f"Resuming {directory}: the run is complete (all {epochs} epochs trained), nothing left to train ({so_far})"
 
 
-def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int) -> None:
+def say_resumed(reporter: Reporter, run: Any, verbose: int, epochs: int | None = None, complete: bool = False) -> None:
+    """Print `resumed_line` (when `run` resumed, on the chief, with `verbose`); with
+    `complete`, only when `epochs` are all trained (a custom loop's `epochs(n)`)."""
+    if run.resumed and run.chief and verbose and (not complete or (
+            epochs is not None and run.initial_epoch >= epochs and run.state.stopped is None)):
+        say(reporter.resumed_line(run.directory, run, epochs))
+
+
+def announce(reporter: Reporter, d: Decision, previous_best: float | None, verbose: int, writer: Any = None) -> None:
     """`reporter.report(...)`, where a failure only warns: the save is committed, never undo it for a print."""
     try:
-        reporter.report(d, previous_best, verbose)
+        reporter.report(d, previous_best, verbose, writer)
     except Exception as e:  # noqa: BLE001 - see above
         warnings.warn(f"keras-best could not print epoch {d.epoch + 1}'s line: {e!r}", stacklevel=4)
 
@@ -98,7 +128,7 @@ def warn_if_never_validated(history: Sequence[Mapping[str, Any]], name: str) -> 
     if history and not any(h.get("validated", True) for h in history):
         warnings.warn(
             f"The monitored {name!r} was never among the metrics: no update held "
-            "validation values, so no best was chosen or saved. Give validation data (in fit(): "
+            "validation values, so no best was chosen. Give validation data (in fit(): "
             "validation_data= or validation_split=, and check validation_freq), or monitor a "
             "training metric.", stacklevel=3)
 
@@ -119,6 +149,7 @@ def say(text: str) -> None:
     sys.stdout.flush()
 
 
-def fmt(x: float | None, fallback: float | None) -> str:
+def fmt(x: float | None, fallback: float | None, mode: str = "min") -> str:
+    """`x` (else `fallback`) as ModelCheckpoint prints it: no value yet is "inf" ("-inf" with mode "max")."""
     x = x if x is not None else fallback
-    return "None" if x is None else f"{x:.5f}"
+    return f"{(math.inf if mode == 'min' else -math.inf) if x is None else x:.5f}"

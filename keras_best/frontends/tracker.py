@@ -47,33 +47,26 @@ class BestWeightsTracker:
         mode: "min", "max" or "auto" (inferred from the name or the Keras
             metric; an error when it cannot be), or one per `monitor` key.
         min_delta: an improvement must beat the best by more than this.
-        baseline: initial best; nothing is saved until it is beaten (the same
-            as `initial_value_threshold` of `keras.callbacks.ModelCheckpoint`).
-        keep_top_k: how many best files to keep (`None`: keep every file
-            saved). Above 1, any epoch entering the best k is saved.
+        baseline: initial best; nothing is saved until it is beaten (`initial_value_threshold`).
+        keep_top_k: how many best files to keep (`None`: every file saved); above 1, any epoch
+            entering the best k is saved.
         save_best_only: if False, save at every update (as ModelCheckpoint).
         save_last: also keep the latest training state (model, optimizer, epoch, tracker state) to resume from.
-        keep_last: how many training states to keep (newest resumes; the
-            older ones are named `keras_best_state-EPOCH[-STEP].h5`).
+        keep_last: how many training states to keep (older ones: `keras_best_state-EPOCH[-STEP].h5`).
         archive_every: also save the model every this many epochs, in
             `filepath`'s format, and never delete those files (with top-k:
             a file kept by either rule stays). Needs a placeholder. A
             duration ("30min", "1h", "2d") keeps one per that much wall time.
-        max_disk: bytes (an int, or "500MB", "20GB", "1.5GiB") for every file
-            the run keeps; over it, the lowest-priority files go first (never
-            the best nor the newest training state: docs/run-directory.md).
-        save_state_every: also write the training state every so many
-            seconds, at the end of a batch (`fit()`, `batches()`).
+        max_disk: bytes (an int, or "500MB", "20GB", "1.5GiB") for every file the run keeps; over it
+            the lowest-priority files go (never the best nor the newest state: docs/run-directory.md).
+        save_state_every: also write the training state every so many seconds (at a batch's end).
         save_state_every_batches: ... or every so many batches.
-        save_random_state: save the random state (the model's and Keras's
-            `SeedGenerator`s, Python's, NumPy's and torch's) with the training
-            state and restore it on resume, so a resumed run draws what an
-            uninterrupted one would (see `keras_best.training_state.rng`).
+        save_random_state: keep the random state (Keras's `SeedGenerator`s, Python's, NumPy's,
+            torch's) in the training state: a resumed run draws what an uninterrupted one would.
         patience: stop after this many updates in a row without improvement (`None`: never stop).
         start_from_epoch: updates before this epoch never count as patience.
-        restore_best_weights: at `finish()`, put the best weights back into
-            the model, read from the best's file (no host copy is kept;
-            the optimizer's variables are left as they are).
+        restore_best_weights: at `finish()`, put the best weights back into the model, read from
+            the best's file (no host copy is kept; the optimizer's variables are left as they are).
         optimizer: the optimizer of a custom loop, saved in the training state
             (defaults to `model.optimizer` when the model is compiled); every other
             optimizer the model tracks (a GAN's `d_optimizer`...) is saved too.
@@ -85,32 +78,27 @@ class BestWeightsTracker:
         save_format: "weights", "keras" or "savedmodel" (default: from the file name).
         max_shard_size: GB per shard: sharded sets as `model.save_weights(path, max_shard_size=)`
             writes (a `.weights.json` `filepath`), kept and loaded as one unit.
-        export_at_finish: with `save_format="savedmodel"`, keep weights while
-            training and export the best model once, at `finish()`.
+        export_at_finish: with `save_format="savedmodel"`, export the best once, at `finish()`.
         stop_on_non_finite: stop at once when the monitored value (as read) is NaN/inf.
-        stopping_threshold: stop as soon as a (feasible) monitored value
-            reaches this one (`<=` with mode "min", `>=` with "max"); that
-            epoch is saved first when it is the best.
-        divergence_threshold: stop as soon as the monitored value is worse
-            than this one (`>` with mode "min", `<` with "max"), or NaN.
+        stopping_threshold: stop as soon as a (feasible) monitored value reaches this one (`<=`
+            with mode "min", `>=` with "max"); that epoch is saved first when it is the best.
+        divergence_threshold: stop as soon as the monitored value is worse than this one, or NaN.
         verbose: 0 silent, 1 one line per decision (as Keras), 2 also evictions.
         smooth: decide (best, patience, thresholds, top k) on `("mean", n)` of the last n validations or
             `("ema", alpha)`, `s = alpha * value + (1 - alpha) * s`; the file kept is the epoch's whose
             smoothed value is best; records hold the raw value too (`raw`; docs/smoothing.md).
-        require: constraints an epoch must meet to be best or enter the top
-            k, e.g. `{"val_recall": (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`,
-            `==`) or a callable `metrics -> bool`. Epochs that break them
-            count as not improving for `patience`.
+        require: constraints an epoch must meet to be best or enter the top k, e.g. `{"val_recall":
+            (">=", 0.9)}` (ops `>=`, `>`, `<=`, `<`, `==`) or a callable `metrics -> bool`; epochs
+            that break them count as not improving for `patience`.
         preempt_signals: the signals that announce a preemption (SIGTERM from Slurm,
             Kubernetes, spot VMs): the training state is written at the next safe point (a
             batch's end in `fit()`, `batches()`, `run()`, or where your loop checks `preempted`),
             then `Preempted` exits with status 128 + signal; rerun with `resume=True`. "auto":
             SIGTERM when a training state is kept; a list such as `["SIGTERM", "SIGUSR1"]`; or
             `None`. A second signal ends the process at once (`keras_best.runner.preemption`).
-        async_save: write files, training states and the record in a background thread
-            (default): `update()` waits only for host copies; a write error is raised by the next
-            `update()` or `finish()`, the previous best intact. `finish()` and interpreter exit
-            wait for the writes; `False` writes before `update()` returns.
+        async_save: write in a background thread (default): `update()` waits only for host copies;
+            a write error is raised by the next `update()` or `finish()`, the previous best intact;
+            `False` writes before `update()` returns.
         max_host_memory: bytes that saves may hold on the host (`None`: one save, weights and
             optimizer; a slow disk makes `update()` wait). `0` (or less than one save) copies
             nothing: files are written in the training thread, one variable at a time, as
@@ -168,9 +156,7 @@ class BestWeightsTracker:
         self.model, self._model_source = model, model_source or (lambda: self.model)
         checks.resolve_modes(self.objective, model)
         self._run.open(model, self.optimizer, epochs, parts)
-        if self._run.resumed and self._run.chief and self.verbose:
-            report.say(self._reporter.resumed_line(self.directory, (self.initial_epoch, self.initial_step), self.best,
-                                                   self.best_epoch, self._run.state.stopped))
+        report.say_resumed(self._reporter, self._run, self.verbose, epochs)
         self._safe.start(self.initial_epoch, self.initial_step)
 
     @property
@@ -300,6 +286,7 @@ class BestWeightsTracker:
 
         def left(start: int) -> Iterator[int]:
             self._run.train_until(end)  # none left: a resume keeps the process's random state
+            report.say_resumed(self._reporter, self._run, self.verbose, end, complete=True)
             for epoch in range(start, end):
                 if self.stopped:
                     return
@@ -326,15 +313,15 @@ class BestWeightsTracker:
             raise ValueError("The tracker has no model yet. Pass `model=` to the constructor.")
         epoch, step = integer("epoch", epoch, 0, allow_none=False), integer("step", step, 0)
         values = distribute.agree(read_all(metrics), self.model, epoch=epoch, step=step, chief=self._run.chief)
-        validated = checks.validated(self.objective, self.options, values)
+        validated = checks.validated(self.objective, values)
         if validated:
             checks.check_update(self.objective, self.options, self.path, values, step, self.model, metrics)
         previous_best = self.best
         plan = self._apply(epoch, step, values, self.objective.score(values) if validated else None, swapped)
         decision = dataclasses.replace(plan.decision, saved_path=plan.save_as and self.path.shown(plan.save_as),
                                        evicted=tuple(self.path.shown(p) for p in plan.evict))
-        if self._run.chief and validated:  # workers decide alike; the chief saves and speaks
-            report.announce(self._reporter, decision, previous_best, self.verbose)
+        if self._run.chief and (validated or decision.saved_path):  # workers decide alike; the chief speaks
+            report.announce(self._reporter, decision, previous_best, self.verbose, self._run.writer)
         return decision
 
     def _apply(self, epoch: int, step: int | None, values: Mapping, score: Any, swapped: Sequence = ()) -> Any:

@@ -40,14 +40,30 @@ def compiled_metric_direction(model: Any, monitor: str) -> str | None:
     """The direction ("up"/"down") of the compiled metric of `model` that the
     log key `monitor` names (`val_` stripped), searching nested metric
     containers; `None` when none says."""
+    m = compiled_metric(model, monitor)
+    return getattr(m, "_direction", None) if getattr(m, "_direction", None) in ("up", "down") else None
+
+
+def compiled_metric(model: Any, monitor: str) -> Any:
+    """The metric object of `model` that the log key `monitor` names (`val_`
+    stripped), known before `fit()`'s first batch: in `model.metrics` (nested
+    containers searched) or compiled into it (`compile(metrics=...)`, built or
+    not, from the private `model._compile_metrics`); one with a direction first."""
+    import keras
+
     name = monitor[4:] if monitor.startswith("val_") else monitor
-    stack = list(getattr(model, "metrics", []))
+    compiled = getattr(model, "_compile_metrics", None)
+    declared = [getattr(compiled, a, None) for a in ("_user_metrics", "_user_weighted_metrics")]
+    stack = list(getattr(model, "metrics", [])) + [m for d in declared if d for m in keras.tree.flatten(d)]
+    found = None
     while stack:
         m = stack.pop()
         stack.extend(getattr(m, "metrics", []) if m is not None and not hasattr(m, "_direction") else [])
-        if getattr(m, "name", None) == name and getattr(m, "_direction", None) in ("up", "down"):
-            return m._direction
-    return None
+        if getattr(m, "name", None) == name and callable(getattr(m, "result", None)):
+            if getattr(m, "_direction", None) in ("up", "down"):
+                return m
+            found = m
+    return found
 
 
 def set_initial_epoch(model: Any, epoch: int) -> None:

@@ -3,14 +3,11 @@
 `Run` owns the lock, crash recovery, resume, transactions and their rollback,
 and the SavedModel export at the end. It decides nothing: whether to save,
 under which name, what to evict and whether the run stops all come from
-`keras_best.core.policy`. The front ends (`BestWeightsTracker`, `BestCheckpoint`)
-read metrics, call `update()` and speak.
-
+`keras_best.core.policy`; the front ends read metrics, call `update()` and speak.
 What `Run` promises: the state it holds (best, kept files, history) is the
 state the run directory holds once pending writes are done; a failed write
 rolls both back to the update before; nothing is recorded until the files it
-names are written.
-Host memory stays within `max_host_memory` (see `keras_best.runner.memory`).
+names are written; host memory stays within `max_host_memory` (`runner.memory`).
 """
 
 from __future__ import annotations
@@ -31,7 +28,8 @@ from keras_best.runner.budget import DiskUsage
 from keras_best.runner.failures import SaveError, save_error_message
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
-from keras_best.storage import files, manifest
+from keras_best.runner.stale import StaleWatch
+from keras_best.storage import aside, files, manifest
 from keras_best.storage.buffers import HostBuffers, Streamed
 from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
@@ -79,6 +77,7 @@ class Run:
         objects.check(options.state)  # refuses at construction what cannot be saved
         self.chief = distribute.is_chief()
         self.writer = Writer(self.directory, enabled=self.chief, background=options.async_save)
+        self.stale = StaleWatch(jax_only=True)
         self.memory = HostMemory(options.max_host_memory, self.writer, self.chief,
                                  self.engine.load if self.engine.format == ORBAX else None)
         self.disk = DiskUsage(options.max_disk, self.directory, self.writer)
@@ -111,15 +110,14 @@ class Run:
             return
         if self.options.resume:
             resume(self, record or RunRecord.read(self.directory), model, optimizer, epochs)
-        elif self.chief:
-            best = record.best
+        elif self.chief:  # its files move aside, never deleted (`keras_best.storage.aside`)
+            best, moved = record.best, aside.move_aside(self.directory, record)
             warnings.warn(
                 f"{self.directory} already holds a keras-best run (best epoch "
                 f"{None if best is None else best.epoch + 1}, {record.monitor}="
-                f"{None if best is None else best.value}). Starting a new run there; pass "
-                "resume=True to continue it instead.",
-                stacklevel=4,
-            )
+                f"{None if best is None else best.value}). Starting a new run there; the old run's files "
+                f"were moved to {files.join(self.directory, moved)} (load_best and inspect read it there). "
+                "Pass resume=True to continue a run instead.", stacklevel=4)
 
     def _taken_over(self) -> None:
         """A newer tracker of this process takes this run directory: let this
@@ -188,6 +186,8 @@ class Run:
         """Plan one update with the policy and carry it out; return the plan. `swapped`: the EMA
         (variable, average) pairs whose values trade places in this update's training state."""
         parts.require_built(model)
+        if score is not None and self.chief:
+            self.stale.check(model, values)  # JAX: trained values never written back into the model
         try:
             self.acquire()
         except OSError as e:  # e.g. a read-only directory: the lock file cannot be made

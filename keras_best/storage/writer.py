@@ -64,6 +64,8 @@ class Writer:
         self._error: tuple[BaseException, Transaction] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.submitted = 0  # transactions submitted, and how many of the first are durable (committed)
+        self.durable = 0
         if background and enabled:
             _register(self)
 
@@ -73,14 +75,18 @@ class Writer:
         In the background, a transaction submitted after a failed one is
         dropped (see `take_error`).
         """
+        if not self.enabled or not self.background:
+            self.submitted += 1
         if not self.enabled:
             txn.over(True)  # another process writes: as if committed
+            self.durable = self.submitted
             return
         if not self.background:
             committed = False
             try:
                 commit(self.directory, txn)
                 committed = True
+                self.durable = self.submitted
             finally:
                 txn.over(committed)
             return
@@ -98,6 +104,7 @@ class Writer:
                     self._pending = merged
                     break
                 self._cond.wait()  # the waiting one keeps a snapshot we need: let it start
+            self.submitted += 1  # with the lock held: the thread reads it with the pending transaction
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="keras-best-writer", daemon=True)
                 self._thread.start()
@@ -145,12 +152,14 @@ class Writer:
                         self._thread = None  # a later submit starts a new one
                         return
                 txn, self._pending = self._pending, None
+                covers = self.submitted  # a merged transaction holds every one submitted so far
                 self._writing = True
                 self._cond.notify_all()
             committed = False
             try:
                 commit(self.directory, txn)
                 committed = True
+                self.durable = covers
             except BaseException as e:  # noqa: BLE001 - kept, raised by the caller later
                 traceback.clear_frames(e.__traceback__)  # their locals hold the snapshot
                 with self._cond:

@@ -65,13 +65,19 @@ def check_architecture(model: Any, recorded: str | None, directory: str) -> None
 def require_built(model: Any, resuming: str | None = None) -> None:
     """Refuse a model that has no weights yet: there is nothing to save, or (when
     `resuming` the run directory of that name) nothing to restore its weights into."""
-    if resuming is None and (not model.built or not model.weights):
+    if model.built and (model.weights or resuming is not None):
+        return
+    if model.weights:  # e.g. a GAN subclass whose weights are its sub-models', never called itself
+        raise ValueError(
+            f"{type(model).__name__} has its weights but is not built (`model.built` is False), and Keras "
+            "refuses to save or load the weights of a model that is not built. Build it: call it on a batch "
+            "or `model.build(input_shape)`; a model without `call()` (its weights in sub-models, as a GAN) "
+            "sets `self.built = True` at the end of its `__init__`.")
+    if resuming is None:
         problem, then = "The model is not built yet (it has no weights), so there is nothing to save", "call update()"
-    elif resuming is not None and not model.built:
+    else:
         problem = f"Cannot resume {resuming}: the model is not built yet, so its weights cannot be restored"
         then = "create the tracker"
-    else:
-        return
     raise ValueError(f"{problem}. Build it first (call it on a batch, or `model.build(input_shape)`), then {then}.")
 
 

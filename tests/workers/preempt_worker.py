@@ -5,7 +5,10 @@ what a mid-epoch state covers and stops at the end of the batch a signal came
 in. At the end the final weights, optimizer variables and the tracker's best are
 written to OUT (.npz), for comparison with an uninterrupted run.
 
-Usage: python preempt_worker.py RUN_DIR OUT [loop|fit] [SIGNALS]
+`handloop` is a loop that iterates its own batches (no `batches()`): it starts
+at `initial_step` itself and calls `after_batch(epoch, step)` after each batch.
+
+Usage: python preempt_worker.py RUN_DIR OUT [loop|handloop|fit] [SIGNALS]
 """
 
 import os
@@ -57,6 +60,29 @@ def loop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optimizer
         val_loss = ops.mean(ops.square(ops.subtract(model(x), y)))  # a tensor (on torch, one that carries a gradient)
         if tracker.update(epoch, {"val_loss": val_loss}).should_stop:
             break
+    tracker.finish()
+    return model, optimizer, tracker
+
+
+def handloop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optimizer, object]:
+    """The documented pattern for a loop over its own batches (docs/resume.md)."""
+    import keras.ops as ops
+
+    x, y = data()
+    model, optimizer = build(), keras.optimizers.Adam(1e-2)
+    optimizer.build(model.trainable_variables)
+    tracker = BestWeightsTracker(model, os.path.join(run_dir, "{epoch:02d}.weights.h5"), monitor="val_loss",
+                                 keep_top_k=2, resume=True, optimizer=optimizer, verbose=0, preempt_signals=signals)
+    print(f"READY {tracker.initial_epoch} {tracker.initial_step}", flush=True)
+    step_fn = train_step_for(model, optimizer)
+    for epoch in tracker.epochs(EPOCHS):
+        start = tracker.initial_step if epoch == tracker.initial_epoch else 0
+        for step in range(start, SAMPLES // BATCH):
+            step_fn(x[step * BATCH:(step + 1) * BATCH], y[step * BATCH:(step + 1) * BATCH])
+            print(f"BATCH {epoch} {step}", flush=True)
+            tracker.after_batch(epoch, step)  # a signal: the state of this batch is saved, exit 143
+            time.sleep(PAUSE)
+        tracker.update(epoch, {"val_loss": ops.mean(ops.square(ops.subtract(model(x), y)))})
     tracker.finish()
     return model, optimizer, tracker
 
@@ -117,7 +143,7 @@ def fit(run_dir: str, signals):
 
 def main(run_dir: str, out: str, how: str = "loop", signals: str = "auto") -> None:
     signals = signals.split(",") if signals != "auto" else "auto"
-    model, optimizer, tracker = (loop if how == "loop" else fit)(run_dir, signals)
+    model, optimizer, tracker = {"loop": loop, "handloop": handloop, "fit": fit}[how](run_dir, signals)
     np.savez(out, best=np.float64(tracker.best), best_epoch=tracker.best_epoch,
              iterations=int(keras.ops.convert_to_numpy(optimizer.iterations)),
              **{f"w{i}": keras.ops.convert_to_numpy(w) for i, w in enumerate(model.weights)},
