@@ -59,7 +59,10 @@ def fingerprint(model: Any) -> list[np.ndarray]:
     """Copies of the `PROBES` smallest trainable variables of `model`."""
     import keras
 
-    variables = sorted(getattr(model, "trainable_variables", []), key=lambda v: int(np.prod(v.shape)))
+    # A variable sharded over several processes is not this process's to read (Orbax runs).
+    readable = [v for v in getattr(model, "trainable_variables", [])
+                if getattr(v.value, "is_fully_addressable", True)]
+    variables = sorted(readable, key=lambda v: int(np.prod(v.shape)))
     return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables[:PROBES]]
 
 
