@@ -290,3 +290,16 @@ def test_max_host_memory_is_validated_at_construction(tmp_path, value):
     with pytest.raises(ValueError, match=message):
         BestCheckpoint(str(tmp_path / "b.weights.h5"), max_host_memory=value)
     assert Options(max_host_memory=np.int64(5)).max_host_memory == 5
+
+
+def test_the_write_back_check_samples_the_variables_it_compares():
+    """runner/stale.py compares a few trainable variables at each update: a
+    sample of each (at most 4 values along an axis), never a copy of a kernel
+    (in a model without biases, the smallest variables are whole kernels)."""
+    from keras_best.runner.stale import fingerprint
+
+    model = keras.Sequential([keras.Input((1024,))] + [keras.layers.Dense(1024, use_bias=False) for _ in range(3)])
+    sample = fingerprint(model)
+    assert len(sample) == 3 and all(a.size <= 16 for a in sample)
+    model.layers[0].kernel.assign(np.zeros((1024, 1024), "float32"))
+    assert any(not np.array_equal(a, b) for a, b in zip(sample, fingerprint(model)))

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-PROBES = 3  # the smallest trainable variables (biases, usually): a few hundred bytes a check
+PROBES = 3  # the smallest trainable variables (biases, usually), sampled: a few hundred bytes a check
 
 
 class StaleWatch:
@@ -56,14 +56,26 @@ class StaleWatch:
 
 
 def fingerprint(model: Any) -> list[np.ndarray]:
-    """Copies of the `PROBES` smallest trainable variables of `model`."""
+    """A sample of the `PROBES` smallest trainable variables of `model`: at most
+    4 values along each axis, spread over it (a strided slice, made on the
+    device: never a copy of a whole variable, which in a model without biases
+    is a kernel of the model's size over its number of layers)."""
     import keras
 
     # A variable sharded over several processes is not this process's to read (Orbax runs).
     readable = [v for v in getattr(model, "trainable_variables", [])
                 if getattr(v.value, "is_fully_addressable", True)]
     variables = sorted(readable, key=lambda v: int(np.prod(v.shape)))
-    return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables[:PROBES]]
+    return [np.array(keras.ops.convert_to_numpy(v.value[_spread(v.shape)])) for v in variables[:PROBES]]
+
+
+def _spread(shape: Any) -> tuple[slice, ...]:
+    """Up to 4 indices along each axis, from its first to near its last.
+
+    >>> _spread((4096, 10))
+    (slice(None, None, 1024), slice(None, None, 2))
+    """
+    return tuple(slice(None, None, max(1, int(d) // 4)) for d in shape)
 
 
 def _differ(a: Any, b: Any) -> bool:
