@@ -14,6 +14,7 @@ from keras_best.core.paths import RunPath
 from keras_best.core.retention import Record
 from keras_best.frontends import checks, report
 from keras_best.frontends.history import HistoryView
+from keras_best.frontends.loop_resume import LoopResume
 from keras_best.frontends.metrics import read_all
 from keras_best.runner import distribute, interrupted
 from keras_best.runner.preemption import SafePoints
@@ -137,8 +138,9 @@ class BestWeightsTracker:
         self._safe = SafePoints(self._run, o)  # periodic training states, preemption
         self._history = HistoryView(self._run)
         self.model, self._model_source = None, lambda: self.model
+        self._loop = LoopResume()  # the data order of the resumed epoch (`batches()`)
         if model is not UNBOUND:
-            self.bind(model)
+            self.bind(model, parts=[self._loop.part])
 
     def __getattr__(self, name: str) -> Any:
         if name in _OPTIONS and "options" in self.__dict__:  # tracker.keep_top_k, tracker.monitor...
@@ -231,9 +233,9 @@ class BestWeightsTracker:
     def batches(self, epoch: int, data: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         """`enumerate(data)` for one epoch, made resumable and preemptible.
 
-        In the resumed epoch it skips the batches a mid-epoch training state
-        already covers (`initial_step`); after each batch it calls
-        `after_batch()` (periodic training states, preemption).
+        In the resumed epoch it skips the batches a mid-epoch training state already covers
+        (`initial_step`), drawn in the uninterrupted run's order (`keras_best.frontends.loop_resume`);
+        after each batch it calls `after_batch()` (periodic training states, preemption).
 
         ```python
         for epoch in tracker.epochs(100):
@@ -242,11 +244,8 @@ class BestWeightsTracker:
             tracker.update(epoch, {"val_loss": val_loss})
         ```
         """
-        start = self.initial_step if epoch == self.initial_epoch else 0
         self._safe.end_if_preempted()  # a signal between epochs: the state written last is current
-        for step, batch in enumerate(data):
-            if step < start:
-                continue
+        for step, batch in self._loop.batches(epoch, data, self.initial_epoch, self.initial_step):
             yield step, batch
             self.after_batch(epoch, step)
 

@@ -203,9 +203,22 @@ def advance_epochs(epoch_iterator: Any, epochs: int) -> None:
     after a first epoch), one more at each epoch's end."""
     adapter = getattr(epoch_iterator, "data_adapter", None)
     if type(adapter).__name__ == "TFDatasetAdapter" and epochs > 0:
-        dataset = adapter.get_tf_dataset()
-        for _ in range(2 * epochs if adapter.num_batches else 2 * epochs - 1):
-            iter(dataset)
+        make_iterators(adapter.get_tf_dataset(), 2 * epochs if adapter.num_batches else 2 * epochs - 1)
+
+
+def make_iterators(data: Any, count: int) -> bool:
+    """Make `count` iterators of `data` if it is a `tf.data.Dataset` (none drawn
+    from: a `shuffle(..., seed=)` reshuffle seed advances once per iterator made);
+    whether it is one. Other data is left alone (its iterators may draw)."""
+    import sys
+
+    tf = sys.modules.get("tensorflow")
+    dataset = getattr(getattr(tf, "data", None), "Dataset", None)
+    if dataset is None or not isinstance(data, dataset):
+        return False
+    for _ in range(count):
+        iter(data)
+    return True
 
 
 def metric_variables(model: Any) -> list[Any]:

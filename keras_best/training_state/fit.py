@@ -1,4 +1,4 @@
-"""The part of a training state that `fit()` needs to go on in the middle of an epoch.
+"""The part of a training state that `fit()` or a custom loop needs to go on in the middle of an epoch.
 
 Group "fit" of the state file: the values of the model's compiled metrics'
 variables at the saved batch (`model.metrics`: `fit()` resets them at each
@@ -6,9 +6,12 @@ epoch start, so a resumed epoch puts them back before its first batch), and
 the process-wide random state as of the start of the saved epoch
 (`rng.capture_global`: the state the data adapters shuffled that epoch with, so
 that the resumed epoch draws the same order). A state without the group (an
-older keras-best, a custom loop) resumes `fit()` at the start of the epoch.
+older keras-best) resumes `fit()` at the start of the epoch.
 
-`holder` is the front end's helper (`keras_best.frontends.fit_resume`):
+A custom loop's `tracker.batches()` keeps the same part as group "loop", with no
+metric variables (`keras_best.frontends.loop_resume`).
+
+`holder` is the front end's helper (`keras_best.frontends.fit_resume`, `loop_resume`):
 `holder.metric_variables()` and `holder.epoch_random` are saved; `assign`
 hands what was read to `holder.take(...)`; nothing is assigned to the model here.
 """
@@ -25,12 +28,10 @@ RANDOM = "random/"
 
 
 class FitProgress:
-    """The "fit" group: metric variables "0", "1"... and `RANDOM` + generator name."""
+    """The "fit" group (or `name`): metric variables "0", "1"... and `RANDOM` + generator name."""
 
-    name = "fit"
-
-    def __init__(self, holder: Any) -> None:
-        self.holder = holder
+    def __init__(self, holder: Any, name: str = "fit") -> None:
+        self.holder, self.name = holder, name
 
     def copies(self, buffers: HostBuffers, reuse: Mapping[int, np.ndarray] | None) -> dict[str, np.ndarray]:
         out = {str(i): a for i, a in enumerate(buffers.copies(self.holder.metric_variables(), reuse))}

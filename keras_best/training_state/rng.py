@@ -9,10 +9,9 @@ available) its CUDA generators, one per device. Read in the
 training thread as host arrays; written into the state file's `random` group.
 
 Not covered here: a per-epoch data order drawn from a global stream at the
-start of an epoch in a custom loop (the resumed epoch would draw again; derive
-it from the epoch number, e.g. `np.random.default_rng(seed + epoch).permutation(n)`;
-`fit()` saves the epoch-start state for its data: `keras_best.training_state.fit`),
-and the CUDA generators of TensorFlow and JAX (their random ops are seeded by
+start of an epoch (the resumed epoch would draw again: `fit()` and a custom
+loop's `batches()` save the epoch-start state for their data,
+`keras_best.training_state.fit`), and the CUDA generators of TensorFlow and JAX (their random ops are seeded by
 Keras's seed generators, which are saved). CUDA generators are restored only
 when the device count matches.
 
