@@ -5,7 +5,9 @@ On JAX a custom loop trains with `model.stateless_call` and
 to the model's variables before `update()`, every file saved holds the
 untrained weights, silently (issue 25: a recorded best val_acc of 0.194 whose
 weights scored 0.093). `StaleWatch` notices it cheaply: a fingerprint of the
-few smallest trainable variables at each scored update; the same
+few smallest trainable variables at each scored update (of a big one, a
+few columns only: a whole kernel would be copied, and gathered from every
+device, at every update); the same
 fingerprint as at the update before while the metrics changed means the
 model's variables are not the ones being trained, and it warns once.
 """
@@ -19,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 PROBES = 3  # the smallest trainable variables (biases, usually): a few hundred bytes a check
+PROBE_VALUES = 1024  # values read from a probe: the first columns of a bigger one (every row)
 
 
 class StaleWatch:
@@ -63,7 +66,18 @@ def fingerprint(model: Any) -> list[np.ndarray]:
     readable = [v for v in getattr(model, "trainable_variables", [])
                 if getattr(v.value, "is_fully_addressable", True)]
     variables = sorted(readable, key=lambda v: int(np.prod(v.shape)))
-    return [np.array(keras.ops.convert_to_numpy(v.value)) for v in variables[:PROBES]]
+    return [np.array(keras.ops.convert_to_numpy(_columns(v))) for v in variables[:PROBES]]
+
+
+def _columns(variable: Any) -> Any:
+    """The variable's value, or of a big one its first columns along the last
+    axis (every row: a gradient that reaches any row moves them)."""
+    shape = tuple(int(n) for n in variable.shape)
+    size = int(np.prod(shape)) if shape else 1
+    if size <= PROBE_VALUES:
+        return variable.value
+    rows = size // shape[-1]
+    return variable.value[..., : max(1, PROBE_VALUES // rows)]
 
 
 def _differ(a: Any, b: Any) -> bool:
