@@ -144,3 +144,39 @@ def test_sigkill_mid_save_keeps_previous_best_and_resumes(tmp_path):
     _run("kill", run, out)  # resume=True, no kill this time (KILL_AT unset)
     assert _json(out, "kill0.json")["initial_epoch"] == 2
     assert not [n for n in os.listdir(run) if "tmp" in n]  # the interrupted save's leftovers are gone
+
+
+def test_a_plain_run_directory_with_save_format_orbax_names_its_saves(tmp_path):
+    # As keras.callbacks.OrbaxCheckpoint(directory): the filepath is the run directory, keras-best names
+    # each kept best (an Orbax checkpoint directory) in it. One device, in this process.
+    import keras
+
+    from keras_best import BestCheckpoint, BestWeightsTracker, load_best
+    from tests.workers.orbax_worker import build_model, data
+
+    run = tmp_path / "run"
+    model, rng, saved = build_model(), np.random.default_rng(3), {}
+    tracker = BestWeightsTracker(model, str(run), save_format="orbax", verbose=0)
+    for epoch, score in enumerate([2.0, 1.0, 1.5]):
+        for v in model.weights:
+            v.assign(rng.normal(size=v.shape).astype("float32"))
+        saved[epoch] = [np.array(w) for w in model.get_weights()]
+        tracker.update(epoch, {"val_loss": score})
+    tracker.finish()
+    assert _saves(run) == ["best-002"] and tracker.best_path == str(run / "best-002")  # top-1, named for us
+    assert json.loads((run / "keras_best.json").read_text())["save_format"] == "orbax"
+    stock = keras.models.load_model(str(run / "best-002"))  # Keras's own loader reads a kept save
+    again = build_model()
+    assert load_best(again, str(run)).epoch == 1
+    for restored in (stock, again):
+        for a, b in zip(restored.get_weights(), saved[1]):
+            np.testing.assert_array_equal(a, b)
+    fit_run = tmp_path / "fit"
+    x, y = data()
+    build_model().fit(x, y, epochs=2, verbose=0, callbacks=[
+        BestCheckpoint(str(fit_run), monitor="loss", save_format="orbax")])
+    assert len(_saves(fit_run)) == 1 and _saves(fit_run)[0] in ("best-001", "best-002")
+    # Inferred from a name without an extension (no save_format), the filepath still names the save itself.
+    build_model().fit(x, y, epochs=1, verbose=0, callbacks=[
+        BestCheckpoint(str(tmp_path / "named" / "best"), monitor="loss")])
+    assert os.listdir(tmp_path / "named" / "best") == ["0"]

@@ -6,6 +6,14 @@ writable directory), and later turns an epoch's metrics into a file name.
 >>> p = RunPath("runs/exp1/{epoch:03d}-{val_loss:.4f}.weights.h5")
 >>> p.directory, p.format(2, None, {"val_loss": 0.25})
 ('runs/exp1', '003-0.2500.weights.h5')
+
+With `save_format="orbax"`, a `filepath` without placeholders is the run
+directory, as `keras.callbacks.OrbaxCheckpoint(directory)` takes one, and
+keras-best names each save (an Orbax checkpoint directory) in it:
+
+>>> p = RunPath("runs/exp1", "orbax")
+>>> p.directory, p.format(2, None, {})
+('runs/exp1', 'best-003')
 """
 
 from __future__ import annotations
@@ -15,16 +23,22 @@ import string
 from typing import Any, Mapping
 
 from keras_best.core import names
+from keras_best.core.formats import ORBAX
 
 RESERVED = ("epoch", "batch")  # placeholders the tracker fills itself
+ORBAX_NAME = "best-{epoch:03d}"  # the saves' names in a plain Orbax run directory
 
 
 class RunPath:
     """A parsed `filepath`: `directory` (the run directory), `template` (the
-    file name, with placeholders) and `fields` (the placeholders' names)."""
+    file name, with placeholders) and `fields` (the placeholders' names).
+    `save_format="orbax"` (given, not inferred from the name) makes a
+    `filepath` without placeholders the run directory (see the module docstring)."""
 
-    def __init__(self, filepath: Any) -> None:
+    def __init__(self, filepath: Any, save_format: str | None = None) -> None:
         self.filepath = _to_string(filepath)
+        if save_format == ORBAX and "{" not in self.filepath:
+            self.filepath = names.join(self.filepath.rstrip("/") or "/", ORBAX_NAME)
         self.template = names.basename(self.filepath)
         head = self.filepath[: len(self.filepath.rstrip("/")) - len(self.template)]
         self.directory = head.rstrip("/") or ("/" if head else ".")

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 
 from keras_best.core import cadence
-from keras_best.core.formats import resolve_format
+from keras_best.core.formats import ORBAX, resolve_format
 from keras_best.core.monitor import Decision
 from keras_best.core.objective import MonitorSpec
 from keras_best.core.options import Options, flag
@@ -84,9 +84,10 @@ class BestCheckpoint(keras.callbacks.Callback):
         if "baseline" in options:
             raise TypeError("BestCheckpoint takes `initial_value_threshold` (as ModelCheckpoint), not `baseline`.")
         if options.get("save_format") is None:
-            options["save_format"] = resolve_format(filepath, None, flag("save_weights_only", save_weights_only),
-                                                    sharded=options.get("max_shard_size") is not None,
-                                                    orbax=keras.backend.backend() == "jax")
+            fmt = resolve_format(filepath, None, flag("save_weights_only", save_weights_only),
+                                 sharded=options.get("max_shard_size") is not None,
+                                 orbax=keras.backend.backend() == "jax")
+            options["save_format"] = None if fmt == ORBAX else fmt  # inferred: names a save, not a run directory
         if isinstance(keep_top_k, str) and keep_top_k == "auto":
             # As ModelCheckpoint: every file its name tells apart is kept; a fixed name is one file.
             keep_top_k = None if RunPath(filepath).fields else 1

@@ -129,7 +129,7 @@ class BestWeightsTracker:
 
     def __init__(self, model: Any, filepath: str, monitor: MonitorSpec = "val_loss", **options: Any) -> None:
         o = self.options = Options.create(type(self).__name__, monitor=monitor, **options)
-        self.path = RunPath(filepath)
+        self.path = RunPath(filepath, o.save_format)
         self.filepath, self.directory = self.path.filepath, self.path.directory
         self.objective = Objective(o.monitor, o.mode, o.require)
         checks.check_placeholders(self.path, o)

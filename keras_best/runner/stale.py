@@ -5,7 +5,9 @@ On JAX a custom loop trains with `model.stateless_call` and
 to the model's variables before `update()`, every file saved holds the
 untrained weights, silently (issue 25: a recorded best val_acc of 0.194 whose
 weights scored 0.093). `StaleWatch` notices it cheaply: a fingerprint of the
-few smallest trainable variables at each scored update; the same
+few smallest trainable variables at each scored update (of a big one, a
+few columns only: a whole kernel would be copied, and gathered from every
+device, at every update); the same
 fingerprint as at the update before while the metrics changed means the
 model's variables are not the ones being trained, and it warns once.
 """
@@ -18,7 +20,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-PROBES = 3  # the smallest trainable variables (biases, usually), sampled: a few hundred bytes a check
+PROBES = 3  # the smallest trainable variables (biases, usually), sampled: at most PROBE_VALUES each
+PROBE_VALUES = 1024  # values read from one probe, spread over its axes
 
 
 class StaleWatch:
@@ -70,12 +73,17 @@ def fingerprint(model: Any) -> list[np.ndarray]:
 
 
 def _spread(shape: Any) -> tuple[slice, ...]:
-    """Up to 4 indices along each axis, from its first to near its last.
+    """A strided slice with at most `PROBE_VALUES` values, spread evenly along
+    each axis from its first index (a gradient that reaches any part of the
+    variable moves some of them).
 
-    >>> _spread((4096, 10))
-    (slice(None, None, 1024), slice(None, None, 2))
+    >>> _spread((4096, 10)), _spread((64,))
+    ((slice(None, None, 128), slice(None, None, 1)), (slice(None, None, None),))
     """
-    return tuple(slice(None, None, max(1, int(d) // 4)) for d in shape)
+    if int(np.prod(shape)) <= PROBE_VALUES:
+        return tuple(slice(None) for _ in shape)  # all of it
+    per_axis = max(1, int(PROBE_VALUES ** (1 / max(1, len(shape)))))
+    return tuple(slice(None, None, max(1, -(-int(d) // per_axis))) for d in shape)
 
 
 def _differ(a: Any, b: Any) -> bool:
