@@ -82,16 +82,13 @@ def fit_callbacks(callback: Any) -> Any:
     is calling `callback`'s now (`None` when called another way)."""
     import keras
 
-    frame = inspect.currentframe()
-    try:
-        for _ in range(8):  # CallbackList.on_train_begin is a caller or two up
-            frame = frame and frame.f_back
-            owner = frame and frame.f_locals.get("self")
-            if isinstance(owner, keras.callbacks.CallbackList) and any(c is callback for c in owner.callbacks):
-                return owner
+    def holding(local: dict[str, Any]) -> Any:
+        owner = local.get("self")
+        if isinstance(owner, keras.callbacks.CallbackList) and any(c is callback for c in owner.callbacks):
+            return owner
         return None
-    finally:
-        del frame
+
+    return _from_callers(holding, depth=8)  # CallbackList.on_train_begin is a caller or two up
 
 
 class FitGuard:
@@ -159,15 +156,28 @@ class FitGuard:
 def running_fit_data() -> Any:
     """The `EpochIterator` of the `fit()` call this is called from (a callback's
     `on_train_begin`), or `None`."""
-    import sys
+    def iterator(local: dict[str, Any]) -> Any:
+        found = local.get("epoch_iterator")
+        return found if hasattr(found, "data_adapter") else None
 
-    frame = sys._getframe(1)
-    while frame is not None:
-        found = frame.f_locals.get("epoch_iterator")
-        if found is not None and hasattr(found, "data_adapter"):
-            return found
-        frame = frame.f_back
-    return None
+    return _from_callers(iterator)
+
+
+def _from_callers(find: Callable[[dict[str, Any]], Any], depth: int | None = None) -> Any:
+    """The first result other than `None` of `find(locals)` over the frames that
+    called the caller, nearest first (at most `depth` of them), or `None`."""
+    frame = inspect.currentframe()
+    frame = frame and frame.f_back  # the caller's own frame is not searched
+    try:
+        seen = 0
+        while frame is not None and (depth is None or seen < depth):
+            frame, seen = frame.f_back, seen + 1
+            found = frame and find(frame.f_locals)
+            if found is not None:
+                return found
+        return None
+    finally:
+        del frame
 
 
 def unpositionable(epoch_iterator: Any) -> str | None:
