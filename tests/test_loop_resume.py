@@ -17,6 +17,7 @@ import pytest
 from keras_best import BestWeightsTracker, Preempted
 from keras_best.frontends.loop_resume import LoopResume
 from tests.conftest import BACKEND, run_json
+from tests.test_fit_resume import assert_identical
 from tests.workers import loop_resume_worker as worker
 from tests.workers.loop_resume_worker import EPOCHS, SOURCES, STEPS
 
@@ -28,12 +29,6 @@ WORKER = os.path.join(ROOT, "tests", "workers", "loop_resume_worker.py")
 def references(tmp_path_factory):
     """Each source's uninterrupted run."""
     return {s: worker.results(worker.train(str(tmp_path_factory.mktemp(s)), s, signals=None)) for s in SOURCES}
-
-
-def assert_identical(got, want, where):
-    assert sorted(got) == sorted(want)
-    for key in want:
-        assert np.array_equal(got[key], want[key]), f"{key} differs after {where}"
 
 
 @pytest.mark.parametrize("source", SOURCES)

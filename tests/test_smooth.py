@@ -25,6 +25,7 @@ from keras_best.core.policy import Policy, RunState
 from keras_best.storage import manifest
 from keras_best.storage.checks import jsonable
 from tests.conftest import make_model, perturb, run_json
+from tests.test_monitor import _fold
 
 # Smoothing is pure Python above the backends: CI runs this module on TensorFlow only.
 pytestmark = pytest.mark.backend_neutral
@@ -52,13 +53,6 @@ def reference(values, smooth):
     return out
 
 
-def _decisions(monitor, values, state=None, start=0):
-    state = MonitorState() if state is None else state
-    out = []
-    for epoch, v in enumerate(values, start=start):
-        d, state = monitor.step(state, epoch, v)
-        out.append(d)
-    return out, state
 
 
 def _key(d):
@@ -69,13 +63,13 @@ def _key(d):
 # ------------------------------------------------------------------ the window
 def test_mean_and_ema_tables():
     mean = Monitor(("min",), smooth=("mean", 3))
-    ds, state = _decisions(mean, [3.0, 1.0, 2.0, 0.0, NAN, 3.0])
+    ds, state = _fold(mean, [3.0, 1.0, 2.0, 0.0, NAN, 3.0])
     assert [d.value for d in ds[:4]] == [3.0, 2.0, 2.0, 1.0]
     assert math.isnan(ds[4].value) and ds[5].value == pytest.approx(5 / 3)  # the NaN is not averaged
     assert [d.raw for d in ds[:4]] == [3.0, 1.0, 2.0, 0.0]
     assert state.smooth == ((2.0, 0.0, 3.0),)
     ema = Monitor(("max",), smooth=("ema", 0.25))
-    ds, _ = _decisions(ema, [4.0, 0.0, 8.0])
+    ds, _ = _fold(ema, [4.0, 0.0, 8.0])
     assert [d.value for d in ds] == [4.0, 3.0, 4.25]  # s = 0.25 * x + 0.75 * s
     assert [d.improved for d in ds] == [True, False, True]
 
@@ -86,19 +80,19 @@ def test_matches_pandas_rolling_and_ewm():
     rolled = pd.Series(xs).rolling(4, min_periods=1).mean()
     ewm = pd.Series(xs).ewm(alpha=0.3, adjust=False).mean()
     for smooth, expected in ((("mean", 4), rolled), (("ema", 0.3), ewm)):
-        ds, _ = _decisions(Monitor(("min",), smooth=smooth), xs)
+        ds, _ = _fold(Monitor(("min",), smooth=smooth), xs)
         np.testing.assert_allclose([d.value for d in ds], expected, rtol=1e-12)
 
 
 def test_stop_on_non_finite_reads_the_raw_value_and_nan_never_becomes_best():
     m = Monitor(("min",), smooth=("mean", 2), stop_on_non_finite=True)
-    ds, _ = _decisions(m, [1.0, math.inf])
+    ds, _ = _fold(m, [1.0, math.inf])
     assert ds[1].should_stop and str(ds[1].stop_reason) == "non_finite_metric" and ds[1].best == 1.0
 
 
 def test_each_value_of_a_list_monitor_is_smoothed_and_feasibility_is_the_epochs_own():
     m = Monitor(("min", "max"), smooth=("mean", 2))
-    ds, _ = _decisions(m, [Score(1.0, (0.2,)), Score(1.0, (0.6,), feasible=False), Score(1.0, (0.0,))])
+    ds, _ = _fold(m, [Score(1.0, (0.2,)), Score(1.0, (0.6,), feasible=False), Score(1.0, (0.0,))])
     assert [d.ties for d in ds] == [(0.2,), (0.4,), (0.3,)]
     assert [d.feasible for d in ds] == [True, False, True]
     assert [d.improved for d in ds] == [True, False, True]  # equal primaries: the smoothed tie-break decides
@@ -133,8 +127,8 @@ def test_a_smoothed_monitor_decides_as_a_plain_one_on_the_smoothed_series(option
     if options["mode"] == "max" and options["stopping_threshold"] is not None:
         options["stopping_threshold"] = 0.9
     mode = options.pop("mode")
-    smoothed, _ = _decisions(Monitor((mode,), smooth=smooth, **options), values)
-    plain, _ = _decisions(Monitor((mode,), **options), reference(values, smooth))
+    smoothed, _ = _fold(Monitor((mode,), smooth=smooth, **options), values)
+    plain, _ = _fold(Monitor((mode,), **options), reference(values, smooth))
     assert [_key(d) for d in smoothed] == [_key(d) for d in plain]
     for d, raw in zip(smoothed, values):
         assert d.raw == raw or (math.isnan(d.raw) and math.isnan(raw))
@@ -231,7 +225,7 @@ def _same(a, b):
 def test_one_best_on_real_files_and_after_resume(tmp_path_factory, values, smooth, keep_top_k, data):
     """keras_best.json, load_best and restore_best_weights name the epoch whose
     smoothed value is best, and a run resumed midway writes the same record."""
-    expected = _decisions(Monitor(("min",)), reference(values, smooth))[0][-1]
+    expected = _fold(Monitor(("min",)), reference(values, smooth))[0][-1]
     options = dict(smooth=smooth, keep_top_k=keep_top_k, patience=None, restore_best_weights=True, verbose=0,
                    resume=True)
     whole = tmp_path_factory.mktemp("whole")

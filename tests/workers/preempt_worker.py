@@ -40,16 +40,22 @@ def build() -> keras.Model:
     return model
 
 
-def loop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optimizer, object]:
-    import keras.ops as ops
-
+def _custom_loop(run_dir: str, signals) -> tuple:
+    """What both custom loops start with: the data, the model, its optimizer, the
+    tracker (its resume point printed for the test) and a training step."""
     x, y = data()
     model, optimizer = build(), keras.optimizers.Adam(1e-2)
     optimizer.build(model.trainable_variables)
     tracker = BestWeightsTracker(model, os.path.join(run_dir, "{epoch:02d}.weights.h5"), monitor="val_loss",
                                  keep_top_k=2, resume=True, optimizer=optimizer, verbose=0, preempt_signals=signals)
     print(f"READY {tracker.initial_epoch} {tracker.initial_step}", flush=True)
-    step_fn = train_step_for(model, optimizer)
+    return x, y, model, optimizer, tracker, train_step_for(model, optimizer)
+
+
+def loop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optimizer, object]:
+    import keras.ops as ops
+
+    x, y, model, optimizer, tracker, step_fn = _custom_loop(run_dir, signals)
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, SAMPLES, BATCH)]
     for epoch in range(tracker.initial_epoch, 0 if tracker.stopped else EPOCHS):
         for step, (bx, by) in tracker.batches(epoch, batches):
@@ -68,13 +74,7 @@ def handloop(run_dir: str, signals) -> tuple[keras.Model, keras.optimizers.Optim
     """The documented pattern for a loop over its own batches (docs/resume.md)."""
     import keras.ops as ops
 
-    x, y = data()
-    model, optimizer = build(), keras.optimizers.Adam(1e-2)
-    optimizer.build(model.trainable_variables)
-    tracker = BestWeightsTracker(model, os.path.join(run_dir, "{epoch:02d}.weights.h5"), monitor="val_loss",
-                                 keep_top_k=2, resume=True, optimizer=optimizer, verbose=0, preempt_signals=signals)
-    print(f"READY {tracker.initial_epoch} {tracker.initial_step}", flush=True)
-    step_fn = train_step_for(model, optimizer)
+    x, y, model, optimizer, tracker, step_fn = _custom_loop(run_dir, signals)
     for epoch in tracker.epochs(EPOCHS):
         start = tracker.initial_step if epoch == tracker.initial_epoch else 0
         for step in range(start, SAMPLES // BATCH):
