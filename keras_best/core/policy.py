@@ -285,8 +285,7 @@ class Policy:
                                                    pinned=best_at)
             kept = top if any(r is new for r in top) else state.kept  # would be evicted at once: not written
         rule = ArchiveEvery(o.archive_seconds) if o.archive_seconds else Archive(o.archive_epochs)
-        archived = rule.keep(state.archived, new, state.archive_time) if o.archive_seconds else rule.keep(
-            state.archived, new)
+        archived = rule.keep(state.archived, new, state.archive_time)
         in_top, in_archive = any(r is new for r in kept), any(r is new for r in archived)
         if not (in_top or in_archive):
             return kept, archived, None, False

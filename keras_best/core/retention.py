@@ -163,8 +163,9 @@ class Archive:
 
     every: int | None
 
-    def keep(self, kept: Sequence[Record], new: Record) -> tuple[Record, ...]:
-        """The archived records once `new` has been considered (oldest first)."""
+    def keep(self, kept: Sequence[Record], new: Record, since: float | None = None) -> tuple[Record, ...]:
+        """The archived records once `new` has been considered (oldest first);
+        `since` (a time, for `ArchiveEvery`'s signature) plays no part in epoch periods."""
         if self.every is None or new.step is not None or (new.epoch + 1) % self.every:
             return tuple(kept)
         return (*(r for r in kept if r.position != new.position), new)
