@@ -194,7 +194,7 @@ class Policy:
         but no best decision and no patience counted. `sizes`: the bytes
         expected of this update's saved file and training state (`max_disk`)."""
         position = (epoch, step)
-        if state.at is not None and _order(position) <= _order(state.at):
+        if state.at is not None and order(position) <= order(state.at):
             raise ValueError(
                 f"update() for {_describe(position)} came after an update for {_describe(state.at)}: "
                 "epochs (and steps within an epoch) must move forward. Pass each epoch once, in "
@@ -317,9 +317,14 @@ def _free_name(name: Callable[[int], str], taken: set[str]) -> str:
     return name(version)
 
 
-def _order(position: Position) -> tuple[int, float]:
+def order(position: Position) -> tuple[int, float]:
+    """A sort key for `(epoch, step)` positions: an epoch's end (step `None`) comes after its steps.
+
+    >>> order((2, None)) > order((2, 7)) > order((1, None))
+    True
+    """
     epoch, step = position
-    return (epoch, math.inf if step is None else step)  # an epoch's end comes after its steps
+    return (epoch, math.inf if step is None else step)
 
 
 def _describe(position: Position) -> str:

@@ -20,10 +20,10 @@ in its own `except`.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, Callable, Iterator, Mapping
 
+from keras_best.core.policy import order
 from keras_best.runner import distribute
 
 Position = tuple[int, "int | None"]  # (epoch, last batch done); None: the epoch's end
@@ -57,7 +57,7 @@ def save_after(enabled: bool, last: Mapping[str, Any] | None, chief: bool, model
     try:
         if distribute.spans_processes(model):
             return
-        if last is not None and _order(done) <= _order((last["epoch"], last.get("step"))):
+        if last is not None and order(done) <= order((last["epoch"], last.get("step"))):
             tracker.flush()
             _say(chief, f"{cause}: the training state written last ({_where(last)}) is current; run the "
                       "same script again with resume=True to continue from it.")
@@ -68,11 +68,6 @@ def save_after(enabled: bool, last: Mapping[str, Any] | None, chief: bool, model
         return
     _say(chief, f"{cause}: the training state as of {_where(done)} is saved in {path} (the best is untouched); "
               "run the same script again with resume=True to continue there.")
-
-
-def _order(position: Position) -> tuple[int, float]:
-    epoch, step = position
-    return epoch, math.inf if step is None else step
 
 
 def _where(position: Position | Mapping[str, Any]) -> str:
