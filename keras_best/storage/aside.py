@@ -36,7 +36,5 @@ def move_aside(directory: str, record: RunRecord) -> str:
         source = files.join(directory, name)
         if not files.exists(source):
             continue  # a file the record names that a crash or a user removed
-        parent = files.join(directory, files.join(target, name)).rsplit("/", 1)[0]
-        files.makedirs(parent)
-        files.replace(source, files.join(directory, files.join(target, name)))
+        files.replace(source, files.join(directory, files.join(target, name)))  # plain names: no folder to make
     return target
