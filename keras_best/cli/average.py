@@ -62,12 +62,10 @@ def average(run_dir: str, k: int, output: str, model_file: str | None = None, by
 
 def _save(model: Any, output: str) -> None:
     """Write `output` with the stock saver, atomically (temp name beside it, then renamed)."""
-    folder, name = os.path.split(os.path.abspath(output))
-    suffix = next(s for s in SUFFIXES if name.endswith(s))
-    tmp = os.path.join(folder, f".{name[: -len(suffix)]}.tmp-{os.getpid()}{suffix}")
+    tmp = files.tmp_path(os.path.abspath(output))  # beside it, with its suffix (the stock saver checks it)
 
     def write(path: str) -> None:
-        if suffix == ".keras":
+        if output.endswith(".keras"):
             model.save(path)
         else:
             model.save_weights(path)

@@ -283,8 +283,7 @@ def _ranked(directory: str, record: manifest.RunRecord, by: Any, by_mode: Any) -
         )
     order = ([best] if best is not None else []) + [r for r in kept if r is not best]
     monitor = record.monitor if isinstance(record.monitor, str) else ", ".join(map(str, record.monitor or []))
-    return [BestRecord(epoch=r.epoch, value=r.value, path=record.effective_path(directory, r.path),
-                       monitor=monitor, metrics=dict(r.metrics), step=r.step) for r in order]
+    return [BestRecord.of(r, record, directory, monitor) for r in order]
 
 
 def _evaluate_mode(evaluate: Callable[[Any], float], mode: str | None) -> str:

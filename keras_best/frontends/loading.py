@@ -43,6 +43,15 @@ class BestRecord:
     raw: float | None = None
     skipped: tuple[str, ...] = ()
 
+    @classmethod
+    def of(cls, kept: Any, data: manifest.RunRecord, directory: str, monitor: Any,
+           value: float | None = None) -> BestRecord:
+        """The record of the kept file `kept` of the run `data` in `directory`
+        (`value`: the value it is ranked by, when not the recorded one)."""
+        return cls(epoch=kept.epoch, value=kept.value if value is None else value,
+                   path=data.effective_path(directory, kept.path), monitor=monitor, metrics=dict(kept.metrics),
+                   step=kept.step, raw=kept.raw if value is None else None)
+
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
     """The run's best kept record, without loading anything."""
@@ -54,15 +63,7 @@ def read_best(directory: str | os.PathLike) -> BestRecord:
             f"The run in {directory!r} ({manifest.MANIFEST_NAME}) has no saved best yet: "
             f"{why_no_best(record, record.history(directory))}."
         )
-    return BestRecord(
-        epoch=best.epoch,
-        value=best.value,
-        path=record.effective_path(directory, best.path),
-        monitor=record.monitor if record.monitor is not None else "",
-        metrics=dict(best.metrics),
-        step=best.step,
-        raw=best.raw,
-    )
+    return BestRecord.of(best, record, directory, record.monitor if record.monitor is not None else "")
 
 
 def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> list[BestRecord]:
@@ -111,17 +112,7 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
     scores = [(objective.score(r.metrics), r) for r in kept]
     scores = [(Score(s.primary, s.ties, r.feasible), r) for s, r in scores]
     scores.sort(key=lambda sr: (*rank_key(sr[0], modes), sr[1].epoch, sr[1].step or 0))
-    return [
-        BestRecord(
-            epoch=r.epoch,
-            value=s.primary,
-            path=data.effective_path(directory, r.path),
-            monitor=objective.name,
-            metrics=dict(r.metrics),
-            step=r.step,
-        )
-        for s, r in scores
-    ]
+    return [BestRecord.of(r, data, directory, objective.name, value=s.primary) for s, r in scores]
 
 
 def load_best(
