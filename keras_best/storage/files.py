@@ -116,7 +116,7 @@ def load_weights(model: Any, path: str, hint: str = "", model_only: bool = False
     with a damaged file reported as `DamagedFileError` naming it (and `hint`:
     what to do instead). `model_only`: leave the optimizer's variables as
     they are (`h5_layout.load_weights`)."""
-    with _damaged_as_error(path, hint), _readable(path) as local:
+    with reading(path, hint) as local:
         if model_only:
             h5_layout.load_weights(model, local, model_only=True)
         else:
@@ -146,7 +146,7 @@ def check_readable(path: str, hint: str = "") -> None:
         if isinstance(obj, h5py.Dataset):
             obj[()]
 
-    with _damaged_as_error(path, hint), _readable(path) as local:
+    with reading(path, hint) as local:
         if is_set_name(basename(local)):  # a sharded set: every shard its index names
             folder = os.path.dirname(local)
             for shard in sorted(n for n in os.listdir(folder) if is_shard_of(n, basename(local))):
