@@ -47,6 +47,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
     (x, y), (vx, vy) = shard(index)
 
     # 1. Custom loop: stateless_call + jax.value_and_grad, on this process's shard.
+    print("phase 1", flush=True)  # where a hung run stopped
     model = build_model()
     optimizer = keras.optimizers.SGD(0.05)
     optimizer.build(model.trainable_variables)
@@ -80,6 +81,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
 
     # 2. fit() with one model over both processes: Keras's DataParallel, each
     #    process feeding its own shard (hence auto_shard_dataset=False).
+    print("phase 2", flush=True)  # where a hung run stopped
     distribution = keras.distribution.DataParallel(devices=jax.devices())
     distribution.auto_shard_dataset = False
     keras.distribution.set_distribution(distribution)
@@ -99,6 +101,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
     keras.distribution.set_distribution(None)
 
     # 3. The processes disagree on the epoch: every process raises, none hangs.
+    print("phase 3", flush=True)  # where a hung run stopped
     tracker = BestWeightsTracker(model, os.path.join(run_dir, "bad", "b.weights.h5"), verbose=0)
     try:
         tracker.update(index, {"val_loss": 1.0})
@@ -108,6 +111,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
     tracker.finish()
 
     # 4. Both processes built a callback before jax.distributed.initialize(): both raise.
+    print("phase 4", flush=True)  # where a hung run stopped
     early.tracker.bind(model)
     try:
         early.tracker.update(0, {"val_loss": 1.0})
@@ -121,6 +125,7 @@ def main(index: int, port: str, run_dir: str, out_dir: str) -> None:
     out["seconds"] = time.monotonic() - t0
     with open(os.path.join(out_dir, f"process{index}.json"), "w") as f:
         json.dump(out, f)
+    print("done", flush=True)
     jax.distributed.shutdown()
 
 

@@ -47,6 +47,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
     (x, y), (vx, vy) = shard(rank)
 
     # 1. Custom loop under DDP.
+    print("phase 1", flush=True)  # where a hung run stopped
     model = build_model()
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
@@ -75,6 +76,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
     np.savez(os.path.join(out_dir, f"process{rank}.npz"), *model.get_weights())
 
     # 2. fit() on each rank's shard (no gradient sync: the ranks' models differ).
+    print("phase 2", flush=True)  # where a hung run stopped
     model = build_model()
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
     callback = BestCheckpoint(os.path.join(run_dir, "fit", "best.keras"), monitor="val_loss",
@@ -89,6 +91,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
                   "decided": [h["value"] for h in callback.tracker.history]}
 
     # 3. The ranks disagree on the epoch: every rank raises, none hangs.
+    print("phase 3", flush=True)  # where a hung run stopped
     tracker = BestWeightsTracker(model, os.path.join(run_dir, "bad", "b.weights.h5"), verbose=0)
     try:
         tracker.update(rank, {"val_loss": 1.0})
@@ -98,6 +101,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
     tracker.finish()
 
     # 4. Both ranks built a callback before init_process_group: both raise.
+    print("phase 4", flush=True)  # where a hung run stopped
     early.tracker.bind(model)
     try:
         early.tracker.update(0, {"val_loss": 1.0})
@@ -112,6 +116,7 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
     out["seconds"] = time.monotonic() - t0
     with open(os.path.join(out_dir, f"process{rank}.json"), "w") as f:
         json.dump(out, f)
+    print("done", flush=True)
 
 
 if __name__ == "__main__":
