@@ -84,6 +84,22 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API server on 127.0.0.1 (tests/s3server.py), for this pytest process."""
+    from tests import s3server
+
+    server = s3server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3) -> str:
+    """A new, empty bucket of the `s3` server, as an s3:// URL."""
+    return f"s3://{s3.new_bucket()}"
+
+
 def run_json(directory) -> dict:
     """keras_best.json as plain JSON, with the history it covers read from
     keras_best_history.jsonl (as a user's script or another tool would)."""
