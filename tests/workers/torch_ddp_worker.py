@@ -110,13 +110,17 @@ def main(rank: int, port: str, run_dir: str, out_dir: str) -> None:
         out["two_chiefs"] = str(e)
     early.tracker.finish()
 
-    dist.destroy_process_group()
     out["warnings"] = caught
     out["imported"] = sorted(m for m in ("tensorflow", "torch", "jax") if m in sys.modules)
     out["seconds"] = time.monotonic() - t0
     with open(os.path.join(out_dir, f"process{rank}.json"), "w") as f:
         json.dump(out, f)
     print("done", flush=True)
+    # Both ranks reach the teardown together (a rank that destroys its process group while the
+    # other still uses the store can hang it: pytorch/pytorch#75097).
+    dist.barrier()
+    dist.destroy_process_group()
+    print("destroyed", flush=True)
 
 
 if __name__ == "__main__":
