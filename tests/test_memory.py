@@ -280,9 +280,9 @@ def test_streaming_writes_the_files_of_the_host_copy_path_and_takes_no_copy(tmp_
 
 
 # ------------------------------------------------------------- the option
-@pytest.mark.parametrize("value", [-1, 1.5, "1GB", True])
+@pytest.mark.parametrize("value", [-1, 1.5, "1 gig", "-1GB", True])
 def test_max_host_memory_is_validated_at_construction(tmp_path, value):
-    message = r"`max_host_memory` must be an int >= 0 .* Received: max_host_memory="
+    message = r"`max_host_memory` must be a number of bytes >= 0 .* Received: max_host_memory="
     with pytest.raises(ValueError, match=message):
         Options(max_host_memory=value)
     with pytest.raises(ValueError, match=message):
@@ -290,6 +290,8 @@ def test_max_host_memory_is_validated_at_construction(tmp_path, value):
     with pytest.raises(ValueError, match=message):
         BestCheckpoint(str(tmp_path / "b.weights.h5"), max_host_memory=value)
     assert Options(max_host_memory=np.int64(5)).max_host_memory == 5
+    assert [Options(max_host_memory=v).max_host_memory for v in ("2GB", "1.5GiB", "0MB", 0)] == [
+        2 * 10**9, 3 * 2**29, 0, 0]  # sizes as max_disk= takes them
 
 
 def test_the_write_back_check_samples_the_variables_it_compares():

@@ -66,7 +66,7 @@ class Options:
     save_random_state: bool = True
     state: Any = None
     max_shard_size: float | None = None
-    max_host_memory: int | None = None
+    max_host_memory: int | str | None = None
     smooth: Any = None
     loggers: Any = None
     save_on_exception: bool | None = None
@@ -96,8 +96,8 @@ class Options:
         self._set("keep_last", integer("keep_last", self.keep_last, 1, allow_none=False))
         self._set("archive_every", archive_period(self.archive_every))
         self._set("max_disk", byte_size("max_disk", self.max_disk))
-        self._set("max_host_memory", integer("max_host_memory", self.max_host_memory, 0,
-                                             " (bytes; 0 takes no host copy), or None for one save's size"))
+        self._set("max_host_memory", byte_size("max_host_memory", self.max_host_memory, minimum=0,
+                                               hint="; 0 takes no host copy; None holds one save"))
         self._set("save_state_every_batches", integer("save_state_every_batches", self.save_state_every_batches,
                                                       1, " or None"))
         if self.save_state_every is not None:
@@ -246,12 +246,14 @@ _SECONDS = {"s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(s|sec|min|m|h|d)\s*$", re.IGNORECASE)
 
 
-def byte_size(name: str, value: Any) -> int | None:
-    """A size in bytes: an int, or a string with a unit ("500MB", "20GB",
+def byte_size(name: str, value: Any, minimum: int = 1, hint: str = "") -> int | None:
+    """A size in bytes, at least `minimum`: an int, or a string with a unit ("500MB", "20GB",
     "1.5GiB": KB/MB/GB/TB are powers of 1000, KiB/MiB/GiB/TiB of 1024).
 
     >>> byte_size("max_disk", "1.5GiB"), byte_size("max_disk", "20GB"), byte_size("max_disk", 4096)
     (1610612736, 20000000000, 4096)
+    >>> byte_size("max_host_memory", "0GB", minimum=0)
+    0
     >>> byte_size("max_disk", "20 gigs")
     Traceback (most recent call last):
     ...
@@ -264,9 +266,10 @@ def byte_size(name: str, value: Any) -> int | None:
         nbytes = int(value)
     elif isinstance(value, str) and (match := _SIZE.match(value)) and match[2].lower() in _BYTE_UNITS:
         nbytes = int(float(match[1]) * _BYTE_UNITS[match[2].lower()])
-    if nbytes is None or nbytes <= 0:
-        raise ValueError(f'`{name}` must be a number of bytes > 0 (an int, or a string such as "500MB", "20GB" '
-                         f'or "1.5GiB"), or None. Received: {name}={value!r}')
+    if nbytes is None or nbytes < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f'`{name}` must be a number of bytes {bound} (an int, or a string such as "500MB", "20GB" '
+                         f'or "1.5GiB"{hint}), or None. Received: {name}={value!r}')
     return nbytes
 
 

@@ -100,7 +100,7 @@ class BestWeightsTracker:
         async_save: write in a background thread (default): `update()` waits only for host copies;
             a write error is raised by the next `update()` or `finish()`, the previous best intact;
             `False` writes before `update()` returns.
-        max_host_memory: bytes that saves may hold on the host (`None`: one save, weights and
+        max_host_memory: bytes (or "4GB", "1.5GiB") that saves may hold on the host (`None`: one save, weights and
             optimizer; a slow disk makes `update()` wait). `0` (or less than one save) copies
             nothing: files are written in the training thread, one variable at a time, as
             `ModelCheckpoint` does (docs/performance.md: memory against blocked time).
