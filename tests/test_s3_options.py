@@ -188,6 +188,15 @@ def test_options_for_a_local_path_are_refused(tmp_path, capsys):
 
         with pytest.raises(ValueError, match=r"`storage_options` are for remote URLs"):
             StudyBest(str(tmp_path / "study"), storage_options=options)
+    if importlib.util.find_spec("keras_tuner") is not None:
+        import keras_tuner
+
+        from keras_best.integrations.keras_tuner import SearchBest
+
+        tuner = keras_tuner.RandomSearch(lambda hp: make_model(), objective="val_loss", max_trials=1,
+                                         directory=str(tmp_path), project_name="p")
+        with pytest.raises(ValueError, match=r"`storage_options` are for remote URLs"):  # before any trial
+            SearchBest(storage_options=options).wrap(tuner)
 
 
 def test_storage_options_are_checked_and_never_shown():
