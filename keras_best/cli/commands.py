@@ -36,6 +36,7 @@ examples:
   keras-best compare runs/exp1 runs/exp2 --plot compare.png
   keras-best plot runs/exp1 -o curve.png
   keras-best average runs/exp1 -k 3 -o soup.weights.h5 --model arch.keras
+  keras-best inspect s3://bucket/exp1 --storage-option endpoint_url=http://127.0.0.1:9000
 """
 _SIGPIPE_STATUS = 128 + 13  # what a shell reports for a command killed by SIGPIPE (`yes | head`)
 
@@ -120,7 +121,48 @@ def _parser() -> argparse.ArgumentParser:
                          help="a saved model of the run's architecture (needed unless the run saved .keras files)")
     average.add_argument("--by", metavar="METRIC", help="rank the kept files by another recorded metric")
     average.add_argument("--by-mode", metavar="MODE", help="min or max for --by (inferred when left out)")
+    for command in (inspect, compare, plot, average):
+        command.add_argument(
+            "--storage-option", action="append", default=[], metavar="KEY=VALUE",
+            help="an argument of the remote file system (fsspec's storage_options) of the run directories, e.g. "
+            "endpoint_url=http://127.0.0.1:9000 or profile=ml; repeatable; a JSON value (true, 5, {...}) is "
+            "taken as such, anything else as a string")
     return parser
+
+
+def storage_options(pairs: Sequence[str]) -> dict[str, object] | None:
+    """The `--storage-option KEY=VALUE` pairs as fsspec's `storage_options`.
+
+    >>> storage_options(["endpoint_url=http://127.0.0.1:9000", "anon=true", "key=AKIA1"])
+    {'endpoint_url': 'http://127.0.0.1:9000', 'anon': True, 'key': 'AKIA1'}
+    """
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError("--storage-option takes KEY=VALUE, e.g. --storage-option "
+                             f"endpoint_url=http://127.0.0.1:9000. Received: {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    return options or None
+
+
+def _use_storage_options(args: argparse.Namespace) -> None:
+    """Give every run directory of the command its `--storage-option`s, and reach
+    a remote one's store once (a missing bucket or credentials: the fix)."""
+    if not hasattr(args, "storage_option"):
+        return
+    options = storage_options(args.storage_option)
+    from keras_best.core.names import MANIFEST_NAME
+    from keras_best.storage import files
+
+    for directory in getattr(args, "run_dirs", None) or [args.run_dir]:
+        directory = files.fspath(directory)
+        if directory.rstrip("/").endswith("/" + MANIFEST_NAME):  # a path to keras_best.json
+            directory = directory.rstrip("/")[: -len(MANIFEST_NAME) - 1]
+        files.prepare_directory(directory, options, create=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,6 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _use_storage_options(args)
         if args.command == "demo":
             from keras_best.cli import demo
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import difflib
+import inspect
 import math
 import numbers
 import re
@@ -71,6 +72,7 @@ class Options:
     loggers: Any = None
     save_on_exception: bool | None = None
     max_disk: Any = None
+    storage_options: Any = dataclasses.field(default=None, repr=False)  # may hold credentials: never shown
 
     def __post_init__(self) -> None:
         for name in _FLAGS:
@@ -107,6 +109,7 @@ class Options:
                                  f"Received: save_state_every={self.save_state_every!r}")
             self._set("save_state_every", seconds)
         self._set("state", state_objects(self.state))
+        self._set("storage_options", storage_options(self.storage_options))
         self._set("loggers", run_loggers(self.loggers))
         if self.save_on_exception is None:  # by default, whenever a training state is kept
             self._set("save_on_exception", self.keeps_state)
@@ -194,6 +197,15 @@ class Options:
                 raise TypeError(f"{owner} got an unexpected argument {key!r}.{hint} Valid options: {', '.join(names)}")
 
 
+def signature(*leading: str) -> inspect.Signature:
+    """A front end's signature: the parameters `leading`, then every option
+    (`monitor` positional, the others keyword-only), so that `help()` shows them."""
+    positional, keyword = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
+    return inspect.Signature([inspect.Parameter(name, positional) for name in leading] + [
+        inspect.Parameter(f.name, positional if f.name == "monitor" else keyword, default=f.default)
+        for f in dataclasses.fields(Options)])
+
+
 def state_objects(value: Any) -> dict[str, Any] | None:
     """The `state=` option: a mapping of names to the objects saved in the
     training state (what each may be is checked by `keras_best.training_state.objects`);
@@ -217,6 +229,32 @@ def state_objects(value: Any) -> dict[str, Any] | None:
                              f"(not starting with '.'). Received: {name!r}")
         if obj is None:
             raise ValueError(f"`state[{name!r}]` is None: pass the object to save, or leave the name out.")
+    return dict(value) or None
+
+
+def storage_options(value: Any) -> dict[str, Any] | None:
+    """`storage_options=`: fsspec's, a dict of keyword arguments for the remote
+    file system's constructor (`endpoint_url`, `key`, `secret`, `profile`,
+    `token`...); an empty one is None. Which names the file system takes is
+    its own affair (s3fs, gcsfs...): they are checked when it is built.
+
+    >>> storage_options({"profile": "ml"})
+    {'profile': 'ml'}
+    >>> storage_options("ml")
+    Traceback (most recent call last):
+    ...
+    ValueError: `storage_options` must be a dict of the remote file system's arguments (fsspec's storage_options), e.g. storage_options={"endpoint_url": "http://127.0.0.1:9000", "profile": "ml"}, or None. Received: a str
+    """
+    if value is None:
+        return None
+    bad = [k for k in value if not isinstance(k, str) or not k] if isinstance(value, Mapping) else []
+    if bad:
+        raise ValueError(f"`storage_options` names the file system's arguments: its keys must be non-empty strings. "
+                         f"Received the key {bad[0]!r}")
+    if not isinstance(value, Mapping):  # the values are not shown: they may be credentials
+        raise ValueError("`storage_options` must be a dict of the remote file system's arguments (fsspec's "
+                         'storage_options), e.g. storage_options={"endpoint_url": "http://127.0.0.1:9000", '
+                         f'"profile": "ml"}}, or None. Received: a {type(value).__name__}')
     return dict(value) or None
 
 

@@ -8,6 +8,7 @@ import math
 import os
 from typing import Any, Mapping
 
+from keras_best.core import options
 from keras_best.core.objective import Objective, Score, describe_require, rank_key
 from keras_best.engines import engine_for
 from keras_best.engines.partial import mismatch_error
@@ -117,7 +118,7 @@ def rank_kept(directory: str | os.PathLike, by: Any, by_mode: Any = None) -> lis
 
 def load_best(
     model: Any, directory: str | os.PathLike, *, by: Any = None, by_mode: Any = None,
-    skip_mismatch: bool = False, only: Any = None,
+    skip_mismatch: bool = False, only: Any = None, storage_options: Mapping[str, Any] | None = None,
 ) -> BestRecord:
     """Load the best weights recorded in `directory` into `model`.
 
@@ -145,6 +146,10 @@ def load_best(
     rec = load_best(new_model, "runs/exp1", only=["backbone"])
     ```
 
+    `storage_options=`: for a remote `directory` (`s3://`, `gs://`...), fsspec's arguments of its
+    file system (endpoint, credentials: docs/remote-storage.md); a missing bucket or missing
+    credentials are a `ValueError` saying what to fix.
+
     Raises `FileNotFoundError` (naming `keras_best.json`) when `directory`
     holds no run, and `ValueError` when `model` has another architecture (naming
     the first variables that differ and their shapes); nothing is loaded then.
@@ -152,6 +157,7 @@ def load_best(
     if not isinstance(skip_mismatch, bool):
         raise ValueError(f"`skip_mismatch` must be True or False. Received: skip_mismatch={skip_mismatch!r}")
     directory = files.fspath(directory)
+    files.prepare_directory(directory, options.storage_options(storage_options), create=False)
     data = manifest.read(directory)
 
     def choose() -> BestRecord:

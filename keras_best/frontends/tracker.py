@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from keras_best.core import retention
 from keras_best.core.monitor import Decision, StopReason
 from keras_best.core.objective import MonitorSpec, Objective
-from keras_best.core.options import Options, integer
+from keras_best.core.options import Options, integer, signature
 from keras_best.core.paths import RunPath
 from keras_best.core.retention import Record
 from keras_best.frontends import checks, report
@@ -111,6 +110,8 @@ class BestWeightsTracker:
             `for epoch in tracker.epochs(n)`), write the training state as of the last batch
             done and say so on stderr; the best is untouched (default: when a training state
             is kept; `keras_best.runner.interrupted`).
+        storage_options: for a remote `filepath` (`s3://`, `gs://`...), fsspec's arguments of its file system
+            (`{"endpoint_url": ..., "key": ..., "secret": ...}`, `{"profile": ...}`: docs/remote-storage.md).
 
     Example:
 
@@ -392,8 +393,4 @@ class BestWeightsTracker:
 
 
 UNBOUND = object()  # a tracker whose model comes later, with `bind()` (BestCheckpoint)
-_POSITIONAL, _KEYWORD = inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY
-BestWeightsTracker.__init__.__signature__ = inspect.Signature(  # help() shows every option
-    [inspect.Parameter(name, _POSITIONAL) for name in ("self", "model", "filepath")] + [
-        inspect.Parameter(f.name, _POSITIONAL if f.name == "monitor" else _KEYWORD, default=f.default)
-        for f in dataclasses.fields(Options)])
+BestWeightsTracker.__init__.__signature__ = signature("self", "model", "filepath")  # help() shows every option

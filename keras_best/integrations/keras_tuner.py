@@ -85,7 +85,8 @@ class SearchBest:
         **checkpoint_options: `BestCheckpoint`'s options for every trial
             (`patience`, `min_delta`, `monitor`, `mode`, ...). `monitor`
             defaults to the tuner's objective, `mode` to its direction; a
-            monitor that contradicts the direction is an error.
+            monitor that contradicts the direction is an error. `storage_options` (fsspec's
+            arguments of a remote project directory's file system) apply to every trial.
 
     Example:
 
@@ -144,7 +145,8 @@ class SearchBest:
         )
         self._options = {**self.checkpoint_options, "monitor": monitor, "mode": mode}
         self._search = search.SearchDirectory(
-            tuner.project_dir, self.keep_top_k, self.lock_timeout, owner="SearchBest"
+            tuner.project_dir, self.keep_top_k, self.lock_timeout, owner="SearchBest",
+            storage_options=self.checkpoint_options.get("storage_options"),
         )
         self.tuner = tuner
         tuner._keras_best = self

@@ -112,13 +112,17 @@ class StudyBest:
             process of the study. One directory per study.
         keep_top_k: how many of the study's best trials keep their files.
         lock_timeout: seconds to wait for another process's cleanup.
+        storage_options: for a remote `directory`, fsspec's arguments of its file system
+            (endpoint, credentials: docs/remote-storage.md), used by every trial's tracker.
 
     Multi-objective studies are refused (`ValueError`): Optuna cannot prune
     them nor name one best trial.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep_top_k: int = 1, lock_timeout: float = 300.0) -> None:
-        self._search = search.SearchDirectory(directory, keep_top_k, lock_timeout, owner="StudyBest")
+    def __init__(self, directory: str | os.PathLike, keep_top_k: int = 1, lock_timeout: float = 300.0,
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        self._search = search.SearchDirectory(directory, keep_top_k, lock_timeout, owner="StudyBest",
+                                              storage_options=storage_options)
         self.directory = self._search.directory
         self.keep_top_k = keep_top_k
         self.lock_timeout = lock_timeout

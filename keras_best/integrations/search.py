@@ -32,7 +32,7 @@ from typing import Any, Callable, Hashable, Iterable, Mapping
 
 from filelock import FileLock, Timeout
 
-from keras_best.core import names
+from keras_best.core import names, options
 from keras_best.core.objective import check_mode, infer_mode
 from keras_best.frontends import loading
 from keras_best.storage import files, manifest
@@ -70,13 +70,15 @@ class SearchDirectory:
         keep_top_k: how many of the search's best trials keep their files.
         lock_timeout: seconds to wait for another process's sweep.
         owner: the front end's name, for error messages.
+        storage_options: fsspec's arguments of a remote directory's file system.
     """
 
     def __init__(self, directory: str | os.PathLike, keep_top_k: int = 1, lock_timeout: float = 300.0,
-                 owner: str = "SearchDirectory") -> None:
+                 owner: str = "SearchDirectory", storage_options: Mapping[str, Any] | None = None) -> None:
         directory = files.fspath(directory)
         if not isinstance(directory, str) or not directory:
             raise ValueError(f"`directory` must be a non-empty path. Received: directory={directory!r}")
+        files.configure(directory, options.storage_options(storage_options))  # its trials' directories too
         if files.is_remote(directory):
             raise ValueError(
                 f"{owner} needs a local or network-mounted directory (it locks it while "

@@ -82,10 +82,9 @@ class Run:
                                  self.engine.load if self.engine.format == ORBAX else None)
         self.disk = DiskUsage(options.max_disk, self.directory, self.writer)
         self.lock = None
-        if self.chief:
-            prepare_directory(self.directory)
-            if not files.is_remote(self.directory):
-                self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
+        prepare_directory(self.directory, options.storage_options, create=self.chief)  # errors before training
+        if self.chief and not files.is_remote(self.directory):
+            self.lock = DirectoryLock(self.directory, on_takeover=self._taken_over)
 
     # -------------------------------------------------------------- start
     def open(self, model: Any, optimizer: Any, epochs: int | None = None, front_parts: Sequence[Any] = ()) -> None:

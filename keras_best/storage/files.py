@@ -39,7 +39,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     tmp_path,
 )
 from keras_best.keras_adapter import h5_layout
-from keras_best.storage.fs import filesystem, fsync_dir, fsync_path  # noqa: F401 - used as files.X
+from keras_best.storage.fs import configure, filesystem, fsync_dir, fsync_path, reach  # noqa: F401 - used as files.X
 from keras_best.storage.h5file import (  # noqa: F401 - used as files.X
     WRITEBACK_BYTES,
     ErrorProofFile,
@@ -280,8 +280,17 @@ def remove(path: str, missing_ok: bool = False) -> None:
     filesystem(path).remove(path, missing_ok)
 
 
-def prepare_directory(directory: str) -> None:
-    """Create the run directory and check that it is writable, or raise `ValueError`."""
+def prepare_directory(directory: str, storage_options: Any = None, create: bool = True) -> None:
+    """Use `storage_options` for the run directory (`fs.configure`), reach its
+    store once (a remote one: `fs.reach`, the bucket checked, never created),
+    and unless `create=False` create it and check that it is writable; or
+    raise `ValueError` saying what to fix."""
+    configure(directory, storage_options)
+    if is_remote(directory) or not create:
+        try:
+            return reach(directory, create)
+        except OSError as e:  # tf.io.gfile's (fsspec's come as ValueError, with the fix)
+            raise ValueError(f"Cannot reach the run directory {directory!r}: {e.strerror or e}.") from e
     try:
         makedirs(directory)
     except OSError as e:

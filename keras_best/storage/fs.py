@@ -13,7 +13,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 from keras_best.core.names import COMPLETE_MARKER, basename, is_remote, tmp_path
 from keras_best.storage import remote
@@ -132,7 +132,7 @@ class RemoteFiles(FileSystem):
     Files are written locally and uploaded; directories are copied (see `replace`)."""
 
     def __init__(self, path: str) -> None:
-        self.fs = remote.filesystem(path)
+        self.fs = remote.filesystem(path, storage_options(path))
 
     def exists(self, path: str) -> bool:
         with self.fs.errors(path):
@@ -237,11 +237,46 @@ class RemoteFiles(FileSystem):
 
 
 _LOCAL = LocalFS()
+_OPTIONS: dict[str, dict[str, Any]] = {}  # URL prefix -> fsspec storage_options (see `configure`)
 
 
 def filesystem(path: str) -> FileSystem:
-    """The file system of `path`: local, or the remote one its scheme names."""
+    """The file system of `path`: local, or the remote one its scheme names
+    (with the options `configure` gave for it)."""
     return RemoteFiles(path) if is_remote(path) else _LOCAL
+
+
+def configure(url: str, options: Mapping[str, Any] | None) -> None:
+    """Use `options` (fsspec's `storage_options`: `endpoint_url`, `key`,
+    `secret`, `profile`, `token`...) for the remote `url` and every path under
+    it, in this process, until configured again. The one place a URL gets its
+    options: each file operation asks `storage_options(path)`. `None` changes
+    nothing; options for a local path are a `ValueError`.
+
+    >>> configure("memory://doctest/run", {"skip_instance_cache": False})
+    >>> storage_options("memory://doctest/run/best.weights.h5"), storage_options("memory://doctest/run2")
+    ({'skip_instance_cache': False}, {})
+    """
+    if options is None:
+        return
+    if not is_remote(url):
+        raise ValueError("`storage_options` are for remote URLs (s3://, gs://, az://...): a local path needs "
+                         f"none. Remove them, or give a remote URL. Received: {url!r}")
+    _OPTIONS[url.rstrip("/")] = dict(options)
+
+
+def storage_options(path: str) -> dict[str, Any]:
+    """The options of the longest configured prefix of `path` (`{}` if none)."""
+    path = path.rstrip("/")
+    prefixes = [p for p in _OPTIONS if path == p or path.startswith(p + "/")]
+    return dict(_OPTIONS[max(prefixes, key=len)]) if prefixes else {}
+
+
+def reach(directory: str, create: bool = True) -> None:
+    """Reach a remote run directory's store once (`remote.FsspecFS.reach`):
+    a `ValueError` saying what to fix when it cannot be used."""
+    if is_remote(directory):
+        RemoteFiles(directory).fs.reach(directory, create)
 
 
 def _under(top: str, rel: str, name: str = "") -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
 
@@ -32,11 +32,29 @@ class FsspecFS:
 
     name = "fsspec"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         import fsspec
 
-        self.fs, _ = fsspec.core.url_to_fs(url)
+        try:  # fsspec keeps one instance per (class, options): built once, reused
+            self.fs, _ = fsspec.core.url_to_fs(url, **(options or {}))
+        except TypeError as e:  # an argument the file system does not take
+            raise ValueError(f"`storage_options` has an argument the file system of {url} does not take: {e}. "
+                             "The names are the file system's own (s3fs.S3FileSystem, gcsfs.GCSFileSystem...).") from e
         self.exists, self.isdir = self.fs.exists, self.fs.isdir  # as they are
+
+    def reach(self, path: str, create: bool = True) -> None:
+        """Reach the store of the directory `path` once, before training: the
+        bucket of an object store (one request: it exists, the credentials
+        work; never created), or else the directory, created (`create`). A
+        `ValueError` says what to fix."""
+        scheme, rest = path.split("://", 1)
+        try:
+            if scheme in BUCKET_STORES:
+                self.fs.info(rest.split("/", 1)[0])
+            elif create:
+                self.fs.makedirs(path, exist_ok=True)
+        except Exception as e:  # noqa: BLE001 - each store raises its own
+            raise ValueError(unreachable(path, e)) from e
 
     @contextlib.contextmanager
     def errors(self, path: str) -> Iterator[None]:
@@ -53,6 +71,8 @@ class FsspecFS:
             message = f"{e.strerror or e} ({path})"
             raise (OSError(e.errno, message) if e.errno else OSError(message)) from e
         except Exception as e:  # noqa: BLE001 - gcsfs, s3fs... raise their own HTTP errors
+            if "Credential" in type(e).__name__:  # botocore's NoCredentialsError...: say where they go
+                raise PermissionError(unreachable(path, e)) from e
             raise OSError(f"{type(e).__name__}: {e} ({path})") from e
 
     def makedirs(self, path: str) -> None:
@@ -106,10 +126,11 @@ class GfileFS:
 
     name = "tf.io.gfile"
 
-    def __init__(self) -> None:
+    def __init__(self, missing: str | None = None) -> None:
         import tensorflow as tf
 
         self.gfile, self.tf_errors = tf.io.gfile, tf.errors
+        self.missing = missing  # what fsspec would need for the scheme, when it knows it
         self.exists, self.isdir, self.makedirs = tf.io.gfile.exists, tf.io.gfile.isdir, tf.io.gfile.makedirs
 
     @contextlib.contextmanager
@@ -119,6 +140,9 @@ class GfileFS:
             yield
         except tf_errors.UnimplementedError as e:
             scheme = str(path).split("://", 1)[0]
+            if self.missing:
+                raise ValueError(f"fsspec knows {scheme}:// paths but cannot reach them here: {self.missing} "
+                                 f"(TensorFlow cannot either: {e.message}). Received: {path}") from None
             raise ValueError(
                 f"No file system for '{scheme}://' paths: fsspec does not know the scheme and TensorFlow "
                 f"cannot reach it ({e.message}). {_HOW_TO_REACH} Received: {path}"
@@ -191,6 +215,12 @@ class GfileFS:
     def size(self, path: str) -> int:
         return int(self.gfile.stat(path).length)
 
+    def reach(self, path: str, create: bool = True) -> None:
+        """See `FsspecFS.reach` (here: the directory is created, or nothing)."""
+        if create:
+            with self.errors(path):
+                self.makedirs(path)
+
 
 _HOW_TO_REACH = (
     "Install fsspec (pip install 'keras-best[remote]') and the package for the scheme: gcsfs for gs://, "
@@ -203,10 +233,11 @@ def _tensorflow_installed() -> bool:
     return importlib.util.find_spec("tensorflow") is not None
 
 
-def filesystem(path: str) -> FsspecFS | GfileFS:
+def filesystem(path: str, options: Mapping[str, Any] | None = None) -> FsspecFS | GfileFS:
     """The file system for the remote `path`: fsspec's when it knows the
-    scheme and its package is installed, else TensorFlow's, else a
-    `ValueError` that says what to install."""
+    scheme and its package is installed (built with `options`, fsspec's
+    `storage_options`), else TensorFlow's, else a `ValueError` that says what
+    to install."""
     scheme = path.split("://", 1)[0]
     missing = None
     has_fsspec = importlib.util.find_spec("fsspec") is not None
@@ -224,11 +255,52 @@ def filesystem(path: str) -> FsspecFS | GfileFS:
         except ValueError:  # "Protocol not known"
             pass
         else:
-            return FsspecFS(path)
+            return FsspecFS(path, options)
+    if options:
+        why = missing or (f"fsspec does not know {scheme}:// paths. " if has_fsspec else "fsspec is not installed. "
+                          ) + _HOW_TO_REACH
+        raise ValueError(f"`storage_options` are the arguments of fsspec's file system for {scheme}:// paths, "
+                         f"and there is none here: {why.rstrip('.')}. Received: {path}")
     if _tensorflow_installed():
-        return GfileFS()
+        return GfileFS(missing)
     if missing:
         raise ValueError(f"fsspec knows {scheme}:// paths but cannot reach them here: {missing}. "
                          f"Received: {path}")
     why = ": fsspec does not know the scheme, and TensorFlow is not installed" if has_fsspec else " is installed"
     raise ValueError(f"No file system for '{scheme}://' paths{why}. {_HOW_TO_REACH} Received: {path}")
+
+
+BUCKET_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")  # scheme://bucket/key...: no directories
+_CREDENTIALS = {
+    "s3": "Pass storage_options={'key': ..., 'secret': ...} or {'profile': ...} (and 'endpoint_url' for an "
+          "S3-compatible server), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE; "
+          "AWS_ENDPOINT_URL for the endpoint).",
+    "gs": "Pass storage_options={'token': '/path/to/key.json'} (or {'token': 'anon'} for a public bucket), or "
+          "set GOOGLE_APPLICATION_CREDENTIALS to a service account's key file (or run "
+          "`gcloud auth application-default login`).",
+    "az": "Pass storage_options={'account_name': ..., 'account_key': ...} (or 'connection_string'), or set "
+          "AZURE_STORAGE_CONNECTION_STRING.",
+}
+_CREDENTIALS.update(s3a=_CREDENTIALS["s3"], gcs=_CREDENTIALS["gs"], abfs=_CREDENTIALS["az"],
+                    abfss=_CREDENTIALS["az"])
+
+
+def unreachable(path: str, error: BaseException) -> str:
+    """What went wrong when `reach(path)` failed, and the fix.
+
+    >>> print(unreachable("s3://nope/run", FileNotFoundError("nope")))
+    The bucket 'nope' of s3://nope/run does not exist (FileNotFoundError: nope). Create it first, or correct the name in the path.
+    """
+    scheme, rest = path.split("://", 1)
+    what = f"{type(error).__name__}: {error}"
+    credentials = _CREDENTIALS.get(scheme, "Pass the file system's credentials in `storage_options=`.")
+    if isinstance(error, FileNotFoundError) and scheme in BUCKET_STORES:
+        return (f"The bucket {rest.split('/', 1)[0]!r} of {path} does not exist ({what}). Create it first, or "
+                "correct the name in the path.")
+    if "Credential" in type(error).__name__:  # botocore's NoCredentialsError, google.auth's DefaultCredentialsError...
+        return f"No credentials for {path} ({what}). {credentials}"
+    if isinstance(error, PermissionError):
+        return f"Access to {path} was refused ({what}). Check the credentials and the bucket's access rights. {credentials}"
+    endpoint = (" (storage_options={'endpoint_url': ...} or AWS_ENDPOINT_URL for an S3-compatible server)"
+                if scheme in ("s3", "s3a") else "")
+    return f"Cannot reach {path} ({what}). Check the address of the store{endpoint} and the network. {credentials}"
