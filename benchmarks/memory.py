@@ -18,8 +18,11 @@ BestCheckpoint(.weights.h5); `kb_keras` BestCheckpoint(.keras); `kb_resume`
 BestCheckpoint(.weights.h5, resume=True, restore_best_weights=True) with SGD
 momentum; `kb_stream` BestCheckpoint(.weights.h5, max_host_memory=0);
 `kb_resume_stream` kb_resume with max_host_memory=0; `kb_resume_3x` kb_resume
-with room for three saves (max_host_memory=3 * (weights + momentum)). The `mc_bar`, `kb_resume*`
-configurations (and their baseline) train with SGD momentum, the others with plain SGD.
+with room for three saves (max_host_memory=3 * (weights + momentum)). JAX only (Orbax needs JAX):
+`oc` Keras's OrbaxCheckpoint(save_best_only=True, save_weights_only=True), `oc_full` the same with the
+optimizer (save_weights_only=False, SGD momentum: compare with kb_resume), `kb_orbax`
+BestCheckpoint(save_format="orbax"). The `mc_bar`, `kb_resume*`, `oc_full` configurations (and their
+baseline) train with SGD momentum, the others with plain SGD.
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ import tempfile
 import time
 
 CONFIGS = ["mc", "mc_bar", "mc_keras", "kb_weights", "kb_keras", "kb_resume", "kb_resume_3x", "kb_stream",
-           "kb_resume_stream"]
-MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_3x", "kb_resume_stream", "base_momentum"}
+           "kb_resume_stream", "oc", "oc_full", "kb_orbax"]
+MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_3x", "kb_resume_stream", "oc_full", "base_momentum"}
+ORBAX = {"oc", "oc_full", "kb_orbax"}
 WIDTH = 4096
 
 
@@ -87,6 +91,9 @@ def _child(config: str, size_gb: float, epochs: int, directory: str) -> dict:
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(directory, "backup")))
     if config == "mc_keras":
         callbacks.append(keras.callbacks.ModelCheckpoint(os.path.join(directory, "best.keras"), save_best_only=True))
+    if config in ("oc", "oc_full"):
+        callbacks.append(keras.callbacks.OrbaxCheckpoint(os.path.join(directory, "orbax"), save_best_only=True,
+                                                         save_weights_only=config == "oc"))
     if config.startswith("kb_"):
         from keras_best import BestCheckpoint
 
@@ -97,8 +104,11 @@ def _child(config: str, size_gb: float, epochs: int, directory: str) -> dict:
             options["max_host_memory"] = 3 * 2 * model_bytes
         if config.endswith("stream"):
             options["max_host_memory"] = 0
-        suffix = ".keras" if config == "kb_keras" else ".weights.h5"
-        callbacks.append(BestCheckpoint(os.path.join(path, "best" + suffix), **options))
+        if config == "kb_orbax":
+            callbacks.append(BestCheckpoint(path, save_format="orbax", **options))
+        else:
+            suffix = ".keras" if config == "kb_keras" else ".weights.h5"
+            callbacks.append(BestCheckpoint(os.path.join(path, "best" + suffix), **options))
     model.fit(x, x, epochs=epochs, batch_size=1, verbose=0, callbacks=[EndStart(), Start(), *callbacks, Stop()])
     saves = times[1:] if len(times) > 1 else times  # the first epoch also builds what saving needs
     return {"config": config, "peak": _peak_rss(), "model_bytes": model_bytes,
@@ -133,6 +143,8 @@ def main() -> None:
     print(f"backend {keras.backend.backend()}, {args.size_gb} GB model, {args.epochs} epochs, each a new best")
     print(f"{'configuration':<18} {'extra (model sizes)':>20} {'blocked per save':>17} {'end':>8}")
     for config in args.configs:
+        if config in ORBAX and keras.backend.backend() != "jax":
+            continue  # Orbax saves need the JAX backend
         r = _run(config, args)
         extra = (r["peak"] - base["base_momentum" if config in MOMENTUM else "base_plain"]) / r["model_bytes"]
         print(f"{config:<18} {extra:>19.2f}x {r['blocked_s']:>16.2f}s {r['end_s']:>7.2f}s", flush=True)
