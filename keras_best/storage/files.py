@@ -249,7 +249,12 @@ def write_new_file(path: str, data: bytes | memoryview) -> None:
 
 def write_bytes_atomic(path: str, data: bytes, sync_dir: bool = True) -> None:
     """Write `data` to `path` atomically: temp file, fsync, rename (and fsync
-    the directory, unless `sync_dir=False`: see `replace`)."""
+    the directory, unless `sync_dir=False`: see `replace`). On an object store,
+    one PUT: it replaces the object whole or not at all."""
+    fs = filesystem(path)
+    if fs.object_store:
+        fs.put(path, data)
+        return
     tmp = tmp_path(path)
 
     def _write(local: str) -> None:

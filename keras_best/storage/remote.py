@@ -25,12 +25,21 @@ import importlib.util
 from typing import Iterator
 
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
+# Object stores: a PUT replaces an object whole or not at all (readers see the
+# old object or the new one), and a rename is a copy then a delete.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 class FsspecFS:
     """A file system of fsspec (`fsspec.core.url_to_fs`)."""
 
     name = "fsspec"
+
+    @property
+    def object_store(self) -> bool:
+        """Whether this is an object store (`OBJECT_STORES`): `write` is then atomic."""
+        protocol = self.fs.protocol
+        return bool(OBJECT_STORES.intersection((protocol,) if isinstance(protocol, str) else protocol))
 
     def __init__(self, url: str) -> None:
         import fsspec
@@ -84,6 +93,10 @@ class FsspecFS:
         self.fs.cp_file(src, dst)
 
     def rename(self, src: str, dst: str) -> None:
+        if self.object_store:  # two known keys: a copy (FileNotFoundError when `src` is none) and a delete
+            self.fs.cp_file(src, dst)
+            self.fs.rm_file(src)
+            return
         if not self.fs.isfile(src):
             raise FileNotFoundError(src)
         self.fs.mv(src, dst)
@@ -105,6 +118,7 @@ class GfileFS:
     """TensorFlow's `tf.io.gfile`."""
 
     name = "tf.io.gfile"
+    object_store = False  # not known: written as any file system
 
     def __init__(self) -> None:
         import tensorflow as tf
