@@ -28,6 +28,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     TMP_PREFIX,
     basename,
     fspath,
+    history_part_name,
     is_remote,
     is_set_name,
     is_shard_of,
@@ -283,6 +284,11 @@ def replace(src: str, dst: str, sync_dir: bool = True) -> None:
 def remove(path: str, missing_ok: bool = False) -> None:
     """Delete a file or a directory tree."""
     filesystem(path).remove(path, missing_ok)
+
+
+def remove_file(path: str) -> None:
+    """Delete `path`, known to be a file or nothing (on an object store: one request)."""
+    filesystem(path).remove_file(path)
 
 
 def prepare_directory(directory: str) -> None:

@@ -59,6 +59,10 @@ class FileSystem:
         """Delete a file or a directory tree."""
         raise NotImplementedError
 
+    def remove_file(self, path: str) -> None:
+        """Delete `path`, known to be a file or nothing (nothing there is no error)."""
+        self.remove(path, missing_ok=True)
+
     def probe_writable(self, directory: str) -> None:
         """Raise `OSError` when files cannot be created in `directory` (a remote
         one is not probed: its first write tells)."""
@@ -241,6 +245,16 @@ class RemoteFiles(FileSystem):
                         fs.copy(_under(src, rel, n), _under(dst, rel, n))
             fs.remove(marker)
         fs.rmtree(src)
+
+    def remove_file(self, path: str) -> None:
+        if not self.fs.object_store:
+            self.remove(path, missing_ok=True)
+            return
+        with self.fs.errors(path):
+            try:
+                self.fs.remove(path)  # one DELETE of a known key, no lookup first
+            except FileNotFoundError:
+                pass
 
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs
