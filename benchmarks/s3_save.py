@@ -10,7 +10,7 @@ Starts moto's S3 server (a real S3 API server) on 127.0.0.1 and saves a
               name, journaled record, copy to the final name. The time of one
               `update()` with `async_save=False` (the whole durable save).
 - resume      the same with `resume=True`: the weights and the training state
-              (model + Adam's slots, ~3x the bytes) at every update.
+              (the model and SGD's step count, ~1x the bytes) at every update.
 
 and the requests one update sends to the server (counted by the server):
 a save, a save with `resume=True`, and an update that saves nothing (history
@@ -85,7 +85,7 @@ def build(mb: int):
 
     width = int((mb * 2**20 / 4 / 2) ** 0.5)  # two square Dense layers
     model = keras.Sequential([keras.Input((width,)), keras.layers.Dense(width), keras.layers.Dense(width)])
-    model.compile(optimizer="adam", loss="mse")
+    model.compile(optimizer="sgd", loss="mse")  # no slots: the weights file is the model's size
     model.optimizer.build(model.trainable_variables)
     return model
 
