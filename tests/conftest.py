@@ -102,7 +102,7 @@ def s3_bucket(s3) -> str:
 
 def run_json(directory) -> dict:
     """keras_best.json as plain JSON, with the history it covers read from
-    keras_best_history.jsonl (as a user's script or another tool would)."""
+    keras_best_history.jsonl and its parts (as a user's script or another tool would)."""
     import json
 
     from keras_best.storage import files, manifest
@@ -110,6 +110,9 @@ def run_json(directory) -> dict:
     d = str(directory)
     data = json.loads(files.read_bytes(manifest.manifest_path(d)))
     history_path = files.join(d, manifest.HISTORY_NAME)
-    raw = files.read_bytes(history_path)[: data.get("history_bytes", 0)] if files.exists(history_path) else b""
+    parts = data.get("history_parts", [])  # on object stores: the history's parts after the file, in order
+    kept = data.get("history_bytes", 0) - sum(parts)
+    raw = files.read_bytes(history_path)[:kept] if files.exists(history_path) else b""
+    raw += b"".join(files.read_bytes(files.join(d, files.history_part_name(i + 1)))[:n] for i, n in enumerate(parts))
     data.setdefault("history", [json.loads(line) for line in raw.splitlines()])
     return data

@@ -25,6 +25,7 @@ LOCK_NAME = ".keras_best.lock"
 LAST_NAME = "keras_best_last.h5"
 RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
 STATE_PREFIX = "keras_best_state-"  # training states kept by keep_last > 1
+HISTORY_PART_PREFIX = "keras_best_history-"  # on object stores: the history's parts after the file
 STUDY_FILE = "keras_best_study.json"  # what a search's shared directory holds (Optuna, KerasTuner)
 
 
@@ -125,6 +126,16 @@ def is_tmp_name(name: str) -> bool:
     return bool(_TMP_RE.match(name))
 
 
+def history_part_name(i: int) -> str:
+    """The name of part `i` (1-based) of the history on an object store: the
+    entries of one commit, appended after `keras_best_history.jsonl`.
+
+    >>> history_part_name(3)
+    'keras_best_history-00003.jsonl'
+    """
+    return f"{HISTORY_PART_PREFIX}{i:05d}.jsonl"
+
+
 def is_leftover(name: str) -> bool:
     """A temp name a crash may leave: ours (`tmp_path`) or Orbax's."""
     return is_tmp_name(name) or ORBAX_TMP_MARK in name
@@ -152,6 +163,8 @@ def name_problem(name: object, reserved: tuple[str, ...] = RESERVED_NAMES, state
         return "it is a temp file name"
     if name in reserved:
         return f"it is the name of {name}"
+    if name.startswith(HISTORY_PART_PREFIX):
+        return f"it starts with {HISTORY_PART_PREFIX!r}, the names of the history's parts"
     if name.startswith(STATE_PREFIX) and not state:
         return f"it starts with {STATE_PREFIX!r}, the names of the kept training states"
     return None

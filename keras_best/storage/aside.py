@@ -32,7 +32,7 @@ def move_aside(directory: str, record: RunRecord) -> str:
     target = free_name(directory)
     files.makedirs(files.join(directory, target))
     names = [m for name in sorted(record.named_files()) for m in files.members(directory, name)]
-    for name in dict.fromkeys(names + [files.HISTORY_NAME, files.MANIFEST_NAME]):  # the record last
+    for name in dict.fromkeys(names + record.history_files() + [files.MANIFEST_NAME]):  # the record last
         source = files.join(directory, name)
         if not files.exists(source):
             continue  # a file the record names that a crash or a user removed

@@ -28,6 +28,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     TMP_PREFIX,
     basename,
     fspath,
+    history_part_name,
     is_remote,
     is_set_name,
     is_shard_of,
@@ -249,7 +250,12 @@ def write_new_file(path: str, data: bytes | memoryview) -> None:
 
 def write_bytes_atomic(path: str, data: bytes, sync_dir: bool = True) -> None:
     """Write `data` to `path` atomically: temp file, fsync, rename (and fsync
-    the directory, unless `sync_dir=False`: see `replace`)."""
+    the directory, unless `sync_dir=False`: see `replace`). On an object store,
+    one PUT: it replaces the object whole or not at all."""
+    fs = filesystem(path)
+    if fs.object_store:
+        fs.put(path, data)
+        return
     tmp = tmp_path(path)
 
     def _write(local: str) -> None:
@@ -278,6 +284,11 @@ def replace(src: str, dst: str, sync_dir: bool = True) -> None:
 def remove(path: str, missing_ok: bool = False) -> None:
     """Delete a file or a directory tree."""
     filesystem(path).remove(path, missing_ok)
+
+
+def remove_file(path: str) -> None:
+    """Delete `path`, known to be a file or nothing (on an object store: one request)."""
+    filesystem(path).remove_file(path)
 
 
 def prepare_directory(directory: str, storage_options: Any = None, create: bool = True) -> None:

@@ -22,6 +22,8 @@ from keras_best.storage import remote
 class FileSystem:
     """What the run directory needs of a file system. Paths are full paths or URLs."""
 
+    object_store = False  # a PUT replaces an object whole; no positional writes, no cheap rename
+
     def exists(self, path: str) -> bool:
         raise NotImplementedError
 
@@ -56,6 +58,10 @@ class FileSystem:
     def remove(self, path: str, missing_ok: bool = False) -> None:
         """Delete a file or a directory tree."""
         raise NotImplementedError
+
+    def remove_file(self, path: str) -> None:
+        """Delete `path`, known to be a file or nothing (nothing there is no error)."""
+        self.remove(path, missing_ok=True)
 
     def probe_writable(self, directory: str) -> None:
         """Raise `OSError` when files cannot be created in `directory` (a remote
@@ -157,9 +163,18 @@ class RemoteFiles(FileSystem):
                 return fs.size(path)
             return sum(fs.size(_under(path, rel, n)) for rel, names in fs.walk(path) for n in names)
 
+    @property
+    def object_store(self) -> bool:  # type: ignore[override]
+        return self.fs.object_store
+
     def read_bytes(self, path: str) -> bytes:
         with self.fs.errors(path):
             return self.fs.read(path)
+
+    def put(self, path: str, data: bytes) -> None:
+        """One request that replaces the object `path` whole (on an object store: atomic)."""
+        with self.fs.errors(path):
+            self.fs.write(path, data)
 
     def write_durably(self, path: str, write: Callable[[str], None]) -> None:
         local_dir = tempfile.mkdtemp(prefix="keras_best-")
@@ -197,11 +212,19 @@ class RemoteFiles(FileSystem):
             shutil.rmtree(local_dir, ignore_errors=True)
 
     def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
-        with self.fs.errors(src):
-            if self.fs.isdir(src):
-                self._replace_dir(src.rstrip("/"), dst.rstrip("/"))
-            else:
-                self.fs.rename(src, dst)
+        fs = self.fs
+        with fs.errors(src):
+            if fs.object_store:  # a file's keys are known: no listing unless it is not there
+                try:
+                    fs.rename(src, dst)
+                    return
+                except FileNotFoundError:
+                    if not fs.isdir(src):
+                        raise
+            elif not fs.isdir(src):
+                fs.rename(src, dst)
+                return
+            self._replace_dir(src.rstrip("/"), dst.rstrip("/"))
 
     def _replace_dir(self, src: str, dst: str) -> None:
         """Move the remote directory `src` over `dst`, safe to repeat after a crash.
@@ -222,6 +245,16 @@ class RemoteFiles(FileSystem):
                         fs.copy(_under(src, rel, n), _under(dst, rel, n))
             fs.remove(marker)
         fs.rmtree(src)
+
+    def remove_file(self, path: str) -> None:
+        if not self.fs.object_store:
+            self.remove(path, missing_ok=True)
+            return
+        with self.fs.errors(path):
+            try:
+                self.fs.remove(path)  # one DELETE of a known key, no lookup first
+            except FileNotFoundError:
+                pass
 
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs

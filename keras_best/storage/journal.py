@@ -71,8 +71,11 @@ class Transaction:
             fn(committed)
 
 
-def commit(directory: str, txn: Transaction) -> None:
-    """Write `txn` so that a crash at any instant leaves a consistent run."""
+def commit(directory: str, txn: Transaction, parts: tuple[int, ...] | None = None) -> None:
+    """Write `txn` so that a crash at any instant leaves a consistent run.
+
+    `parts`: on an object store, the history's parts the record before lists
+    (`None`: read from that record); `txn.record` gets the new ones."""
     written: list[str] = []
     try:
         for write_fn, tmp_rel in txn.jobs:
@@ -86,19 +89,35 @@ def commit(directory: str, txn: Transaction) -> None:
         raise
     if txn.sizes is not None:
         measure(directory, txn)
-    if txn.history:
-        history.append(directory, txn.record.history_bytes - len(txn.history), txn.history,
-                       txn.history_head or (lambda: b""))
+    offset, stale = txn.record.history_bytes - len(txn.history), []
+    if files.filesystem(directory).object_store:
+        parts = parts if parts is not None else _parts_on_disk(directory, offset)
+        if txn.history:
+            parts, stale = history.append(directory, offset, txn.history, txn.history_head or (lambda: b""), parts)
+        txn.record = dataclasses.replace(txn.record, history_parts=parts or ())
+    elif txn.history:
+        history.append(directory, offset, txn.history, txn.history_head or (lambda: b""))
     if not txn.renames and not txn.deletes:
         txn.record.write(directory)
-        return
-    pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
-    dataclasses.replace(txn.record, pending=pending).write(directory)
-    apply(directory, pending)
-    # The journal above is durable: if a crash loses this rename, the journal
-    # is found and applied again (idempotent); the next commit's fsync of the
-    # directory makes it durable. One journal commit of the file system less.
-    txn.record.write(directory, sync_dir=False)
+    else:
+        pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
+        dataclasses.replace(txn.record, pending=pending).write(directory)
+        apply(directory, pending)
+        # The journal above is durable: if a crash loses this rename, the journal
+        # is found and applied again (idempotent); the next commit's fsync of the
+        # directory makes it durable. One journal commit of the file system less.
+        txn.record.write(directory, sync_dir=False)
+    for name in stale:  # history parts now in the history file (a crash leaves them: see `roll_forward`)
+        files.remove_file(files.join(directory, name))
+
+
+def _parts_on_disk(directory: str, nbytes: int) -> tuple[int, ...] | None:
+    """The history parts the record in `directory` lists, when its history is `nbytes` long."""
+    try:
+        record = RunRecord.read(directory)
+    except (FileNotFoundError, ValueError):
+        return None
+    return record.history_parts if record.history_bytes == nbytes and record.legacy_history is None else None
 
 
 def measure(directory: str, txn: Transaction) -> None:
@@ -122,14 +141,17 @@ def roll_forward(directory: str, record: RunRecord) -> RunRecord:
         apply(directory, record.pending)
         record = dataclasses.replace(record, pending=None)
         record.write(directory)
-    remove_tmp_files(directory)
+    remove_tmp_files(directory, record)
     return record
 
 
-def remove_tmp_files(directory: str) -> None:
-    """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's temp directories)."""
+def remove_tmp_files(directory: str, record: RunRecord | None = None) -> None:
+    """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's
+    temp directories) and, with the `record`, history parts it does not list."""
+    parts = set(record.history_files()) if record is not None else None
     for name in files.listdir(directory):
-        if names.is_leftover(name):
+        if names.is_leftover(name) or (parts is not None and name.startswith(names.HISTORY_PART_PREFIX)
+                                       and name not in parts):
             files.remove(files.join(directory, name), missing_ok=True)
 
 
@@ -144,9 +166,10 @@ def apply(directory: str, pending: Mapping[str, Any]) -> None:
     finals = set()
     for tmp, final in pending.get("renames", []):
         finals.add(final)
-        src = files.join(directory, tmp)
-        if files.exists(src):
-            files.replace(src, files.join(directory, final))
+        try:  # a missing temp file was renamed already (no existence check: one request less)
+            files.replace(files.join(directory, tmp), files.join(directory, final))
+        except FileNotFoundError:
+            pass
     stale = [m for f in finals if files.is_set_name(f) for m in files.members(directory, f) if m not in finals]
     for rel in stale + [m for d in pending.get("deletes", []) for m in files.members(directory, d)]:
         files.remove(files.join(directory, rel), missing_ok=True)

@@ -53,6 +53,9 @@ class RunRecord:
         options: the recorded options (shown by `inspect`).
         history_count, history_bytes: how many history entries, and how many
             bytes of keras_best_history.jsonl, belong to this record.
+        history_parts: on an object store, the sizes of the history's parts
+            after the file (`keras_best.storage.history`; their bytes are part
+            of `history_bytes`).
         legacy_history: the history held inside a version-1 record.
         pending: the journal of an unfinished transaction, if any.
     """
@@ -67,6 +70,7 @@ class RunRecord:
     options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     history_count: int = 0
     history_bytes: int = 0
+    history_parts: tuple[int, ...] = ()
     legacy_history: tuple[Mapping[str, Any], ...] | None = None
     pending: Mapping[str, Any] | None = None
     updated_at: float | None = None
@@ -127,6 +131,7 @@ class RunRecord:
             **({} if s.archive_time is None else {"archive_time": s.archive_time}),
             "history_count": self.history_count,
             "history_bytes": self.history_bytes,
+            **({"history_parts": list(self.history_parts)} if self.history_parts else {}),
             "updated_at": self.updated_at if self.updated_at is not None else time.time(),
         }
         if self.pending:
@@ -184,6 +189,10 @@ class RunRecord:
         else:
             count = check.integer(data, "history_count")
             nbytes = check.integer(data, "history_bytes")
+        parts = tuple(check.integer({"n": n}, "n", f"history_parts[{i}]")
+                      for i, n in enumerate(check.items(data, "history_parts")))
+        if sum(parts) > nbytes:
+            raise check.error("history_parts", f"lists {sum(parts)} bytes, more than history_bytes ({nbytes})")
         best_at = None if best is None else (best.epoch, best.step)
         archive_time = check.optional(data, "archive_time", (int, float))
         state = RunState(engine=engine, kept=kept, best_at=best_at, last=last, stopped=stopped, export=export,
@@ -200,6 +209,7 @@ class RunRecord:
             options=check.optional(data, "options", dict) or {},
             history_count=count,
             history_bytes=nbytes,
+            history_parts=parts,
             legacy_history=legacy,
             pending=check.pending(data.get("pending")),
             updated_at=check.optional(data, "updated_at", (int, float)),
@@ -236,7 +246,12 @@ class RunRecord:
         """The history entries this record covers, oldest first."""
         if self.legacy_history is not None:
             return [dict(h) for h in self.legacy_history]
-        return _history.read(directory, self.history_count, self.history_bytes, manifest_path(directory))
+        return _history.read(directory, self.history_count, self.history_bytes, manifest_path(directory),
+                             self.history_parts)
+
+    def history_files(self) -> list[str]:
+        """The files of the history: keras_best_history.jsonl and its parts (on object stores)."""
+        return [files.HISTORY_NAME] + [files.history_part_name(i + 1) for i in range(len(self.history_parts))]
 
 
 def read(directory: str) -> RunRecord:

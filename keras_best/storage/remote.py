@@ -25,6 +25,9 @@ import importlib.util
 from typing import Any, Iterator, Mapping
 
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
+# Object stores (scheme://bucket/key..., no directories): a PUT replaces an object whole or
+# not at all (readers see the old object or the new one), and a rename is a copy then a delete.
+OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
 class FsspecFS:
@@ -42,6 +45,12 @@ class FsspecFS:
                              "The names are the file system's own (s3fs.S3FileSystem, gcsfs.GCSFileSystem...).") from e
         self.exists, self.isdir = self.fs.exists, self.fs.isdir  # as they are
 
+    @property
+    def object_store(self) -> bool:
+        """Whether this is an object store (`OBJECT_STORES`): `write` is then atomic."""
+        protocol = self.fs.protocol
+        return bool(OBJECT_STORES.intersection((protocol,) if isinstance(protocol, str) else protocol))
+
     def reach(self, path: str, create: bool = True) -> None:
         """Reach the store of the directory `path` once, before training: the
         bucket of an object store (one request: it exists, the credentials
@@ -49,7 +58,7 @@ class FsspecFS:
         `ValueError` says what to fix."""
         scheme, rest = path.split("://", 1)
         try:
-            if scheme in BUCKET_STORES:
+            if scheme in OBJECT_STORES:
                 self.fs.info(rest.split("/", 1)[0])
             elif create:
                 self.fs.makedirs(path, exist_ok=True)
@@ -104,6 +113,10 @@ class FsspecFS:
         self.fs.cp_file(src, dst)
 
     def rename(self, src: str, dst: str) -> None:
+        if self.object_store:  # two known keys: a copy (FileNotFoundError when `src` is none) and a delete
+            self.fs.cp_file(src, dst)
+            self.fs.rm_file(src)
+            return
         if not self.fs.isfile(src):
             raise FileNotFoundError(src)
         self.fs.mv(src, dst)
@@ -125,6 +138,7 @@ class GfileFS:
     """TensorFlow's `tf.io.gfile`."""
 
     name = "tf.io.gfile"
+    object_store = False  # not known: written as any file system
 
     def __init__(self, missing: str | None = None) -> None:
         import tensorflow as tf
@@ -270,7 +284,6 @@ def filesystem(path: str, options: Mapping[str, Any] | None = None) -> FsspecFS 
     raise ValueError(f"No file system for '{scheme}://' paths{why}. {_HOW_TO_REACH} Received: {path}")
 
 
-BUCKET_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")  # scheme://bucket/key...: no directories
 _CREDENTIALS = {
     "s3": "Pass storage_options={'key': ..., 'secret': ...} or {'profile': ...} (and 'endpoint_url' for an "
           "S3-compatible server), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE; "
@@ -294,7 +307,7 @@ def unreachable(path: str, error: BaseException) -> str:
     scheme, rest = path.split("://", 1)
     what = f"{type(error).__name__}: {error}"
     credentials = _CREDENTIALS.get(scheme, "Pass the file system's credentials in `storage_options=`.")
-    if isinstance(error, FileNotFoundError) and scheme in BUCKET_STORES:
+    if isinstance(error, FileNotFoundError) and scheme in OBJECT_STORES:
         return (f"The bucket {rest.split('/', 1)[0]!r} of {path} does not exist ({what}). Create it first, or "
                 "correct the name in the path.")
     if "Credential" in type(error).__name__:  # botocore's NoCredentialsError, google.auth's DefaultCredentialsError...

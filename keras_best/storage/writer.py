@@ -64,6 +64,7 @@ class Writer:
         self._error: tuple[BaseException, Transaction] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
+        self.parts: tuple[int, ...] | None = None  # the history parts of the last record committed (object stores)
         self.submitted = 0  # transactions submitted, and how many of the first are durable (committed)
         self.durable = 0
         if background and enabled:
@@ -84,7 +85,7 @@ class Writer:
         if not self.background:
             committed = False
             try:
-                commit(self.directory, txn)
+                self._commit(txn)
                 committed = True
                 self.durable = self.submitted
             finally:
@@ -109,6 +110,11 @@ class Writer:
                 self._thread = threading.Thread(target=self._run, name="keras-best-writer", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
+
+    def _commit(self, txn: Transaction) -> None:
+        parts, self.parts = self.parts, None  # not known while a commit may fail half-way
+        commit(self.directory, txn, parts)
+        self.parts = txn.record.history_parts
 
     def wait_for(self, ready: Callable[[], bool], poll_s: float = 0.05) -> None:
         """Wait until `ready()`, or until nothing is queued or being written
@@ -157,7 +163,7 @@ class Writer:
                 self._cond.notify_all()
             committed = False
             try:
-                commit(self.directory, txn)
+                self._commit(txn)
                 committed = True
                 self.durable = covers
             except BaseException as e:  # noqa: BLE001 - kept, raised by the caller later

@@ -1,0 +1,138 @@
+"""The write path's requests on a real S3 server (moto's, on 127.0.0.1): how
+many one update sends (bounded, no listing), and the history on an object
+store (one small part per update, the file written anew every
+`PARTS_PER_FILE` parts) read back exactly after many updates and after an
+interruption at any point of a commit."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import threading
+
+import numpy as np
+import pytest
+
+from keras_best import BestWeightsTracker, load_best
+from keras_best.cli.summary import summarize
+from keras_best.core.policy import RunState
+from keras_best.storage import files, history, journal
+from keras_best.storage.record import RunRecord
+from tests.conftest import make_model, run_json
+
+pytestmark = [pytest.mark.backend_neutral, pytest.mark.filterwarnings("ignore:resume=True saves the training state")]
+
+
+@pytest.fixture
+def requests(s3):
+    """The requests the server answers from now on: (method, key, query), as a list that grows."""
+    wsgi = s3._server._server  # moto's werkzeug server
+    app, seen, lock = wsgi.app, [], threading.Lock()
+
+    def counting(environ, start_response):
+        with lock:
+            seen.append((environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", "")))
+        return app(environ, start_response)
+
+    wsgi.app = counting
+    yield seen
+    wsgi.app = app
+
+
+def listings(seen):
+    return [r for r in seen if r[0] == "GET" and "list-type" in r[2]]
+
+
+def test_one_update_sends_few_requests_and_no_listing(s3_bucket, requests):
+    model = make_model()
+    tracker = BestWeightsTracker(model, f"{s3_bucket}/run/best.weights.h5", resume=True, async_save=False,
+                                 verbose=0)
+    tracker.update(0, {"val_loss": 1.0})
+    counts = {}
+    for epoch, value, what in [(1, 0.5, "save"), (2, 0.9, "state only"), (3, 0.1, "save")]:
+        requests.clear()
+        tracker.update(epoch, {"val_loss": value})
+        assert listings(requests) == [], what
+        counts.setdefault(what, []).append(len(requests))
+    tracker.finish()
+    # A save with the training state: 2 uploads, a history part, the record twice
+    # with its journal, a copy and a delete per renamed file (keras-best 0.3-dev: 45, 15 listings).
+    assert max(counts["save"]) <= 12, counts
+    assert max(counts["state only"]) <= 8, counts
+    plain = BestWeightsTracker(make_model(), f"{s3_bucket}/plain/best.weights.h5", async_save=False, verbose=0)
+    plain.update(0, {"val_loss": 1.0})
+    requests.clear()
+    plain.update(1, {"val_loss": 2.0})  # nothing saved: a history part and the record
+    assert len(requests) <= 2 and not listings(requests), requests
+    plain.finish()
+    assert load_best(make_model(), f"{s3_bucket}/run").epoch == 3
+
+
+def test_the_history_is_appended_in_parts_and_read_back_exactly(s3_bucket, s3, monkeypatch):
+    monkeypatch.setattr(history, "PARTS_PER_FILE", 4)  # written anew with its parts every 4 updates
+    directory = f"{s3_bucket}/run"
+    rng = np.random.default_rng(0)
+    values = [float(v) for v in rng.uniform(0.1, 1.0, 23)]
+    tracker = BestWeightsTracker(make_model(), f"{directory}/e{{epoch}}.weights.h5", keep_top_k=2, verbose=0,
+                                 resume=True)
+    for epoch, v in enumerate(values[:11]):
+        tracker.update(epoch, {"val_loss": v})
+    tracker.finish()
+    resumed = BestWeightsTracker(make_model(), f"{directory}/e{{epoch}}.weights.h5", keep_top_k=2, verbose=0,
+                                 resume=True)
+    for epoch, v in enumerate(values[11:], start=11):
+        resumed.update(epoch, {"val_loss": v})
+    resumed.finish()
+    expected = [h["value"] for h in resumed.history]
+    assert expected == pytest.approx(values) and len(expected) == 23
+    assert [h["value"] for h in summarize(directory, history=True)["history"]] == expected
+    assert [h["value"] for h in run_json(directory)["history"]] == expected
+    record = RunRecord.read(directory)
+    bucket = s3_bucket[len("s3://"):]
+    names = {k.rsplit("/", 1)[-1] for k in s3.objects(bucket)}
+    parts = {n for n in names if n.startswith("keras_best_history-")}
+    assert 0 < len(record.history_parts) <= 4 and parts == set(record.history_files()[1:])  # no stray part
+    best = int(np.argmin(values))
+    assert load_best(make_model(), directory).epoch == best
+
+
+def _txn(entries, start, parts_before):
+    data = history.encode(entries[start:])
+    record = RunRecord(monitor="val_loss", mode="min", state=RunState(), history_count=len(entries),
+                       history_bytes=len(history.encode(entries)))
+    return journal.Transaction(record=record, history=data, history_head=lambda: history.encode(entries[:start]))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_interrupted_commit_leaves_the_history_the_record_names(s3_bucket, s3, monkeypatch, seed):
+    """Commits of 1-3 entries; at random, one stops after its history write
+    (a crash before the record), or after the record (before the parts it
+    folded into the file are deleted). After each, the record read from the
+    store gives exactly the entries committed so far; the next writer starts
+    from the store (what it knew is lost, as after a kill) and goes on."""
+    monkeypatch.setattr(history, "PARTS_PER_FILE", 3)
+    directory, rand = f"{s3_bucket}/run", random.Random(seed)
+    committed: list[dict] = []
+    parts = None  # what the writer knows of the record's parts (None: read from the store)
+    for i in range(40):
+        entries = committed + [{"epoch": len(committed) + k, "value": rand.random(), "improved": False,
+                                "metrics": {"val_loss": i}} for k in range(rand.randint(1, 3))]
+        txn = _txn(entries, len(committed), parts)
+        stop = rand.choice(["none", "none", "after history", "after record"])
+        if stop != "none":  # the commit's steps by hand, up to where it stops
+            known = parts if parts is not None else RunRecord.read(directory).history_parts if committed else None
+            offset = txn.record.history_bytes - len(txn.history)
+            new_parts, _ = history.append(directory, offset, txn.history, txn.history_head, known)
+            parts = None
+            if stop == "after record":  # the parts folded into the file are not deleted
+                dataclasses.replace(txn.record, history_parts=new_parts).write(directory)
+                committed = entries
+                journal.roll_forward(directory, RunRecord.read(directory))  # the next start: stray parts go
+        else:
+            journal.commit(directory, txn, parts)
+            committed, parts = entries, txn.record.history_parts
+        if committed:
+            record = RunRecord.read(directory)
+            assert record.history(directory) == committed, (i, stop)
+    bucket = s3_bucket[len("s3://"):]
+    assert not any(files.is_tmp_name(k.rsplit("/", 1)[-1]) for k in s3.objects(bucket))
