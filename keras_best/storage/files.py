@@ -39,6 +39,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     tmp_path,
 )
 from keras_best.keras_adapter import h5_layout
+from keras_best.storage import staging
 from keras_best.storage.fs import filesystem, fsync_dir, fsync_path  # noqa: F401 - used as files.X
 from keras_best.storage.h5file import (  # noqa: F401 - used as files.X
     WRITEBACK_BYTES,
@@ -185,7 +186,6 @@ def _set_view(path: str) -> Any:
     must be a shard name of the set (no other file is ever read through it).
     """
     import json
-    import tempfile
 
     name = basename(path)
     directory = path[: len(path) - len(name)].rstrip("/") or "."
@@ -202,7 +202,7 @@ def _set_view(path: str) -> Any:
         raise OSError(f"not a sharded weights index ({e})") from e
     if not all(isinstance(s, str) and is_shard_of(s, final) for s in shards):
         raise OSError(f"the index names files that are not shards of {final}: {sorted(map(str, shards))}")
-    with tempfile.TemporaryDirectory(prefix="keras_best-") as scratch:
+    with staging.scratch() as scratch:
         with open(os.path.join(scratch, final), "wb") as f:
             f.write(index)
         for shard in shards:
@@ -278,6 +278,12 @@ def replace(src: str, dst: str, sync_dir: bool = True) -> None:
 def remove(path: str, missing_ok: bool = False) -> None:
     """Delete a file or a directory tree."""
     filesystem(path).remove(path, missing_ok)
+
+
+def remove_leftovers(directory: str) -> None:
+    """Remove what a killed writer of `directory` left outside it: unfinished
+    uploads of its temp names, local staging folders (`fs.FileSystem.remove_leftovers`)."""
+    filesystem(directory).remove_leftovers(directory)
 
 
 def prepare_directory(directory: str) -> None:

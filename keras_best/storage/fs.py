@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from typing import Callable, Iterator
 
-from keras_best.core.names import COMPLETE_MARKER, basename, is_remote, tmp_path
-from keras_best.storage import remote
+from keras_best.core.names import COMPLETE_MARKER, basename, is_leftover, is_remote, tmp_path
+from keras_best.storage import remote, staging
 
 
 class FileSystem:
@@ -60,6 +59,12 @@ class FileSystem:
     def probe_writable(self, directory: str) -> None:
         """Raise `OSError` when files cannot be created in `directory` (a remote
         one is not probed: its first write tells)."""
+
+    def remove_leftovers(self, directory: str) -> None:
+        """Remove what a killed writer of `directory` leaves outside its files
+        (temp files are `journal.remove_tmp_files`'s): for a remote one, the
+        unfinished uploads of its temp names and the local staging folders of
+        processes that are gone (`staging.remove_stale`)."""
 
 
 class LocalFS(FileSystem):
@@ -162,14 +167,11 @@ class RemoteFiles(FileSystem):
             return self.fs.read(path)
 
     def write_durably(self, path: str, write: Callable[[str], None]) -> None:
-        local_dir = tempfile.mkdtemp(prefix="keras_best-")
-        try:
+        with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             write(local)
             with self.fs.errors(path):
                 self._upload(local, path)
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)
 
     def _upload(self, local: str, path: str) -> None:
         fs = self.fs
@@ -187,14 +189,11 @@ class RemoteFiles(FileSystem):
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
-        local_dir = tempfile.mkdtemp(prefix="keras_best-")
-        try:
+        with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             with self.fs.errors(path):
                 self.fs.download(path, local)
             yield local
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)
 
     def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
         with self.fs.errors(src):
@@ -222,6 +221,11 @@ class RemoteFiles(FileSystem):
                         fs.copy(_under(src, rel, n), _under(dst, rel, n))
             fs.remove(marker)
         fs.rmtree(src)
+
+    def remove_leftovers(self, directory: str) -> None:
+        staging.remove_stale()
+        with self.fs.errors(directory):
+            self.fs.abort_uploads(directory, is_leftover)
 
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs

@@ -127,8 +127,14 @@ def roll_forward(directory: str, record: RunRecord) -> RunRecord:
 
 
 def remove_tmp_files(directory: str) -> None:
-    """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's temp directories)."""
-    for name in files.listdir(directory):
+    """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's temp
+    directories), and what it left outside them (`files.remove_leftovers`)."""
+    files.remove_leftovers(directory)
+    try:
+        found = files.listdir(directory)
+    except FileNotFoundError:  # nothing there yet (an object store holds no empty directory)
+        return
+    for name in found:
         if names.is_leftover(name):
             files.remove(files.join(directory, name), missing_ok=True)
 
