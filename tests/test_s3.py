@@ -1,17 +1,19 @@
 """Run directories on a real S3 API server (moto's server mode on 127.0.0.1, through s3fs):
 every save format, top-k, resume, `load_best`, `inspect` and `compare`, and nothing left
 behind: no temp objects, no unfinished multipart uploads (listed through the S3 API), no
-local staging files. Files are read back with Keras's stock loaders from local copies.
-The kills with restarts are in test_s3_kills.py."""
+local staging files, even after SIGKILLs at random instants. Files are read back with
+Keras's stock loaders from local copies."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 import keras
 import numpy as np
@@ -272,3 +274,69 @@ def test_load_best_names_the_recorded_file_right_after_a_kill_mid_rename(s3, s3_
     assert (record.epoch, record.path) == (50, f"{run}/best.weights.h5")
     assert weights_equal(reader, newer)
     assert read_best(run).path == record.path
+
+
+# ----------------------------------------------------------------------------- kills
+KILLS = 3
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "workers", "s3_kill_worker.py")
+
+
+def _start(run: str, epochs: int, tmpdir: str) -> tuple[subprocess.Popen, int]:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=tmpdir)
+    proc = subprocess.Popen([sys.executable, WORKER, run, str(epochs)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), f"the worker did not start: {line!r} {proc.stderr.read()[-3000:]}"
+    return proc, int(line.split()[1])
+
+
+def _leaks(s3, run: str, tmpdir: str) -> dict[str, int]:
+    staged = [os.path.join(r, n) for r, _, ns in os.walk(tmpdir) for n in ns]
+    return {"tmp_objects": sum(files.is_tmp_name(n.split("/")[0]) for n in objects(s3, run)),
+            "multipart_uploads": len(s3.multipart_uploads(bucket_of(run))),
+            "staged_files": len(staged), "staged_bytes": sum(os.path.getsize(f) for f in staged)}
+
+
+def _check_best(run: str) -> list[str]:
+    """Problems of the best as `load_best` reads it: other weights than its epoch's, a temp name."""
+    from tests.workers.s3_kill_worker import build, pattern
+
+    if not files.exists(manifest.manifest_path(run)) or not run_json(run).get("best"):
+        return []
+    model = build()
+    record = load_best(model, run)
+    problems = []
+    if not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), pattern(model, record.epoch))):
+        problems.append(f"load_best says epoch {record.epoch} but loaded other weights")
+    if files.is_tmp_name(files.basename(record.path)):
+        problems.append(f"load_best names a temp object: {record.path}")
+    return problems
+
+
+@pytest.mark.slow
+def test_random_kills_leave_nothing_behind_after_a_restart(s3, s3_bucket, tmp_path):
+    """SIGKILL at random instants of a worker writing ~12.6 MB files to S3 in 5 MiB parts, each
+    followed by a restart (resume=True): the best always loads with its epoch's exact weights
+    under its recorded name, and once the last restart finishes nothing is left: no temp object,
+    no unfinished multipart upload, no file in the worker's temp directory."""
+    run, tmpdir = f"{s3_bucket}/run", str(tmp_path / "tmp")
+    os.makedirs(tmpdir)
+    rng = random.Random(20261206)
+    left_by_kills, problems = [], []
+    for i in range(KILLS):
+        proc, _ = _start(run, 1_000_000, tmpdir)
+        time.sleep(rng.uniform(0.5, 3.0))
+        proc.kill()
+        proc.wait(timeout=60)
+        left_by_kills.append(_leaks(s3, run, tmpdir))
+        problems += [f"kill {i}: {p}" for p in _check_best(run)]
+    last = run_json(run)["last"]["epoch"]
+    proc, initial = _start(run, last + 2, tmpdir)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "DONE" in out, err[-3000:]
+    print(f"\nS3 kills: left by each kill (before its restart): {json.dumps(left_by_kills)}")
+    assert initial == last + 1, "resume continues after the last saved epoch"
+    assert problems == [] and _check_best(run) == []
+    assert _leaks(s3, run, tmpdir) == {"tmp_objects": 0, "multipart_uploads": 0, "staged_files": 0,
+                                       "staged_bytes": 0}
