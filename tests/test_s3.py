@@ -233,9 +233,10 @@ with staging.scratch() as folder:
 """
 
 
-def test_the_staging_of_a_killed_process_goes_at_the_next_start(s3, s3_bucket, tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_the_staging_of_a_killed_process_goes_at_the_next_start(s3, s3_bucket, tmp_path, monkeypatch, where):
     """A process killed mid-upload leaves its staging folder (the issue: 1.1 GB after 16 kills);
-    the next start anywhere removes it, and never a live process's."""
+    the next start of a run anywhere on the machine removes it, and never a live process's."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     procs = {how: subprocess.Popen([sys.executable, "-c", STAGER, staging.__file__, how], stdout=subprocess.PIPE,
@@ -246,7 +247,8 @@ def test_the_staging_of_a_killed_process_goes_at_the_next_start(s3, s3_bucket, t
         assert all(os.path.dirname(f) == os.path.join(str(tmp_path), staging.ROOT_NAME) for f in folders.values())
         staged = [os.path.join(r, n) for r, _, ns in os.walk(folders["kill"]) for n in ns if n != staging.OWNER]
         assert [os.path.getsize(f) for f in staged] == [1000000]  # left by the kill
-        train(make_model(), f"{s3_bucket}/r/best.weights.h5", values=[1.0])
+        run = f"{s3_bucket}/r" if where == "s3" else str(tmp_path / "r")
+        train(make_model(), f"{run}/best.weights.h5", values=[1.0])
         assert not os.path.exists(folders["kill"])
         assert os.path.exists(folders["live"])  # its process still runs
     finally:

@@ -62,9 +62,10 @@ class FileSystem:
 
     def remove_leftovers(self, directory: str) -> None:
         """Remove what a killed writer of `directory` leaves outside its files
-        (temp files are `journal.remove_tmp_files`'s): for a remote one, the
-        unfinished uploads of its temp names and the local staging folders of
-        processes that are gone (`staging.remove_stale`)."""
+        (temp files are `journal.remove_tmp_files`'s): the local staging
+        folders of processes that are gone (`staging.remove_stale`), and for a
+        remote directory the unfinished uploads of its temp names."""
+        staging.remove_stale()
 
 
 class LocalFS(FileSystem):
@@ -223,7 +224,7 @@ class RemoteFiles(FileSystem):
         fs.rmtree(src)
 
     def remove_leftovers(self, directory: str) -> None:
-        staging.remove_stale()
+        super().remove_leftovers(directory)
         with self.fs.errors(directory):
             self.fs.abort_uploads(directory, is_leftover)
 
