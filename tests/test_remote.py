@@ -268,8 +268,10 @@ def test_roll_forward(remote_dir, store, tmp_path):
     del data["history"]
     store.write(manifest.manifest_path(remote_dir), json.dumps(data).encode())
 
-    # Readers see the new content while the journal is pending...
-    assert load_best(make_model(seed=7), remote_dir).path == f"{remote_dir}/{tmp}"
+    # Readers see the new content while the journal is pending, under its recorded name...
+    reader = make_model(seed=7)
+    assert load_best(reader, remote_dir).path == f"{remote_dir}/best.weights.h5"
+    assert weights_equal(reader, newer)
     # ...and a new tracker rolls it forward, then moves it aside (a new run starts there).
     with pytest.warns(UserWarning, match="already holds a keras-best run.*were moved to .*previous-1"):
         BestWeightsTracker(make_model(), f"{remote_dir}/best.weights.h5", monitor="val_loss",

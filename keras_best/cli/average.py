@@ -41,10 +41,11 @@ def average(run_dir: str, k: int, output: str, model_file: str | None = None, by
     import keras
 
     from keras_best.frontends.average import average_best
-    from keras_best.frontends.loading import rank_kept, read_best
+    from keras_best.frontends.loading import current_file, rank_kept, read_best
 
     if model_file is None:
-        model_file = (read_best(directory) if by is None else rank_kept(directory, by, by_mode)[0]).path
+        best = read_best(directory) if by is None else rank_kept(directory, by, by_mode)[0]
+        model_file = current_file(directory, best.path)
     model = keras.saving.load_model(model_file, compile=False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

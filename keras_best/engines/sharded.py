@@ -22,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Callable
 
 import numpy as np
 
 from keras_best.engines.base import LiveSnapshot, Snapshot
 from keras_best.engines.weights_h5 import OnWeights, WeightsEngine, WeightsSnapshot, fill_groups
-from keras_best.storage import files
+from keras_best.storage import files, staging
 
 # Bits per value by dtype name, as Keras's `dtype_utils.DTYPE_TO_SIZE` counts them.
 _BITS = {**{f"{k}{i}": i for k in ("float", "int", "uint") for i in (8, 16, 32, 64)}, "bfloat16": 16, "bool": 1}
@@ -129,7 +128,7 @@ class LiveShardedSnapshot(Snapshot):
 
     def files(self, name: str) -> list[tuple[str, Callable[[str], None]]]:
         self.release()
-        self.scratch = tempfile.mkdtemp(prefix="keras_best-")
+        self.scratch = staging.mkdtemp()  # a kill leaves it to the next start (`staging`)
         self.model.save_weights(os.path.join(self.scratch, name), max_shard_size=self.max_shard_size)
         made = files.members(self.scratch, name)
         return [(m, lambda path, m=m: shutil.copyfile(os.path.join(self.scratch, m), path)) for m in made]

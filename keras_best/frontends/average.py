@@ -31,7 +31,7 @@ import numpy as np
 from keras_best.core.formats import SAVEDMODEL
 from keras_best.core.objective import check_mode, infer_mode
 from keras_best.engines import engine_for
-from keras_best.frontends.loading import BestRecord, check_architecture, rank_kept
+from keras_best.frontends.loading import BestRecord, check_architecture, current_file, rank_kept
 from keras_best.keras_adapter.host import host_copy
 from keras_best.keras_adapter.tracked import all_layers
 from keras_best.storage import files, manifest
@@ -144,7 +144,7 @@ def average_best(
         notes.append(AVERAGED_NOTE)
     for note in notes:
         warnings.warn(f"average_best: {note}.", stacklevel=2)
-    soup = _Soup(model, engine_for(record.save_format), norms, data if norms else None, batch_size)
+    soup = _Soup(model, directory, engine_for(record.save_format), norms, data if norms else None, batch_size)
     if evaluate is None:
         for i, member in enumerate(candidates):
             soup.load(member, first=i == 0)
@@ -180,10 +180,11 @@ class _Soup:
     """The accumulator: the float variables of `model.weights` summed in
     float64 over the files added, and the best file's non-float variables."""
 
-    def __init__(self, model: Any, engine: Any, norms: list[Any], data: Any, batch_size: int) -> None:
+    def __init__(self, model: Any, directory: str, engine: Any, norms: list[Any], data: Any,
+                 batch_size: int) -> None:
         import keras
 
-        self.model, self.engine, self.norms = model, engine, norms
+        self.model, self.directory, self.engine, self.norms = model, directory, engine, norms
         self.data, self.batch_size = data, batch_size
         self.averaged = [v for v in model.weights if keras.backend.is_float_dtype(v.dtype)]
         self.fixed = [v for v in model.variables if not keras.backend.is_float_dtype(v.dtype)]
@@ -195,7 +196,8 @@ class _Soup:
     def load(self, member: BestRecord, first: bool) -> None:
         """Read the kept file of `member` into the model (not its optimizer)."""
         hint = " Run average_best again once the run has finished writing, or restore the file from a copy."
-        files.load_weights(self.model, self.engine.weights_file(member.path), hint, model_only=True)
+        where = current_file(self.directory, member.path)
+        files.load_weights(self.model, self.engine.weights_file(where), hint, model_only=True)
         if first:
             self.best_fixed = [_host(v) for v in self.fixed]
 

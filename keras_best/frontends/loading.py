@@ -23,7 +23,10 @@ class BestRecord:
         epoch: 0-based epoch of the loaded weights (as given to `update()`).
         value: the monitored value at that epoch (with `by=`: the value
             ranked by, i.e. that metric's or score function's value).
-        path: the file (or SavedModel directory) the weights came from.
+        path: the file (or SavedModel directory) the weights came from, by
+            its recorded name (never a temp name: right after a crash in the
+            middle of a rename, the weights are read from the temp file that
+            holds them until the next start finishes the rename).
         monitor: the monitored metric's name (with `by=`: the ranking's name;
             for a list, its first name).
         metrics: every metric recorded for that epoch.
@@ -50,8 +53,15 @@ class BestRecord:
         """The record of the kept file `kept` of the run `data` in `directory`
         (`value`: the value it is ranked by, when not the recorded one)."""
         return cls(epoch=kept.epoch, value=kept.value if value is None else value,
-                   path=data.effective_path(directory, kept.path), monitor=monitor, metrics=dict(kept.metrics),
+                   path=files.join(directory, kept.path), monitor=monitor, metrics=dict(kept.metrics),
                    step=kept.step, raw=kept.raw if value is None else None)
+
+
+def current_file(directory: str, path: str, data: manifest.RunRecord | None = None) -> str:
+    """Where the content of `path` (a `BestRecord.path` of the run in `directory`,
+    as `data` records it) is right now: `path`, or its temp name while the
+    transaction that renames it is pending."""
+    return (data or manifest.read(directory)).effective_path(directory, files.basename(path))
 
 
 def read_best(directory: str | os.PathLike) -> BestRecord:
@@ -191,7 +201,7 @@ def load_best(
     for attempt in range(_READS):
         record = choose()
         try:
-            skipped = load(record.path, hint if attempt else "")
+            skipped = load(current_file(directory, record.path, data), hint if attempt else "")
         except (FileNotFoundError, files.DamagedFileError):
             if attempt == _READS - 1:
                 raise

@@ -150,8 +150,7 @@ class Run:
                               "nothing it names is touched.", stacklevel=5)
                 manifest.remove_tmp_files(self.directory)
                 return None
-        if files.isdir(self.directory):
-            manifest.remove_tmp_files(self.directory)
+        manifest.remove_tmp_files(self.directory)
         return None
 
     def state_parts(self, model: Any, optimizer: Any, random: bool, swapped: Sequence = ()) -> list[Any]:

@@ -40,6 +40,7 @@ from keras_best.core.names import (  # noqa: F401 - the run directory's names, u
     tmp_path,
 )
 from keras_best.keras_adapter import h5_layout
+from keras_best.storage import staging
 from keras_best.storage.fs import configure, filesystem, fsync_dir, fsync_path, reach  # noqa: F401 - used as files.X
 from keras_best.storage.h5file import (  # noqa: F401 - used as files.X
     WRITEBACK_BYTES,
@@ -186,7 +187,6 @@ def _set_view(path: str) -> Any:
     must be a shard name of the set (no other file is ever read through it).
     """
     import json
-    import tempfile
 
     name = basename(path)
     directory = path[: len(path) - len(name)].rstrip("/") or "."
@@ -203,7 +203,7 @@ def _set_view(path: str) -> Any:
         raise OSError(f"not a sharded weights index ({e})") from e
     if not all(isinstance(s, str) and is_shard_of(s, final) for s in shards):
         raise OSError(f"the index names files that are not shards of {final}: {sorted(map(str, shards))}")
-    with tempfile.TemporaryDirectory(prefix="keras_best-") as scratch:
+    with staging.scratch() as scratch:
         with open(os.path.join(scratch, final), "wb") as f:
             f.write(index)
         for shard in shards:
@@ -289,6 +289,12 @@ def remove(path: str, missing_ok: bool = False) -> None:
 def remove_file(path: str) -> None:
     """Delete `path`, known to be a file or nothing (on an object store: one request)."""
     filesystem(path).remove_file(path)
+
+
+def remove_leftovers(directory: str) -> None:
+    """Remove what a killed writer of `directory` left outside it: unfinished
+    uploads of its temp names, local staging folders (`fs.FileSystem.remove_leftovers`)."""
+    filesystem(directory).remove_leftovers(directory)
 
 
 def prepare_directory(directory: str, storage_options: Any = None, create: bool = True) -> None:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from typing import Any, Callable, Iterator, Mapping
 
-from keras_best.core.names import COMPLETE_MARKER, basename, is_remote, tmp_path
-from keras_best.storage import remote
+from keras_best.core.names import COMPLETE_MARKER, basename, is_leftover, is_remote, tmp_path
+from keras_best.storage import remote, staging
 
 
 class FileSystem:
@@ -66,6 +65,13 @@ class FileSystem:
     def probe_writable(self, directory: str) -> None:
         """Raise `OSError` when files cannot be created in `directory` (a remote
         one is not probed: its first write tells)."""
+
+    def remove_leftovers(self, directory: str) -> None:
+        """Remove what a killed writer of `directory` leaves outside its files
+        (temp files are `journal.remove_tmp_files`'s): the local staging
+        folders of processes that are gone (`staging.remove_stale`), and for a
+        remote directory the unfinished uploads of its temp names."""
+        staging.remove_stale()
 
 
 class LocalFS(FileSystem):
@@ -177,14 +183,11 @@ class RemoteFiles(FileSystem):
             self.fs.write(path, data)
 
     def write_durably(self, path: str, write: Callable[[str], None]) -> None:
-        local_dir = tempfile.mkdtemp(prefix="keras_best-")
-        try:
+        with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             write(local)
             with self.fs.errors(path):
                 self._upload(local, path)
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)
 
     def _upload(self, local: str, path: str) -> None:
         fs = self.fs
@@ -202,14 +205,11 @@ class RemoteFiles(FileSystem):
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
-        local_dir = tempfile.mkdtemp(prefix="keras_best-")
-        try:
+        with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             with self.fs.errors(path):
                 self.fs.download(path, local)
             yield local
-        finally:
-            shutil.rmtree(local_dir, ignore_errors=True)
 
     def replace(self, src: str, dst: str, sync_dir: bool = True) -> None:
         fs = self.fs
@@ -255,6 +255,11 @@ class RemoteFiles(FileSystem):
                 self.fs.remove(path)  # one DELETE of a known key, no lookup first
             except FileNotFoundError:
                 pass
+
+    def remove_leftovers(self, directory: str) -> None:
+        super().remove_leftovers(directory)
+        with self.fs.errors(directory):
+            self.fs.abort_uploads(directory, is_leftover)
 
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs

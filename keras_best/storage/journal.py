@@ -147,9 +147,15 @@ def roll_forward(directory: str, record: RunRecord) -> RunRecord:
 
 def remove_tmp_files(directory: str, record: RunRecord | None = None) -> None:
     """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's
-    temp directories) and, with the `record`, history parts it does not list."""
+    temp directories), what it left outside them (`files.remove_leftovers`) and,
+    with the `record`, history parts it does not list."""
+    files.remove_leftovers(directory)
+    try:
+        found = files.listdir(directory)
+    except FileNotFoundError:  # nothing there yet (an object store holds no empty directory)
+        return
     parts = set(record.history_files()) if record is not None else None
-    for name in files.listdir(directory):
+    for name in found:
         if names.is_leftover(name) or (parts is not None and name.startswith(names.HISTORY_PART_PREFIX)
                                        and name not in parts):
             files.remove(files.join(directory, name), missing_ok=True)

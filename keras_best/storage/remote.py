@@ -11,8 +11,9 @@ into Python ones), `exists`, `isdir`, `makedirs`, `listdir` (names in a
 directory), `walk` (relative directory, file names), `read`, `write` (one
 object, not atomic by itself), `upload`, `download`, `copy` (over `dst`),
 `rename` (on object stores a copy then a delete: `dst` appears whole or not
-at all), `remove` (one file), `rmtree` (nothing there is no error) and `size`
-(one file). Every path is a full URL.
+at all), `remove` (one file), `rmtree` (nothing there is no error), `size`
+(one file) and `abort_uploads` (unfinished multipart uploads under a
+directory). Every path is a full URL.
 
 >>> filesystem("memory://bucket/run").name
 'fsspec'
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
 # Object stores (scheme://bucket/key..., no directories): a PUT replaces an object whole or
@@ -133,6 +134,28 @@ class FsspecFS:
     def size(self, path: str) -> int:
         return int(self.fs.size(path))
 
+    def abort_uploads(self, directory: str, doomed: Callable[[str], bool]) -> list[str]:
+        """Abort the unfinished multipart uploads (on S3, through s3fs) of the
+        keys under `directory` whose first name there is `doomed`; return those
+        keys. Other file systems: nothing to do. An upload a kill interrupted
+        is not in a listing, and S3 keeps (and bills) its parts until aborted."""
+        if not type(self.fs).__module__.startswith("s3fs"):
+            return []
+        bucket, key, _ = self.fs.split_path(directory)
+        prefix = f"{key.strip('/')}/" if key.strip("/") else ""
+        aborted, markers = [], {}
+        while True:
+            page = self.fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            for upload in page.get("Uploads", []):
+                name = upload["Key"][len(prefix):].split("/", 1)[0]
+                if upload["Key"].startswith(prefix) and doomed(name):
+                    self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=upload["Key"],
+                                    UploadId=upload["UploadId"])
+                    aborted.append(upload["Key"])
+            if not page.get("IsTruncated"):
+                return aborted
+            markers = {"KeyMarker": page["NextKeyMarker"], "UploadIdMarker": page["NextUploadIdMarker"]}
+
 
 class GfileFS:
     """TensorFlow's `tf.io.gfile`."""
@@ -234,6 +257,9 @@ class GfileFS:
         if create:
             with self.errors(path):
                 self.makedirs(path)
+
+    def abort_uploads(self, directory: str, doomed: Callable[[str], bool]) -> list[str]:
+        return []  # tf.io.gfile has no API for them
 
 
 _HOW_TO_REACH = (

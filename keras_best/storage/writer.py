@@ -32,6 +32,7 @@ the disk. In the background:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import os
 import sys
@@ -148,6 +149,9 @@ class Writer:
             self._cond.notify_all()
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        if self.enabled and files.is_remote(self.directory):
+            with contextlib.suppress(OSError):  # best effort: the next start removes them too
+                files.remove_leftovers(self.directory)
 
     def _run(self) -> None:
         _lower_priority()
