@@ -1,4 +1,4 @@
-"""A training process writing to S3, for tests/test_s3_kills.py: SIGKILLed at random instants.
+"""A training process writing to S3, for tests/test_s3.py: SIGKILLed at random instants.
 
 Each epoch gives the model weights that are a known function of the epoch
 (`crash_worker.pattern`), so the test can tell exactly which epoch a file holds.
@@ -15,14 +15,11 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
-import s3fs.core  # noqa: E402
 
 from keras_best import BestWeightsTracker  # noqa: E402
 from tests.workers.crash_worker import pattern, value_of  # noqa: E402
 
 PART = 5 * 2**20
-_chunksize = s3fs.core.calculate_chunksize
-s3fs.core.calculate_chunksize = lambda size, chunksize=None, **kw: _chunksize(size, chunksize or PART, **kw)
 
 UNITS = 1024  # 3 dense layers of 1024x1024: ~12.6 MB of float32, 3 parts a file
 
@@ -31,7 +28,17 @@ def build() -> keras.Model:
     return keras.Sequential([keras.Input((UNITS,))] + [keras.layers.Dense(UNITS) for _ in range(3)])
 
 
+def small_parts() -> None:
+    """Have s3fs upload in `PART`-byte parts (imported here: collecting the tests
+    imports this module, where s3fs may be missing)."""
+    import s3fs.core
+
+    original = s3fs.core.calculate_chunksize
+    s3fs.core.calculate_chunksize = lambda size, chunksize=None, **kw: original(size, chunksize or PART, **kw)
+
+
 def main(run: str, epochs: int) -> None:
+    small_parts()
     model = build()
     tracker = BestWeightsTracker(model, f"{run}/{{epoch:03d}}.weights.h5", monitor="val_loss", keep_top_k=2,
                                  save_last=True, resume=True, optimizer=keras.optimizers.SGD(), verbose=0)
