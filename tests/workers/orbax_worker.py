@@ -105,7 +105,8 @@ def main(mode: str, run_dir: str, out_dir: str, mesh: str = "1x4", index: int = 
         import jax
 
         jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=processes,
-                                   process_id=index, initialization_timeout=60)
+                                   process_id=index, initialization_timeout=60,
+                                   heartbeat_timeout_seconds=int(os.environ.get("HEARTBEAT_S", "100")))
     dist = distribution(mesh)
     if dist is not None and processes > 1:
         dist.auto_shard_dataset = False  # every process feeds the whole batch (the "batch" axis has size 1)
@@ -115,6 +116,8 @@ def main(mode: str, run_dir: str, out_dir: str, mesh: str = "1x4", index: int = 
     x, y = data()
     if mode in ("fit", "kill"):
         kill_at = int(os.environ.get("KILL_AT", "-1")) if mode == "kill" else None
+        if os.environ.get("KILL_INDEX", str(index)) != str(index):
+            kill_at = None  # another process is killed: this one must end with an error, not hang
         record = Record(kill_at, run_dir)
         callback = BestCheckpoint(os.path.join(run_dir, "best-{epoch:03d}"), monitor="loss", keep_top_k=2,
                                   verbose=0, resume=mode == "kill")
