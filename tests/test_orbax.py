@@ -196,6 +196,17 @@ def test_two_processes_resume_continues_exactly_with_keep_last(pair):
     for name in states:  # each process's shards in one Orbax step; the host side written by the chief
         assert sorted(os.listdir(cut / name)) == ["0", "host.h5"]
     assert json.loads((cut / "keras_best.json").read_text())["last"]["path"] == states[-1]
+    # fit() with BestCheckpoint across the processes kept the two best epochs (the last two: the loss
+    # falls), each one Orbax checkpoint of both processes' shards; the best loads here, on one device.
+    from keras_best import load_best
+    from tests.workers.orbax_worker import build_model
+
+    assert _saves(root / "run" / "full") == ["best-003", "best-004"]
+    model = build_model()
+    assert load_best(model, str(root / "run" / "full")).epoch == 3
+    final = np.load(root / "out" / "resume0.npz")
+    for k, w in enumerate(model.get_weights()):
+        np.testing.assert_array_equal(w, final[f"full_{k}"])
 
 
 @pytest.mark.slow

@@ -222,6 +222,14 @@ def check_layout(model: Any, fmt: str) -> None:
             "process then writes its own shards.")
 
 
+def barrier(model: Any) -> None:
+    """Wait until every process training `model` gets here (nothing to wait for in one process):
+    what the chief wrote before it (a rename, a recovered record) is there for the others to read."""
+    group = _group_of(model)
+    if group is not None:
+        group.gather(np.zeros(1, np.float64))
+
+
 def spans_processes(model: Any) -> bool:
     """Whether `model` is trained by several processes (see `is_chief`)."""
     return _group_of(model) is not None

@@ -108,6 +108,8 @@ class Run:
 
     def _open(self, model: Any, optimizer: Any, epochs: int | None) -> None:
         record = self._recover() if self.chief else None
+        if self.engine.format == ORBAX:  # every process reads the run directory: once the chief recovered it
+            distribute.barrier(model)
         if not self.has_run() or (self.chief and record is None):
             return
         if self.options.resume:
@@ -350,6 +352,8 @@ class Run:
         try:
             self.writer.flush()
             self.engine.wait()  # this process's part of a collective save (Orbax)
+            if self.engine.format == ORBAX:  # the chief's renames are done before every process reads the best
+                distribute.barrier(model)
             self.buffers.clear()  # written: the free copies go before the export and the restore
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
