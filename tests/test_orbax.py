@@ -244,8 +244,9 @@ def test_sigkill_mid_save_keeps_previous_best_and_resumes(tmp_path):
     _run("load", run, out, mesh="none", devices=1)
     for a, b in zip(_weights(np.load(out / "load0.npz"), "best_"), _weights(epochs, f"e{best}_")):
         np.testing.assert_array_equal(a, b)
-    _run("kill", run, out)  # resume=True, no kill this time (KILL_AT unset)
+    _run("kill", run, out, mesh="2x2")  # resume=True on another mesh, no kill this time (KILL_AT unset)
     assert _json(out, "kill0.json")["initial_epoch"] == 2
+    assert sorted(os.listdir(run / "keras_best_last.orbax")) == ["0", "host.h5"]  # the state, through Orbax
     assert not [n for n in os.listdir(run) if "tmp" in n]  # the interrupted save's leftovers are gone
 
 
