@@ -17,7 +17,9 @@ the "model" axis. Modes:
   `model.load_weights` and `keras.models.load_model` of the best directory:
   OUT_DIR/load.npz;
 - `kill`: `fit` with `resume=True`; at the end of epoch KILL_AT (env) the
-  process kills itself with SIGKILL while the save is being written;
+  process kills itself with SIGKILL while the save is being written (with KILL_INDEX,
+  only that process: the others must end with an error; HEARTBEAT_S sets
+  `jax.distributed`'s heartbeat timeout);
 - `resume`: `fit` for EPOCHS epochs with `resume=True, keep_last=2` in RUN_DIR/full;
   then in RUN_DIR/cut, `fit` for STOP_AT (env, default 2) epochs, and a new model
   resumed there for the rest: the final weights and losses of both go to OUT_DIR.
