@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
+from typing import Any, Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKERS = os.path.join(ROOT, "tests", "workers")
@@ -76,3 +78,27 @@ def readme_script(after: str, page: str = "docs/distributed.md") -> str:
         text = f.read()
     start = text.index("```python\n", text.index(after)) + len("```python\n")
     return text[start:text.index("```", start)]
+
+
+def run_once(root: Path, make: Callable[[Path], None]) -> None:
+    """Run `make(root)` once per test run, even when pytest-xdist spreads a
+    module's tests over workers: the first one to get here runs it, the others
+    wait and read what it left in `root` (a failed try is run again)."""
+    import fcntl
+    import shutil
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / ".done").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            make(root)
+            (root / ".done").touch()
+
+
+def shared_root(tmp_path_factory: Any, name: str) -> Path:
+    """A folder every pytest-xdist worker of this test run finds under `name` (one per run without xdist)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return tmp_path_factory.mktemp(name)
+    return tmp_path_factory.getbasetemp().parent / name

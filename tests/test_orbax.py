@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ pytest.importorskip("jax")
 pytest.importorskip("orbax.checkpoint")
 
 from tests.conftest import BACKEND  # noqa: E402
-from tests.processes import ROOT, WORKERS, free_ports, run_all  # noqa: E402
+from tests.processes import ROOT, WORKERS, free_ports, run_all, run_once, shared_root  # noqa: E402
 
 pytestmark = pytest.mark.skipif(BACKEND != "jax", reason="Orbax saves of sharded models: JAX backend only")
 WORKER = os.path.join(WORKERS, "orbax_worker.py")
@@ -128,6 +129,108 @@ def test_two_processes_custom_loop(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def _pair(mode: str, run, out, logs: list[str], timeout: float = 240, **env: str) -> list[tuple[int, float]]:
+    """Run `mode` in 2 processes x 2 devices; (exit code, seconds to exit) of each, whatever they exit with."""
+    port, start = str(free_ports(1)[0]), time.monotonic()
+    procs = []
+    for i, log in enumerate(logs):
+        with open(log, "w") as f:
+            procs.append(subprocess.Popen([sys.executable, WORKER, mode, str(run), str(out), "1x4", str(i), port, "2"],
+                                          stdout=f, stderr=subprocess.STDOUT, cwd=ROOT,
+                                          env=dict(_env(2, **env), PYTHONFAULTHANDLER="1")))
+    ends = [None, None]
+    while None in ends and time.monotonic() - start < timeout:
+        for i, p in enumerate(procs):
+            if ends[i] is None and p.poll() is not None:
+                ends[i] = time.monotonic() - start
+        time.sleep(0.1)
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+    return [(p.returncode, end) for p, end in zip(procs, ends)]
+
+
+def _tails(logs) -> str:
+    return "\n".join(f"--- {log}\n" + open(log).read()[-3000:] for log in logs)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    """The model-parallel jobs of 2 processes x 2 devices, run once per module (see the tests)."""
+    root = shared_root(tmp_path_factory, "orbax-pair")
+
+    def make(root):
+        (root / "out").mkdir()
+        jobs, quick = {}, dict(HEARTBEAT_S="10", KERAS_BEST_ORBAX_TIMEOUT_S="15")
+        for name, mode, env in (("resume", "resume", {}), ("kill", "kill", dict(quick, KILL_AT="1", KILL_INDEX="1")),
+                                ("restart", "kill", quick)):
+            logs = [str(root / f"{name}{i}.log") for i in range(2)]
+            jobs[name] = {"exits": _pair(mode, root / ("run" if mode == "resume" else "killed"), root / "out", logs,
+                                         **env), "logs": logs}
+            if name != "kill":
+                assert [code for code, _ in jobs[name]["exits"]] == [0, 0], _tails(logs)
+            if name == "kill":  # the best it left, loaded in one process before the restart
+                _run("load", root / "killed", root / "out", mesh="none", devices=1)
+                for f in ("epochs.npz", "load0.npz", "load0.json"):
+                    (root / "out" / f).rename(root / "out" / f"killed_{f}")
+        (root / "jobs.json").write_text(json.dumps(jobs))
+
+    run_once(root, make)
+    return root, json.loads((root / "jobs.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_resume_continues_exactly_with_keep_last(pair):
+    root, _ = pair
+    for i in range(2):
+        info = _json(root / "out", f"resume{i}.json")
+        assert info["cut"]["initial_epochs"] == [0, 2]  # the second model went on after epoch 2
+        assert info["cut"]["losses"] == info["full"]["losses"]
+        final = np.load(root / "out" / f"resume{i}.npz")
+        for k in range(len(final.files) // 2):
+            np.testing.assert_array_equal(final[f"cut_{k}"], final[f"full_{k}"])  # exactly the same weights
+    cut = root / "run" / "cut"
+    states = sorted(n for n in os.listdir(cut) if n.startswith("keras_best_state-"))
+    assert states == ["keras_best_state-0002.orbax", "keras_best_state-0003.orbax"]  # keep_last=2
+    for name in states:  # each process's shards in one Orbax step; the host side written by the chief
+        assert sorted(os.listdir(cut / name)) == ["0", "host.h5"]
+    assert json.loads((cut / "keras_best.json").read_text())["last"]["path"] == states[-1]
+    # fit() with BestCheckpoint across the processes kept the two best epochs (the last two: the loss
+    # falls), each one Orbax checkpoint of both processes' shards; the best loads here, on one device.
+    from keras_best import load_best
+    from tests.workers.orbax_worker import build_model
+
+    assert _saves(root / "run" / "full") == ["best-003", "best-004"]
+    model = build_model()
+    assert load_best(model, str(root / "run" / "full")).epoch == 3
+    final = np.load(root / "out" / "resume0.npz")
+    for k, w in enumerate(model.get_weights()):
+        np.testing.assert_array_equal(w, final[f"full_{k}"])
+
+
+@pytest.mark.slow
+def test_a_dead_peer_ends_the_survivor_and_both_resume(pair):
+    root, jobs = pair
+    (killed, died), (survivor, ended) = jobs["kill"]["exits"][1], jobs["kill"]["exits"][0]
+    assert killed == -9, _tails(jobs["kill"]["logs"])
+    assert survivor != 0 and ended - died < 60, jobs["kill"]["exits"]  # no hang: heartbeat 10 s, Orbax 15 s
+    assert "heartbeat" in open(jobs["kill"]["logs"][0]).read()  # says which process stopped answering
+    best = _json(root / "out", "killed_load0.json")["best_epoch"]
+    assert best == 0  # the save of epoch 1 was interrupted: never recorded; the best before loads
+    for a, b in zip(_weights(np.load(root / "out" / "killed_load0.npz"), "best_"),
+                    _weights(np.load(root / "out" / "killed_epochs.npz"), "e0_")):
+        np.testing.assert_array_equal(a, b)
+    full = _json(root / "out", "resume0.json")["full"]["losses"]
+    for i in range(2):  # both restarted with resume=True: on from the last complete state, exactly
+        info = _json(root / "out", f"kill{i}.json")
+        assert info["initial_epoch"] == 1 and info["losses"] == full[1:]
+    final = np.load(root / "out" / "resume0.npz")
+    for k, w in enumerate(_weights(np.load(root / "out" / "epochs0.npz"), "e3_")):
+        np.testing.assert_array_equal(w, final[f"full_{k}"])
+    assert not [n for n in os.listdir(root / "killed") if "tmp" in n]
+
+
 @pytest.mark.slow
 def test_sigkill_mid_save_keeps_previous_best_and_resumes(tmp_path):
     run, out = tmp_path / "run", tmp_path / "out"
@@ -141,8 +244,9 @@ def test_sigkill_mid_save_keeps_previous_best_and_resumes(tmp_path):
     _run("load", run, out, mesh="none", devices=1)
     for a, b in zip(_weights(np.load(out / "load0.npz"), "best_"), _weights(epochs, f"e{best}_")):
         np.testing.assert_array_equal(a, b)
-    _run("kill", run, out)  # resume=True, no kill this time (KILL_AT unset)
+    _run("kill", run, out, mesh="2x2")  # resume=True on another mesh, no kill this time (KILL_AT unset)
     assert _json(out, "kill0.json")["initial_epoch"] == 2
+    assert sorted(os.listdir(run / "keras_best_last.orbax")) == ["0", "host.h5"]  # the state, through Orbax
     assert not [n for n in os.listdir(run) if "tmp" in n]  # the interrupted save's leftovers are gone
 
 
@@ -180,3 +284,37 @@ def test_a_plain_run_directory_with_save_format_orbax_names_its_saves(tmp_path):
     build_model().fit(x, y, epochs=1, verbose=0, callbacks=[
         BestCheckpoint(str(tmp_path / "named" / "best"), monitor="loss")])
     assert os.listdir(tmp_path / "named" / "best") == ["0"]
+
+
+def test_training_state_through_orbax_resumes_exactly_and_a_damaged_one_changes_nothing(tmp_path):
+    # One device, in this process: the state's format (an Orbax step for the variables, host.h5 for the rest).
+    from keras_best import BestCheckpoint
+    from keras_best.storage.files import DamagedFileError
+    from tests.workers.orbax_worker import build_model, data
+
+    x, y = data()
+
+    def fit(run, epochs, model=None):
+        model = model or build_model()
+        callback = BestCheckpoint(str(run), monitor="loss", save_format="orbax", keep_last=2, resume=True, verbose=0)
+        losses = model.fit(x, y, epochs=epochs, batch_size=16, verbose=0, callbacks=[callback]).history["loss"]
+        return model, losses, callback.tracker._run.initial_epoch
+
+    full, losses, _ = fit(tmp_path / "full", 4)
+    fit(tmp_path / "cut", 2)
+    cut, rest, initial = fit(tmp_path / "cut", 4)  # a new model and optimizer, on from epoch 2
+    assert initial == 2 and rest == losses[2:]
+    for a, b in zip(cut.get_weights() + [np.asarray(v.value) for v in cut.optimizer.variables],
+                    full.get_weights() + [np.asarray(v.value) for v in full.optimizer.variables]):
+        np.testing.assert_array_equal(a, b)
+    states = sorted(n for n in os.listdir(tmp_path / "cut") if n.startswith("keras_best_state-"))
+    assert states == ["keras_best_state-0002.orbax", "keras_best_state-0003.orbax"]
+    assert sorted(os.listdir(tmp_path / "cut" / states[-1])) == ["0", "host.h5"]
+    # The newest state's host side lost: resuming refuses, and assigns nothing to the model.
+    os.remove(tmp_path / "cut" / states[-1] / "host.h5")
+    model = build_model()
+    before = model.get_weights()
+    with pytest.raises(DamagedFileError, match="damaged or incomplete"):
+        fit(tmp_path / "cut", 6, model)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)

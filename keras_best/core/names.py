@@ -23,19 +23,36 @@ MANIFEST_NAME = "keras_best.json"
 HISTORY_NAME = "keras_best_history.jsonl"
 LOCK_NAME = ".keras_best.lock"
 LAST_NAME = "keras_best_last.h5"
-RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME)
+SHARDED_STATE = ".orbax"  # the suffix of a training state saved through Orbax (a directory)
+SHARDED_LAST_NAME = "keras_best_last" + SHARDED_STATE
+RESERVED_NAMES = (MANIFEST_NAME, HISTORY_NAME, LOCK_NAME, LAST_NAME, SHARDED_LAST_NAME)
 STATE_PREFIX = "keras_best_state-"  # training states kept by keep_last > 1
 HISTORY_PART_PREFIX = "keras_best_history-"  # on object stores: the history's parts after the file
 STUDY_FILE = "keras_best_study.json"  # what a search's shared directory holds (Optuna, KerasTuner)
 
 
-def state_name(epoch: int, step: int | None) -> str:
-    """The name of the training state of `(epoch, step)` when several are kept.
+def state_name(epoch: int, step: int | None, suffix: str = ".h5") -> str:
+    """The name of the training state of `(epoch, step)` when several are kept
+    (`suffix`: ".h5", or `SHARDED_STATE` for a state saved through Orbax).
 
-    >>> state_name(3, None), state_name(3, 120)
-    ('keras_best_state-0003.h5', 'keras_best_state-0003-000120.h5')
+    >>> state_name(3, None), state_name(3, 120), state_name(3, None, SHARDED_STATE)
+    ('keras_best_state-0003.h5', 'keras_best_state-0003-000120.h5', 'keras_best_state-0003.orbax')
     """
-    return f"{STATE_PREFIX}{epoch:04d}{'' if step is None else f'-{step:06d}'}.h5"
+    return f"{STATE_PREFIX}{epoch:04d}{'' if step is None else f'-{step:06d}'}{suffix}"
+
+
+def last_name(suffix: str = ".h5") -> str:
+    """The name of the one training state `keep_last=1` keeps.
+
+    >>> last_name(), last_name(SHARDED_STATE)
+    ('keras_best_last.h5', 'keras_best_last.orbax')
+    """
+    return LAST_NAME if suffix == ".h5" else SHARDED_LAST_NAME
+
+
+def is_state_name(name: str) -> bool:
+    """Whether `name` is a training state's (the last one, or one `keep_last` keeps)."""
+    return name in (LAST_NAME, SHARDED_LAST_NAME) or name.startswith(STATE_PREFIX)
 
 
 SET_SUFFIX = ".weights.json"  # a sharded weights set's index (Keras 3.10+: `save_weights(max_shard_size=)`)

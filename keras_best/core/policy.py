@@ -162,8 +162,10 @@ class Plan:
 class Policy:
     """Turns scores into plans for one run's `Options` and `Objective`."""
 
-    def __init__(self, options: Options, objective: Objective, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, options: Options, objective: Objective, clock: Callable[[], float] = time.time,
+                 state_suffix: str = ".h5") -> None:
         self.options = options
+        self.state_suffix = state_suffix  # names.SHARDED_STATE: the training states are Orbax directories
         self.objective = objective
         self.clock = clock  # wall time, for a time-based `archive_every` (tests pass a fake one)
         self._monitor: Monitor | None = None
@@ -302,7 +304,8 @@ class Policy:
         o = self.options
         if not o.keeps_state:
             return state.last, tuple(state.states)
-        new = {"path": names.LAST_NAME if o.keep_last == 1 else names.state_name(epoch, step),
+        new = {"path": names.last_name(self.state_suffix) if o.keep_last == 1 else
+               names.state_name(epoch, step, self.state_suffix),
                "epoch": epoch, "step": step, **({} if size is None else {"size": size})}
         old = ((state.last,) if state.last else ()) + tuple(state.states)
         kept = LastN(o.keep_last).keep(old, new)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from keras_best.core.names import LAST_NAME, STATE_PREFIX
+from keras_best.core.names import is_state_name
 from keras_best.core.policy import Plan, RunState
 from keras_best.keras_adapter.host import nbytes_of
 from keras_best.runner import distribute
@@ -89,7 +89,7 @@ class DiskUsage:
     def _largest(self) -> list[int]:
         largest = [0, 0]  # model files, training states
         for name, size in dict(self.measured).items():
-            kind = int(name == LAST_NAME or name.startswith(STATE_PREFIX))
+            kind = int(is_state_name(name))
             largest[kind] = max(largest[kind], size)
         return largest
 

@@ -209,7 +209,7 @@ def load_weights(model: Any, path: str, chief: bool) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def check_layout(model: Any, fmt: str, keeps_state: bool) -> None:
+def check_layout(model: Any, fmt: str) -> None:
     """Refuse a save format that would gather a sharded model on one host: a model whose
     variables `keras.distribution` splits over devices (JAX) saves through Orbax only."""
     from keras_best.keras_adapter.layout import shards_variables
@@ -220,11 +220,14 @@ def check_layout(model: Any, fmt: str, keeps_state: bool) -> None:
             f"{fmt!r} save would gather every variable on one host. Save with save_format=\"orbax\" "
             "(or a filepath without a file extension, e.g. 'runs/exp1/best-{epoch:03d}'): each "
             "process then writes its own shards.")
-    if fmt == ORBAX and keeps_state and _jax_multiprocess() is not None and shards_variables(model):
-        raise ValueError(
-            "resume=True (and keep_last) keep a training state written from host copies, which a model "
-            "sharded over several processes cannot give: no process holds a whole variable. Train "
-            "without them; each kept best is still saved through Orbax and loads with load_best.")
+
+
+def barrier(model: Any) -> None:
+    """Wait until every process training `model` gets here (nothing to wait for in one process):
+    what the chief wrote before it (a rename, a recovered record) is there for the others to read."""
+    group = _group_of(model)
+    if group is not None:
+        group.gather(np.zeros(1, np.float64))
 
 
 def spans_processes(model: Any) -> bool:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from keras_best.core.names import SHARDED_STATE
 from keras_best.runner.memory import read_weights_of
 from keras_best.storage import files
 from keras_best.storage.manifest import RunRecord
-from keras_best.training_state import parts, rng, state
+from keras_best.training_state import parts, rng, sharded, state
 
 
 def resume(run: Any, record: RunRecord, model: Any, optimizer: Any, epochs: int | None) -> None:
@@ -41,7 +42,8 @@ def resume(run: Any, record: RunRecord, model: Any, optimizer: Any, epochs: int 
     run.resumed = True
     random = run.options.save_random_state and run.state.stopped is None  # a stopped run trains nothing
     before = rng.capture(model) if random else None
-    loaded = state.read(last, run.state_parts(model, optimizer, random=random))  # builds the optimizers
+    read = sharded.read if last.endswith(SHARDED_STATE) else state.read  # every process reads its shards
+    loaded = read(last, run.state_parts(model, optimizer, random=random))  # builds the optimizers
     best = run.state.best_record()
     if run.options.restore_best_weights and best is not None:  # read first: a refusal assigns nothing
         weights = run.engine.weights_file(files.join(run.directory, best.path))

@@ -17,14 +17,15 @@ import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 from keras_best.core.formats import ORBAX, WEIGHTS
-from keras_best.core.names import shared_tmp_path
+from keras_best.core.names import SHARDED_STATE, shared_tmp_path
 from keras_best.core.objective import Objective, Score
 from keras_best.core.options import Options
 from keras_best.core.paths import RunPath
 from keras_best.core.policy import Plan, Policy, RunState
-from keras_best.engines import engine_for, savedmodel
+from keras_best.engines import engine_for
 from keras_best.runner import distribute, loggers
 from keras_best.runner.budget import DiskUsage
+from keras_best.runner.export import export_best
 from keras_best.runner.failures import SaveError, save_error_message
 from keras_best.runner.memory import HostMemory
 from keras_best.runner.resume import resume
@@ -35,7 +36,7 @@ from keras_best.storage.files import prepare_directory
 from keras_best.storage.lock import DirectoryLock
 from keras_best.storage.manifest import RunRecord
 from keras_best.storage.writer import Transaction, Writer
-from keras_best.training_state import objects, parts, rng, state
+from keras_best.training_state import objects, parts, rng, sharded, state
 from keras_best.training_state.parts import architecture_of
 
 
@@ -58,10 +59,11 @@ class Run:
     def __init__(self, path: RunPath, options: Options, objective: Objective, save_format: str) -> None:
         self.path, self.directory = path, path.directory
         self.options, self.objective = options, objective
-        self.policy = Policy(options, objective)
         self.buffers = HostBuffers()  # host copies reused from one save to the next
         self.engine = engine_for(WEIGHTS if options.export_at_finish else save_format, path.template,
                                  self.buffers, options.max_shard_size)
+        self.sharded_state = self.engine.format == ORBAX  # training states saved through Orbax too
+        self.policy = Policy(options, objective, state_suffix=SHARDED_STATE if self.sharded_state else ".h5")
         self.state = RunState()
         self.history: list[dict[str, Any]] = []
         self.history_bytes = 0
@@ -95,7 +97,7 @@ class Run:
         self.front_parts = tuple(front_parts)
         self.acquire()
         try:
-            distribute.check_layout(model, self.engine.format, self.options.keeps_state)
+            distribute.check_layout(model, self.engine.format)
             self.tracked = objects.tracked_optimizers(model) if self.options.keeps_state else []
             self._open(model, optimizer, epochs)
         except BaseException:
@@ -105,6 +107,8 @@ class Run:
 
     def _open(self, model: Any, optimizer: Any, epochs: int | None) -> None:
         record = self._recover() if self.chief else None
+        if self.engine.format == ORBAX:  # every process reads the run directory: once the chief recovered it
+            distribute.barrier(model)
         if not self.has_run() or (self.chief and record is None):
             return
         if self.options.resume:
@@ -238,7 +242,8 @@ class Run:
             replaced, self.best_weights = self.best_weights, self.buffers.copies(model.weights, reuse)
             copies.extend(self.best_weights)
         if plan.write_state:
-            taken = state.snapshot(state_parts, Streamed() if stream else self.buffers, reuse, epoch, step)
+            taken = (sharded.snapshot(state_parts, self.buffers, epoch, step, self.directory) if self.sharded_state
+                     else state.snapshot(state_parts, Streamed() if stream else self.buffers, reuse, epoch, step))
             taken.add_to(txn, plan.state.last["path"], (lambda tmp, write: self._add_write(txn, tmp, write, False))
                          if stream else None)
             copies.extend(taken.arrays)
@@ -345,10 +350,12 @@ class Run:
         try:
             self.writer.flush()
             self.engine.wait()  # this process's part of a collective save (Orbax)
+            if self.engine.format == ORBAX:  # the chief's renames are done before every process reads the best
+                distribute.barrier(model)
             self.buffers.clear()  # written: the free copies go before the export and the restore
             error = self.take_write_error()
             if self.options.export_at_finish and error is None:
-                self._export_best(model)
+                export_best(self, model)
             best = self.state.best_record()
             if self.options.restore_best_weights and self.memory.restore_best(
                     model, self.best_weights, self.buffers,
@@ -378,21 +385,3 @@ class Run:
                 self.lock.release()
         if error is not None:
             raise error from error.__cause__
-
-    def _export_best(self, model: Any) -> None:
-        best = self.state.best_record()
-        if best is None:
-            return
-        current = model.get_weights()
-        try:
-            # Other workers join the load's collective ops and export to scratch (distribute.py).
-            distribute.load_weights(model, files.join(self.directory, best.path), self.chief)
-            rel = best.path[: -len(".weights.h5")]
-            tmp_rel = files.tmp_path(rel)
-            distribute.write_durably(files.join(self.directory, tmp_rel), lambda p: savedmodel.export(model, p),
-                                     self.chief)
-            self.state = dataclasses.replace(self.state, export=rel)
-            self.writer.submit(Transaction(record=self.record(), renames=[(tmp_rel, rel)]))
-        finally:
-            model.set_weights(current)
-

@@ -109,7 +109,7 @@ class StateSnapshot:
 def snapshot(parts: Sequence[StatePart], buffers: HostBuffers | Streamed, reuse: Mapping[int, np.ndarray] | None,
              epoch: int, step: int | None) -> StateSnapshot:
     """Host copies of every part (in the training thread)."""
-    _check_names(parts)
+    check_names(parts)
     return StateSnapshot(tuple((part, part.copies(buffers, reuse)) for part in parts), epoch, step, buffers)
 
 
@@ -144,13 +144,15 @@ class Loaded:
         return self.epoch, self.step
 
 
-def read(path: str, parts: Sequence[StatePart]) -> Loaded:
+def read(path: str, parts: Sequence[StatePart], wrap: Callable[[Any, StatePart], Any] | None = None) -> Loaded:
     """Read and check every part of the state file `path`; assign nothing (a
-    Keras optimizer that is not built yet is built, for its slots to be checked)."""
-    _check_names(parts)
+    Keras optimizer that is not built yet is built, for its slots to be checked).
+    `wrap(group, part)`: what the part reads instead of its h5 group (a sharded state's)."""
+    check_names(parts)
+    wrap = wrap or (lambda group, part: group)
     try:
         with files.local_copy(path) as local, h5py.File(local, "r") as f:
-            values = [part.read(f.get(part.name), path) for part in parts]
+            values = [part.read(wrap(f.get(part.name), part), path) for part in parts]
             step = int(f.attrs["step"])
             epoch = int(f.attrs["epoch"])
     except (OSError, KeyError, TypeError) as e:
@@ -161,7 +163,7 @@ def read(path: str, parts: Sequence[StatePart]) -> Loaded:
     return Loaded(tuple(zip(parts, values)), epoch, None if step < 0 else step)
 
 
-def _check_names(parts: Sequence[StatePart]) -> None:
+def check_names(parts: Sequence[StatePart]) -> None:
     names = [part.name for part in parts]
     if len(set(names)) != len(names):
         raise ValueError(f"The parts of a training state need distinct names. Received: {names}")

@@ -17,7 +17,12 @@ the "model" axis. Modes:
   `model.load_weights` and `keras.models.load_model` of the best directory:
   OUT_DIR/load.npz;
 - `kill`: `fit` with `resume=True`; at the end of epoch KILL_AT (env) the
-  process kills itself with SIGKILL while the save is being written.
+  process kills itself with SIGKILL while the save is being written (with KILL_INDEX,
+  only that process: the others must end with an error; HEARTBEAT_S sets
+  `jax.distributed`'s heartbeat timeout);
+- `resume`: `fit` for EPOCHS epochs with `resume=True, keep_last=2` in RUN_DIR/full;
+  then in RUN_DIR/cut, `fit` for STOP_AT (env, default 2) epochs, and a new model
+  resumed there for the rest: the final weights and losses of both go to OUT_DIR.
 """
 
 from __future__ import annotations
@@ -102,13 +107,19 @@ def main(mode: str, run_dir: str, out_dir: str, mesh: str = "1x4", index: int = 
         import jax
 
         jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=processes,
-                                   process_id=index, initialization_timeout=60)
-    keras.distribution.set_distribution(distribution(mesh))
+                                   process_id=index, initialization_timeout=60,
+                                   heartbeat_timeout_seconds=int(os.environ.get("HEARTBEAT_S", "100")))
+    dist = distribution(mesh)
+    if dist is not None and processes > 1:
+        dist.auto_shard_dataset = False  # every process feeds the whole batch (the "batch" axis has size 1)
+    keras.distribution.set_distribution(dist)
     out: dict = {"index": index}
     model = build_model()
     x, y = data()
     if mode in ("fit", "kill"):
         kill_at = int(os.environ.get("KILL_AT", "-1")) if mode == "kill" else None
+        if os.environ.get("KILL_INDEX", str(index)) != str(index):
+            kill_at = None  # another process is killed: this one must end with an error, not hang
         record = Record(kill_at, run_dir)
         callback = BestCheckpoint(os.path.join(run_dir, "best-{epoch:03d}"), monitor="loss", keep_top_k=2,
                                   verbose=0, resume=mode == "kill")
@@ -116,6 +127,21 @@ def main(mode: str, run_dir: str, out_dir: str, mesh: str = "1x4", index: int = 
         out["initial_epoch"] = callback.tracker._run.initial_epoch
         out["losses"] = history.history["loss"]
         np.savez(os.path.join(out_dir, f"epochs{index}.npz"), **record.epochs)
+    elif mode == "resume":
+        stop_at, runs = int(os.environ.get("STOP_AT", "2")), {}
+        for name, stops in (("full", (EPOCHS,)), ("cut", (stop_at, EPOCHS))):
+            losses, initial = [], []
+            for epochs in stops:
+                model = build_model()  # new weights and optimizer: only the run directory carries them on
+                callback = BestCheckpoint(os.path.join(run_dir, name, "best-{epoch:03d}"), monitor="loss",
+                                          keep_top_k=2, keep_last=2, verbose=0, resume=True)
+                losses += model.fit(x, y, epochs=epochs, batch_size=16, verbose=0,
+                                    callbacks=[callback]).history["loss"]
+                initial.append(callback.tracker._run.initial_epoch)
+            runs[name] = gathered(model)
+            out[name] = {"losses": losses, "initial_epochs": initial}
+        np.savez(os.path.join(out_dir, f"resume{index}.npz"),
+                 **{f"{name}_{i}": w for name, ws in runs.items() for i, w in enumerate(ws)})
     elif mode == "loop":
         tracker = BestWeightsTracker(model, os.path.join(run_dir, "best-{epoch:03d}"), monitor="val_loss",
                                      keep_top_k=2, verbose=0, restore_best_weights=True)
