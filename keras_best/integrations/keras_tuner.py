@@ -53,7 +53,7 @@ from keras_best.frontends import loading
 from keras_best.frontends.callback import BestCheckpoint
 from keras_best.frontends.loading import BestRecord
 from keras_best.integrations import search
-from keras_best.storage import manifest
+from keras_best.storage import files, manifest
 
 CHECKPOINT_NAME = "checkpoint.weights.h5"  # where KerasTuner's load_model looks
 KEEP_FILES = ("trial.json", "build_config.json")  # KerasTuner's own records of a trial
@@ -276,7 +276,7 @@ class SearchBest:
 
     def _load_model(self, original: Any, trial: Any) -> Any:
         directory = self.trial_directory(trial)
-        if not os.path.exists(manifest.manifest_path(directory)):
+        if not files.exists(manifest.manifest_path(directory)):
             raise FileNotFoundError(
                 f"Trial {trial.trial_id} keeps no model in {directory!r}: SearchBest keeps the "
                 f"files of the search's {self.keep_top_k} best trials only (keep_top_k)."

@@ -109,7 +109,7 @@ class StudyBest:
 
     Args:
         directory: a local (or network-mounted) directory shared by every
-            process of the study. One directory per study.
+            process of the study, or an s3:// URL. One directory per study.
         keep_top_k: how many of the study's best trials keep their files.
         lock_timeout: seconds to wait for another process's cleanup.
         storage_options: for a remote `directory`, fsspec's arguments of its file system

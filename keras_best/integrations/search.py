@@ -8,9 +8,11 @@ trials). The search framework (the Optuna storage, the KerasTuner oracle) is
 the source of truth: a finished trial's value never changes and the set of
 finished trials only grows, so a trial that has fallen out of the best
 `keep_top_k` can never come back and deleting it is always safe. Trials still
-running are never touched. Sweeps hold a lock file in the directory, are
-idempotent, and move files away before deleting them, so a crash half-way
-leaves no half-deleted trial that looks complete.
+running are never touched. Sweeps hold a lock in the directory, are
+idempotent, and never leave a half-deleted trial that looks complete: on a
+local directory they move files away before deleting them; on an object store
+(s3://, memory://) the trial's record goes first, and the lock is an object
+created with a conditional write (`keras_best.storage.object_lock`).
 
 ```python
 search = SearchDirectory("runs/study", keep_top_k=3, owner="StudyBest")
@@ -35,7 +37,7 @@ from filelock import FileLock, Timeout
 from keras_best.core import names, options
 from keras_best.core.objective import check_mode, infer_mode
 from keras_best.frontends import loading
-from keras_best.storage import files, manifest
+from keras_best.storage import files, manifest, object_lock
 
 STUDY_FILE = names.STUDY_FILE
 LOCK_NAME = ".keras_best_study.lock"
@@ -62,11 +64,11 @@ def first_saved(trials: Iterable[Any], directory_of: Callable[[Any], str]) -> tu
 
 
 class SearchDirectory:
-    """A local directory of trial run directories, of which `keep_top_k` remain.
+    """A directory of trial run directories, of which `keep_top_k` remain.
 
     Args:
         directory: a local (or network-mounted) directory shared by every
-            process of the search.
+            process of the search, or an s3:// (or memory://) URL.
         keep_top_k: how many of the search's best trials keep their files.
         lock_timeout: seconds to wait for another process's sweep.
         owner: the front end's name, for error messages.
@@ -79,31 +81,35 @@ class SearchDirectory:
         if not isinstance(directory, str) or not directory:
             raise ValueError(f"`directory` must be a non-empty path. Received: directory={directory!r}")
         files.configure(directory, options.storage_options(storage_options))  # its trials' directories too
-        if files.is_remote(directory):
-            raise ValueError(
-                f"{owner} needs a local or network-mounted directory (it locks it while "
-                f"cleaning up); remote URLs are not supported. Received: directory={directory!r}"
-            )
         check_keep_top_k(keep_top_k)
         self.directory = directory
         self.keep_top_k = keep_top_k
         self.lock_timeout = lock_timeout
         self.owner = owner
-        os.makedirs(directory, exist_ok=True)
+        self.remote = files.is_remote(directory)
+        if not self.remote:
+            os.makedirs(directory, exist_ok=True)
+            return
+        files.reach(directory)  # the bucket and the credentials, before any trial trains
+        if not object_lock.supported(directory):
+            raise ValueError(
+                f"{owner} locks its directory while cleaning up, and on a remote store that needs "
+                "conditional writes, which keras-best does on s3:// (s3fs) and memory:// only. Use an "
+                f"s3:// or a local (or network-mounted) directory. Received: directory={directory!r}"
+            )
 
     def lock(self) -> SearchLock:
         """The directory's lock (a context manager; not re-entrant)."""
-        return SearchLock(os.path.join(self.directory, LOCK_NAME), self.lock_timeout, self.owner)
+        return SearchLock(files.join(self.directory, LOCK_NAME), self.lock_timeout, self.owner)
 
     def claim(self, name: str, framework: str) -> None:
         """Tie the directory to the search `name` (call with the lock held).
 
         Raises `ValueError` when it already holds another search's models.
         """
-        path = os.path.join(self.directory, STUDY_FILE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                recorded = json.load(f).get("study_name")
+        path = files.join(self.directory, STUDY_FILE)
+        if files.exists(path):
+            recorded = json.loads(files.read_bytes(path).decode("utf-8")).get("study_name")
             if recorded != name:
                 raise ValueError(
                     f"{self.directory!r} holds the models of study {recorded!r}, not "
@@ -111,9 +117,7 @@ class SearchDirectory:
                 )
             return
         body = {"format": "keras_best_study", "version": 1, "study_name": name, "framework": framework}
-        tmp = os.path.join(self.directory, files.tmp_path(STUDY_FILE))
-        files.write_durably(tmp, lambda p: _write_json(p, body))
-        files.replace(tmp, path)
+        files.write_bytes_atomic(path, json.dumps(body).encode("utf-8"))  # on an object store: one PUT
 
     def sweep(self, doomed: Callable[[str], bool], keep_files: Iterable[str] = ()) -> list[str]:
         """Remove the trial directories whose name `doomed(name)` says (call with the lock held).
@@ -125,6 +129,13 @@ class SearchDirectory:
         """
         keep_files = set(keep_files)
         removed = []
+        if self.remote:  # no trash: a trial's record goes first (`remove`)
+            try:
+                listed = sorted(files.listdir(self.directory))
+            except FileNotFoundError:  # an object store has no empty directory
+                listed = []
+            doomed_paths = [files.join(self.directory, n) for n in listed if not n.startswith(".") and doomed(n)]
+            return [p for p in doomed_paths if self.remove(p, keep_files)]
         for name in sorted(os.listdir(self.directory)):
             path = os.path.join(self.directory, name)
             if name.startswith(TRASH_PREFIX):
@@ -141,7 +152,10 @@ class SearchDirectory:
 
         The record (`keras_best.json`) moves first, so an interrupted removal
         never leaves a trial that looks complete. Returns whether anything went.
+        On a remote store nothing moves: the record is deleted first, then the rest.
         """
+        if self.remote:
+            return self._remove_remote(path, set(keep_files))
         trash = os.path.join(self.directory, f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}-{os.path.basename(path)}")
         keep_files = set(keep_files)
         if not keep_files:
@@ -166,6 +180,15 @@ class SearchDirectory:
                 continue
         shutil.rmtree(trash, ignore_errors=True)
         return True
+
+    def _remove_remote(self, path: str, keep_files: set[str]) -> bool:
+        try:
+            names = [n for n in files.listdir(path) if n not in keep_files]
+        except FileNotFoundError:
+            return False
+        for n in sorted(names, key=lambda n: n != manifest.MANIFEST_NAME):  # the record first
+            files.remove(files.join(path, n), missing_ok=True)
+        return bool(names)
 
 
 def top_k(finished: Iterable[tuple[Hashable, float]], mode: str, k: int) -> set[Hashable]:
@@ -221,17 +244,20 @@ def trial_mode(direction: str, monitor: Any, mode: Any, search: str, fix: str, n
 
 
 class SearchLock:
-    """The lock file of a search directory (across processes and threads)."""
+    """The lock of a search directory (across processes and threads): a lock file, or
+    on a remote store a lock object (`object_lock.ObjectLock`)."""
 
     def __init__(self, path: str, timeout: float, owner: str = "SearchDirectory") -> None:
-        self._lock = FileLock(path, timeout=timeout, thread_local=False)
+        self._lock: FileLock | object_lock.ObjectLock = (
+            object_lock.ObjectLock(path, timeout) if files.is_remote(path)
+            else FileLock(path, timeout=timeout, thread_local=False))
         self.path = path
         self.owner = owner
 
     def __enter__(self) -> SearchLock:
         try:
             self._lock.acquire()
-        except Timeout as e:
+        except (Timeout, TimeoutError) as e:
             raise TimeoutError(
                 f"Could not lock {self.path} within {self._lock.timeout} s: another process "
                 f"is cleaning up the search directory (or hangs holding the lock). Raise "
@@ -241,11 +267,6 @@ class SearchLock:
 
     def __exit__(self, *exc: Any) -> None:
         self._lock.release()
-
-
-def _write_json(path: str, body: Mapping[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(body, f)
 
 
 __all__ = ["LOCK_NAME", "STUDY_FILE", "SearchDirectory", "SearchLock", "top_k", "trial_mode"]

@@ -13,7 +13,7 @@ object, not atomic by itself), `upload`, `download`, `copy` (over `dst`),
 `rename` (on object stores a copy then a delete: `dst` appears whole or not
 at all), `remove` (one file), `rmtree` (nothing there is no error), `size`
 (one file) and `abort_uploads` (unfinished multipart uploads under a
-directory). Every path is a full URL.
+directory). fsspec's also has `create_exclusive` (`conditional.py`). Every path is a full URL.
 
 >>> filesystem("memory://bucket/run").name
 'fsspec'
@@ -25,14 +25,16 @@ import contextlib
 import importlib.util
 from typing import Any, Callable, Iterator, Mapping
 
+from keras_best.storage.conditional import ConditionalWrites
+
 MARKER_DATA = b"1"  # not empty: ram:// does not keep empty files
 # Object stores (scheme://bucket/key..., no directories): a PUT replaces an object whole or
 # not at all (readers see the old object or the new one), and a rename is a copy then a delete.
 OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 
-class FsspecFS:
-    """A file system of fsspec (`fsspec.core.url_to_fs`)."""
+class FsspecFS(ConditionalWrites):
+    """A file system of fsspec (`fsspec.core.url_to_fs`); its conditional writes: `ConditionalWrites`."""
 
     name = "fsspec"
 
@@ -89,6 +91,7 @@ class FsspecFS:
         self.fs.makedirs(path, exist_ok=True)
 
     def listdir(self, path: str) -> list[str]:
+        self.fs.invalidate_cache(path)  # the store's listing, not a cached one: other processes write there too
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]
 
     def walk(self, path: str) -> Iterator[tuple[str, list[str]]]:
@@ -162,6 +165,7 @@ class GfileFS:
 
     name = "tf.io.gfile"
     object_store = False  # not known: written as any file system
+    exclusive_writes = False  # no conditional writes
 
     def __init__(self, missing: str | None = None) -> None:
         import tensorflow as tf
