@@ -186,14 +186,6 @@ def test_inspect_and_compare_read_s3_run_directories(s3, s3_bucket, capsys):
     assert [(r["directory"], r["rank"]) for r in ranked] == [(f"{s3_bucket}/b", 1), (f"{s3_bucket}/a", 2)]
 
 
-def test_study_best_refuses_an_s3_directory_at_construction(s3_bucket):
-    pytest.importorskip("optuna")
-    from keras_best.optuna import StudyBest
-
-    with pytest.raises(ValueError, match="remote URLs are not supported.*s3://"):
-        StudyBest(f"{s3_bucket}/study", keep_top_k=2)
-
-
 # ----------------------------------------------------------------------------- leaks
 def _upload(s3, bucket: str, key: str) -> str:
     """An unfinished multipart upload of `key` with one 5 MiB part, as a kill mid-upload leaves it."""

@@ -90,13 +90,13 @@ class SearchDirectory:
         if not self.remote:
             os.makedirs(directory, exist_ok=True)
             return
-        files.reach(directory)  # the bucket and the credentials, before any trial trains
         if not object_lock.supported(directory):
             raise ValueError(
                 f"{owner} locks its directory while cleaning up, and on a remote store that needs "
                 "conditional writes, which keras-best does on s3:// (s3fs) and memory:// only. Use an "
                 f"s3:// or a local (or network-mounted) directory. Received: directory={directory!r}"
             )
+        files.reach(directory)  # the bucket and the credentials, before any trial trains
 
     def lock(self) -> SearchLock:
         """The directory's lock (a context manager; not re-entrant)."""

@@ -85,9 +85,11 @@ class ConditionalWrites:
         bucket, key, _ = self.fs.split_path(path)
         try:
             self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=version)
+        except FileNotFoundError:
+            pass
         except (OSError, ValueError) as e:
-            if not isinstance(e, FileNotFoundError) and not _precondition_failed(e):
-                raise
+            if not _precondition_failed(e) and (self.version(path) or (b"", None))[1] == version:
+                self.fs.rm_file(path)  # a server without conditional deletes: checked, then deleted
         finally:
             self.fs.invalidate_cache(path)
 

@@ -111,8 +111,10 @@ class ObjectLock:
 
 
 def supported(url: str) -> bool:
-    """Whether an `ObjectLock` can live under the remote `url` (its store has conditional writes)."""
-    return bool(getattr(fs.RemoteFiles(url).fs, "exclusive_writes", False))
+    """Whether an `ObjectLock` can live under the remote `url`: an s3:// (through s3fs) or
+    memory:// URL, whose store has conditional writes (other schemes: no file system built)."""
+    scheme = url.split("://", 1)[0]
+    return scheme in ("s3", "s3a", "memory") and bool(getattr(fs.RemoteFiles(url).fs, "exclusive_writes", False))
 
 
 def _read(data: bytes) -> dict[str, Any]:
