@@ -132,3 +132,22 @@ def test_the_holder_renews_its_lease_and_releases_only_its_own_lock(s3, s3_bucke
     with ObjectLock(path, timeout=5) as other:
         holder.release()  # the stalled holder's release leaves the new holder's lock alone
         assert json.loads(files.read_bytes(path))["owner"] == other.owner
+
+
+def test_a_half_deleted_trial_never_looks_saved_and_the_next_sweep_finishes_it(s3, s3_bucket):
+    """A crash mid-removal (its record deleted first) leaves files without `keras_best.json`:
+    no reader takes that trial for a saved one, and the next sweep removes the rest."""
+    from keras_best.integrations.search import SearchDirectory, first_saved
+
+    bucket, study = bucket_of(s3_bucket), f"{s3_bucket}/study"
+    for key in ["trial-00001/best.weights.h5", "trial-00001/keras_best_history.jsonl",
+                "trial-00002/trial.json", "trial-00002/best.weights.h5", "trial-00003/best.weights.h5"]:
+        s3.client.put_object(Bucket=bucket, Key=f"study/{key}", Body=b"x")
+    directory = SearchDirectory(study, keep_top_k=1)
+    assert first_saved([1], lambda n: f"{study}/trial-{n:05d}") is None
+    with directory.lock():
+        directory.claim("s", framework="optuna")
+        removed = directory.sweep(lambda name: name in ("trial-00001", "trial-00002"), keep_files=["trial.json"])
+    assert removed == [f"{study}/trial-00001", f"{study}/trial-00002"]
+    assert sorted(s3.objects(bucket)) == ["study/keras_best_study.json", "study/trial-00002/trial.json",
+                                          "study/trial-00003/best.weights.h5"]
