@@ -21,7 +21,8 @@ momentum; `kb_stream` BestCheckpoint(.weights.h5, max_host_memory=0);
 with room for three saves (max_host_memory=3 * (weights + momentum)). JAX only (Orbax needs JAX):
 `oc` Keras's OrbaxCheckpoint(save_best_only=True, save_weights_only=True), `oc_full` the same with the
 optimizer (save_weights_only=False, SGD momentum: compare with kb_resume), `kb_orbax`
-BestCheckpoint(save_format="orbax"). The `mc_bar`, `kb_resume*`, `oc_full` configurations (and their
+BestCheckpoint(save_format="orbax"), `kb_orbax_resume` the same with resume=True, restore_best_weights=True
+(the training state through Orbax too; SGD momentum). The `mc_bar`, `kb_resume*`, `oc_full` configurations (and their
 baseline) train with SGD momentum, the others with plain SGD.
 """
 
@@ -37,9 +38,9 @@ import tempfile
 import time
 
 CONFIGS = ["mc", "mc_bar", "mc_keras", "kb_weights", "kb_keras", "kb_resume", "kb_resume_3x", "kb_stream",
-           "kb_resume_stream", "oc", "oc_full", "kb_orbax"]
-MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_3x", "kb_resume_stream", "oc_full", "base_momentum"}
-ORBAX = {"oc", "oc_full", "kb_orbax"}
+           "kb_resume_stream", "oc", "oc_full", "kb_orbax", "kb_orbax_resume"]
+MOMENTUM = {"mc_bar", "kb_resume", "kb_resume_3x", "kb_resume_stream", "oc_full", "kb_orbax_resume", "base_momentum"}
+ORBAX = {"oc", "oc_full", "kb_orbax", "kb_orbax_resume"}
 WIDTH = 4096
 
 
@@ -98,13 +99,13 @@ def _child(config: str, size_gb: float, epochs: int, directory: str) -> dict:
         from keras_best import BestCheckpoint
 
         options = {"verbose": 0}
-        if config in ("kb_resume", "kb_resume_3x", "kb_resume_stream"):
+        if config in ("kb_resume", "kb_resume_3x", "kb_resume_stream", "kb_orbax_resume"):
             options.update(resume=True, restore_best_weights=True)
         if config == "kb_resume_3x":  # room for three saves (weights and momentum): runs ahead of the disk
             options["max_host_memory"] = 3 * 2 * model_bytes
         if config.endswith("stream"):
             options["max_host_memory"] = 0
-        if config == "kb_orbax":
+        if config.startswith("kb_orbax"):
             callbacks.append(BestCheckpoint(path, save_format="orbax", **options))
         else:
             suffix = ".keras" if config == "kb_keras" else ".weights.h5"

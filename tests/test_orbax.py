@@ -318,3 +318,22 @@ def test_training_state_through_orbax_resumes_exactly_and_a_damaged_one_changes_
         fit(tmp_path / "cut", 6, model)
     for a, b in zip(model.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_saves_write_arrays_uncompressed(tmp_path):
+    # Orbax compresses by default (ZSTD): its compressed copies cost host memory beside the save's own
+    # and CPU beside training. Zeros compress to almost nothing, so a save of zeros as large as the
+    # weights shows they were written as they are; Keras's own loader still reads it.
+    import keras
+
+    from keras_best import BestWeightsTracker
+
+    model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(512, kernel_initializer="zeros")])
+    model.compile("sgd", "mse")
+    tracker = BestWeightsTracker(model, str(tmp_path / "run"), save_format="orbax", verbose=0)
+    tracker.update(0, {"val_loss": 1.0})
+    tracker.finish()
+    saved = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tracker.best_path) for f in fs)
+    assert saved >= 256 * 512 * 4, saved
+    restored = keras.models.load_model(tracker.best_path)
+    np.testing.assert_array_equal(restored.get_weights()[0], np.zeros((256, 512), "float32"))
