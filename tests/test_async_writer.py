@@ -199,9 +199,11 @@ def test_two_snapshots_that_must_both_be_kept_make_submit_wait(tmp_path, writer)
         ("a", dict(renames=[], kept=[]), False),  # named by nobody
     ],
 )
-def test_merge_rules(older_final, newer, kept_job):
+@pytest.mark.parametrize("started", [False, True])
+def test_merge_rules(older_final, newer, kept_job, started):
     older = Transaction(record=run_record([older_final]), jobs=[(print, "t-" + older_final)],
-                        renames=[("t-" + older_final, older_final)], deletes=["old"], rollback="older")
+                        renames=[("t-" + older_final, older_final)], deletes=["old"], rollback="older",
+                        started=["t-" + older_final] if started else [])
     txn = Transaction(
         record=run_record(newer["kept"]),
         jobs=[(print, "t2-" + r) for r in newer["renames"]],
@@ -209,11 +211,12 @@ def test_merge_rules(older_final, newer, kept_job):
         deletes=newer.get("deletes", []), rollback="newer",
     )
     merged = merge(older, txn)
-    if kept_job and txn.jobs:
-        assert merged is None
+    if (kept_job and txn.jobs) or (started and not kept_job):
+        assert merged is None  # both hold a snapshot; or a started write (Orbax's) would be left half-made
         return
     assert merged.record is txn.record and merged.rollback == "older"
     assert (("t-" + older_final) in [t for _, t in merged.jobs]) == kept_job
+    assert merged.started == (["t-" + older_final] if started else [])
     assert "old" in merged.deletes
     assert merged.record.named_files() >= {final for _, final in merged.renames}
 

@@ -337,3 +337,34 @@ def test_saves_write_arrays_uncompressed(tmp_path):
     assert saved >= 256 * 512 * 4, saved
     restored = keras.models.load_model(tracker.best_path)
     np.testing.assert_array_equal(restored.get_weights()[0], np.zeros((256, 512), "float32"))
+
+
+def test_a_save_superseded_while_the_disk_is_behind_leaves_no_temp_directory(tmp_path, monkeypatch):
+    # Every process starts its Orbax save in the training thread, so a newer best cannot drop the
+    # waiting one's write (the writer would never finish or remove its temp directory): the update
+    # waits for it instead, and the run directory holds the newest best only.
+    import threading
+
+    import keras
+
+    from keras_best import BestWeightsTracker
+    from keras_best.storage import writer
+
+    commit, gate = writer.commit, threading.Event()
+
+    def slow_commit(*args, **kwargs):  # the first commit waits: the next saves queue behind it
+        gate.wait(timeout=30)
+        commit(*args, **kwargs)
+
+    monkeypatch.setattr(writer, "commit", slow_commit)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+    model.compile("sgd", "mse")
+    tracker = BestWeightsTracker(model, str(tmp_path / "run"), save_format="orbax", verbose=0)
+    for epoch in range(4):
+        if epoch == 2:
+            threading.Timer(0.5, gate.set).start()  # the disk catches up while the later updates wait
+        model.set_weights([w + 1.0 for w in model.get_weights()])
+        tracker.update(epoch, {"val_loss": 1.0 / (epoch + 1)})
+    tracker.finish()
+    assert sorted(os.listdir(tmp_path / "run")) == sorted(["best-004", "keras_best.json",
+                                                           "keras_best_history.jsonl"])

@@ -234,6 +234,7 @@ class Run:
                 tmp_rel = token + rel
                 if collective:  # started now on every process; the chief's writer waits for it
                     snapshot.start(files.join(self.directory, tmp_rel))
+                    txn.started.append(tmp_rel)
                 txn.done.append((tmp_rel, lambda committed: snapshot.release()))
                 self._add_write(txn, tmp_rel, write, snapshot.detached)
                 txn.renames.append((tmp_rel, rel))

@@ -52,6 +52,9 @@ class Transaction:
         sizes: with `max_disk`, the run's measured sizes by name: the commit
             adds the bytes of the files it renames in (a sharded set: their
             sum, under the set's name) and records them.
+        started: jobs' temp names whose writing began before the commit (an
+            Orbax save that every process started): a `merge` never drops
+            them, as their files would be left behind half-made.
     """
 
     record: RunRecord
@@ -63,6 +66,7 @@ class Transaction:
     history_head: Callable[[], bytes] | None = None  # the encoded entries before `history`
     done: list[tuple[str | None, Callable[[bool], None]]] = dataclasses.field(default_factory=list)
     sizes: dict[str, int] | None = None
+    started: list[str] = dataclasses.field(default_factory=list)
 
     def over(self, committed: bool) -> None:
         """Run the `done` callbacks, once."""

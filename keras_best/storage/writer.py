@@ -201,7 +201,8 @@ def _lower_priority() -> None:
 def merge(older: Transaction, newer: Transaction) -> Transaction | None:
     """One transaction with the effect of committing `older` then `newer`,
     without writing what `newer` makes obsolete; `None` when both would keep a
-    snapshot (the caller waits instead, to bound memory).
+    snapshot (the caller waits instead, to bound memory), or when `newer` makes
+    obsolete a job of `older` that has started (`Transaction.started`).
 
     A file of `older` is obsolete when `newer` writes the same name or its
     state (the manifest after both) does not name it (a shard: its set's name).
@@ -221,9 +222,9 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
             kept_tmps.add(tmp)
     renamed_tmps = {tmp for tmp, _ in older.renames}
     kept_jobs = [j for j in older.jobs if j[1] in kept_tmps or j[1] not in renamed_tmps]
-    if kept_jobs and newer.jobs:
-        return None
     dropped_jobs = {tmp for _, tmp in older.jobs} - {tmp for _, tmp in kept_jobs}
+    if (kept_jobs and newer.jobs) or dropped_jobs.intersection(older.started):
+        return None
     for tmp, fn in older.done:
         if tmp in dropped_jobs:
             fn(False)  # never written: its host copies are free now
@@ -244,6 +245,7 @@ def merge(older: Transaction, newer: Transaction) -> Transaction | None:
         history_head=older.history_head,
         done=[d for d in older.done if d[0] not in dropped_jobs] + [d for d in newer.done if d[0] is not None],
         sizes=newer.sizes,
+        started=[t for t in older.started if t in kept_tmps] + list(newer.started),
     )
 
 

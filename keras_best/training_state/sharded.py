@@ -112,6 +112,7 @@ class ShardedStateSnapshot:
         wait for it, write `host.h5` and rename the directory to `rel`."""
         tmp_rel = shared_tmp_path(rel, f"{rel}|{self.host.epoch}|{self.host.step}")
         self.save.start(files.join(self.directory, tmp_rel))
+        txn.started.append(tmp_rel)
         txn.done.append((tmp_rel, lambda committed: self.host.buffers.release(self.arrays)))
         txn.jobs.append((self.write, tmp_rel))  # dropped on non-chief workers
         txn.renames.append((tmp_rel, rel))
