@@ -96,7 +96,7 @@ def test_the_history_is_appended_in_parts_and_read_back_exactly(s3_bucket, s3, m
     assert load_best(make_model(), directory).epoch == best
 
 
-def _txn(entries, start, parts_before):
+def _txn(entries, start):
     data = history.encode(entries[start:])
     record = RunRecord(monitor="val_loss", mode="min", state=RunState(), history_count=len(entries),
                        history_bytes=len(history.encode(entries)))
@@ -113,24 +113,24 @@ def test_an_interrupted_commit_leaves_the_history_the_record_names(s3_bucket, s3
     monkeypatch.setattr(history, "PARTS_PER_FILE", 3)
     directory, rand = f"{s3_bucket}/run", random.Random(seed)
     committed: list[dict] = []
-    parts = None  # what the writer knows of the record's parts (None: read from the store)
+    before = None  # what the writer knows of the record (None: read from the store)
     for i in range(40):
         entries = committed + [{"epoch": len(committed) + k, "value": rand.random(), "improved": False,
                                 "metrics": {"val_loss": i}} for k in range(rand.randint(1, 3))]
-        txn = _txn(entries, len(committed), parts)
+        txn = _txn(entries, len(committed))
         stop = rand.choice(["none", "none", "after history", "after record"])
         if stop != "none":  # the commit's steps by hand, up to where it stops
-            known = parts if parts is not None else RunRecord.read(directory).history_parts if committed else None
+            known = (before or RunRecord.read(directory)).history_parts if committed else None
             offset = txn.record.history_bytes - len(txn.history)
             new_parts, _ = history.append(directory, offset, txn.history, txn.history_head, known)
-            parts = None
+            before = None
             if stop == "after record":  # the parts folded into the file are not deleted
                 dataclasses.replace(txn.record, history_parts=new_parts).write(directory)
                 committed = entries
                 journal.roll_forward(directory, RunRecord.read(directory))  # the next start: stray parts go
         else:
-            journal.commit(directory, txn, parts)
-            committed, parts = entries, txn.record.history_parts
+            journal.commit(directory, txn, before)
+            committed, before = entries, txn.record
         if committed:
             record = RunRecord.read(directory)
             assert record.history(directory) == committed, (i, stop)
