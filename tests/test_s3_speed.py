@@ -136,3 +136,22 @@ def test_an_interrupted_commit_leaves_the_history_the_record_names(s3_bucket, s3
             assert record.history(directory) == committed, (i, stop)
     bucket = s3_bucket[len("s3://"):]
     assert not any(files.is_tmp_name(k.rsplit("/", 1)[-1]) for k in s3.objects(bucket))
+
+
+def test_a_reader_whose_parts_were_folded_into_the_file_reads_its_history(s3_bucket, monkeypatch):
+    """A reader holds a record listing parts; the writer then folds them into
+    the file (every `PARTS_PER_FILE` commits) and deletes them: the reader's
+    record still reads exactly its own entries (a re-read of the record)."""
+    monkeypatch.setattr(history, "PARTS_PER_FILE", 3)
+    directory = f"{s3_bucket}/run"
+    tracker = BestWeightsTracker(make_model(), f"{directory}/best.weights.h5", async_save=False, verbose=0)
+    for epoch in range(3):
+        tracker.update(epoch, {"val_loss": 1.0 + epoch})
+    held = RunRecord.read(directory)
+    expected = held.history(directory)
+    assert len(held.history_parts) == 2 and len(expected) == 3
+    for epoch in (3, 4):  # a third part, then the fold: the file anew with the parts and this entry, the parts deleted
+        tracker.update(epoch, {"val_loss": 1.0 + epoch})
+    assert RunRecord.read(directory).history_parts == () and not files.exists(f"{directory}/{held.history_files()[1]}")
+    assert held.history(directory) == expected
+    tracker.finish()
