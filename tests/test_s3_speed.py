@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -155,3 +156,66 @@ def test_a_reader_whose_parts_were_folded_into_the_file_reads_its_history(s3_buc
     assert RunRecord.read(directory).history_parts == () and not files.exists(f"{directory}/{held.history_files()[1]}")
     assert held.history(directory) == expected
     tracker.finish()
+
+
+@pytest.fixture
+def slow_server(s3):
+    """Make every request the server answers take `delay[0]` seconds more (0: none)."""
+    wsgi = s3._server._server  # moto's werkzeug server
+    app, delay = wsgi.app, [0.0]
+
+    def slow(environ, start_response):
+        time.sleep(delay[0])
+        return app(environ, start_response)
+
+    wsgi.app = slow
+    yield delay
+    wsgi.app = app
+
+
+def test_updates_do_not_wait_for_a_slow_store(s3_bucket, slow_server):
+    """As on a slow local disk (test_async_writer.py, test_memory.py), here
+    with every request 0.15 s slower: with a budget of many saves, `update()`
+    sends no request itself and returns while the writer is busy; with the
+    default budget of one save it waits for the commit in flight at most,
+    never for a backlog of them."""
+    directory, model, delay = f"{s3_bucket}/run", make_model(), 0.15
+
+    def started(name, **options):
+        tracker = BestWeightsTracker(model, f"{directory}/{name}/{{epoch:02d}}.weights.h5", verbose=0, **options)
+        tracker.update(0, {"val_loss": 1.0})
+        tracker.finish()
+        return tracker
+
+    sync = started("sync", async_save=False)
+    slow_server[0] = delay
+    start = time.perf_counter()
+    sync.update(1, {"val_loss": 0.9})  # one whole commit, in this thread
+    one_commit = time.perf_counter() - start
+    sync.finish()
+
+    slow_server[0] = 0.0
+    ahead = started("ahead", max_host_memory=1 << 30)
+    slow_server[0] = delay
+    for epoch, value in [(1, 0.9), (2, 0.8), (3, 0.85)]:
+        start = time.perf_counter()
+        ahead.update(epoch, {"val_loss": value})
+        assert time.perf_counter() - start < 0.8 * delay, epoch  # less than one request
+    assert RunRecord.read(f"{directory}/ahead").best.epoch == 0  # nothing of it in the store yet
+    ahead.finish()
+
+    slow_server[0] = 0.0
+    bounded = started("bounded")
+    slow_server[0] = delay
+    waits = []
+    for epoch in range(1, 4):
+        start = time.perf_counter()
+        bounded.update(epoch, {"val_loss": 1.0 - epoch / 10})
+        waits.append(time.perf_counter() - start)
+    bounded.finish()
+    slow_server[0] = 0.0
+    assert waits[0] < 0.8 * delay and max(waits) < 1.3 * one_commit, (waits, one_commit)
+    for name, best, epochs in (("ahead", 2, 4), ("bounded", 3, 4)):
+        record = RunRecord.read(f"{directory}/{name}")
+        assert record.best.epoch == best and len(record.history(f"{directory}/{name}")) == epochs
+    assert load_best(make_model(), f"{directory}/bounded").epoch == 3
