@@ -269,6 +269,10 @@ class RemoteFiles(FileSystem):
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs
         with fs.errors(path):
+            kind = fs.kind(path) if fs.object_store else None  # one HEAD for a file, no listing
+            if kind == "file":
+                fs.remove(path)
+                return
             if not fs.exists(path):
                 if missing_ok:
                     return

@@ -82,7 +82,8 @@ def commit(directory: str, txn: Transaction, before: RunRecord | None = None) ->
     straight = uploads.straight(directory, txn.renames, [tmp for _, tmp in txn.jobs],
                                 before.named_files() if before is not None else set() if known else None,
                                 txn.record.named_files(), txn.deletes)
-    marker = uploads.announce(directory, straight.values()) if straight else None
+    # The marker lists the deletes too: then a crash after the record leaves nothing the next start keeps.
+    marker = uploads.announce(directory, [*straight.values(), *txn.deletes]) if straight else None
     written, landed = [], {}
     try:
         for write_fn, tmp_rel in txn.jobs:
@@ -109,8 +110,10 @@ def commit(directory: str, txn: Transaction, before: RunRecord | None = None) ->
         txn.record = dataclasses.replace(txn.record, history_parts=parts or ())
     elif txn.history:
         history.append(directory, offset, txn.history, txn.history_head or (lambda: b""))
-    if not renames and not txn.deletes:
+    if not renames and (not txn.deletes or marker):
         txn.record.write(directory)
+        if txn.deletes:  # names the record no longer names (the marker lists them)
+            apply(directory, {"renames": [], "deletes": list(txn.deletes)})
     else:
         pending = {"renames": [list(r) for r in renames], "deletes": list(txn.deletes)}
         dataclasses.replace(txn.record, pending=pending).write(directory)
@@ -176,7 +179,8 @@ def remove_tmp_files(directory: str, record: RunRecord | None = None) -> None:
             None if files.exists(files.join(directory, files.MANIFEST_NAME)) else set())
         doomed = uploads.orphans(directory, markers, named)
     for name in doomed:
-        files.remove(files.join(directory, name), missing_ok=True)
+        for member in files.members(directory, name):
+            files.remove(files.join(directory, member), missing_ok=True)
     files.remove_leftovers(directory, frozenset(doomed))
     parts = set(record.history_files()) if record is not None else None
     for name in sorted(found, key=uploads.is_marker):  # the markers last: a crash before repeats this
