@@ -15,6 +15,11 @@ crash after (2) is rolled forward (`roll_forward`): a temp file that still
 exists is the content of its final name. So the record and the files never
 disagree, and `load_best` can read a directory at any instant, even while a
 run is writing.
+
+On an object store, a job's file whose final name the record before does not
+name is uploaded straight to that name, announced first in a marker
+(`keras_best.storage.uploads`), which also lists the commit's deletes: the
+record is then written once, and a crash leaves names the next start removes.
 """
 
 from __future__ import annotations
