@@ -188,7 +188,7 @@ class RemoteFiles(FileSystem):
         with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             write(local)
-            if straight is not None and not os.path.isdir(local):  # a file: no copy later (see `uploads`)
+            if straight is not None and os.path.isfile(local):  # a file: no copy later (see `uploads`)
                 path = straight
             with self.fs.errors(path):
                 self._upload(local, path)
