@@ -173,6 +173,7 @@ def slow_server(s3):
     wsgi.app = app
 
 
+@pytest.mark.slow
 def test_updates_do_not_wait_for_a_slow_store(s3_bucket, slow_server):
     """As on a slow local disk (test_async_writer.py, test_memory.py), here
     with every request 0.15 s slower: with a budget of many saves, `update()`
