@@ -9,6 +9,9 @@ Starts moto's S3 server (a real S3 API server) on 127.0.0.1 and saves a
               update a new best: snapshot, local file, upload under a temp
               name, journaled record, copy to the final name. The time of one
               `update()` with `async_save=False` (the whole durable save).
+- new names   the same with `e{epoch:03d}.weights.h5` (`keep_top_k=1`): a
+              name the record does not name yet is uploaded straight to it
+              (announced in a marker first), no copy.
 - resume      the same with `resume=True`: the weights and the training state
               (the model and SGD's step count, ~1x the bytes) at every update.
 
@@ -100,8 +103,9 @@ def measure(mb: int, saves: int, code: str) -> dict:
     model = build(mb)
     out: dict = {"code": code, "mb": sum(v.numpy().nbytes for v in model.weights) / 1e6}
     try:
-        for way, resume in (("durable", False), ("resume", True)):
-            tracker = BestWeightsTracker(model, server.bucket(way) + "/run/best.weights.h5", resume=resume,
+        for way, name, resume in (("durable", "best.weights.h5", False), ("new", "e{epoch:03d}.weights.h5", False),
+                                  ("resume", "best.weights.h5", True)):
+            tracker = BestWeightsTracker(model, server.bucket(way) + "/run/" + name, resume=resume,
                                          keep_top_k=1, async_save=False, verbose=0)
             times, counts = [], []
             for epoch in range(saves):
@@ -137,8 +141,10 @@ def show(r: dict) -> None:
     print(f"keras-best from {r['code']}: model {r['mb']:.0f} MB, file {r['file_mb']:.0f} MB")
     print(f"  put_file (s3fs)               {r['put_file_s']:6.2f} s")
     print(f"  durable save (.weights.h5)    {r['durable_s']:6.2f} s   ratio vs put_file {r['durable_s'] / r['put_file_s']:.2f}")
+    print(f"  durable save, new names       {r['new_s']:6.2f} s   ratio vs put_file {r['new_s'] / r['put_file_s']:.2f}")
     print(f"  save with resume=True         {r['resume_s']:6.2f} s   ratio vs put_file {r['resume_s'] / r['put_file_s']:.2f}")
-    for key, what in (("durable_requests", "a save"), ("resume_requests", "a save, resume=True"),
+    for key, what in (("durable_requests", "a save"), ("new_requests", "a save, new names"),
+                      ("resume_requests", "a save, resume=True"),
                       ("durable_nosave", "no save"), ("resume_nosave", "no save, resume=True")):
         print(f"  requests per update, {what:22s} {r[key]['requests']:3d} ({r[key]['listings']} listings)")
 

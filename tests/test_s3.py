@@ -339,3 +339,5 @@ def test_random_kills_leave_nothing_behind_after_a_restart(s3, s3_bucket, tmp_pa
     assert problems == [] and _check_best(run) == []
     assert _leaks(s3, run, tmpdir) == {"tmp_objects": 0, "multipart_uploads": 0, "staged_files": 0,
                                        "staged_bytes": 0}
+    record = run_record.RunRecord.read(run)  # and no file uploaded straight to a name the record does not name
+    assert {n for n in objects(s3, run)} == record.named_files() | set(record.history_files()) | FRAMEWORK

@@ -95,15 +95,17 @@ def members(directory: str, name: str) -> list[str]:
     return shards + [name]
 
 
-def write_durably(path: str, write: Callable[[str], None]) -> None:
+def write_durably(path: str, write: Callable[[str], None], straight: str | None = None) -> str:
     """Run `write(local_path)` so that a complete, fsynced file (or directory)
     ends up at `path`. `path` must not be read by anyone until renamed: it is a
-    temp name. Remote paths are written locally and copied.
+    temp name. Remote paths are written locally and copied. With `straight`,
+    a remote file (not a directory) is uploaded there instead of to `path`
+    (`keras_best.storage.uploads`). Returns where it went.
 
     The one place a written file is fsynced (once: `write_h5`,
     `write_new_file` and `archive.write_archive` leave it to this function).
     """
-    filesystem(path).write_durably(path, write)
+    return filesystem(path).write_durably(path, write, straight)
 
 
 def local_copy(path: str) -> contextlib.AbstractContextManager[str]:
@@ -291,10 +293,11 @@ def remove_file(path: str) -> None:
     filesystem(path).remove_file(path)
 
 
-def remove_leftovers(directory: str) -> None:
+def remove_leftovers(directory: str, doomed: frozenset[str] = frozenset()) -> None:
     """Remove what a killed writer of `directory` left outside it: unfinished
-    uploads of its temp names, local staging folders (`fs.FileSystem.remove_leftovers`)."""
-    filesystem(directory).remove_leftovers(directory)
+    uploads of its temp names (and of `doomed` names), local staging folders
+    (`fs.FileSystem.remove_leftovers`)."""
+    filesystem(directory).remove_leftovers(directory, doomed)
 
 
 def prepare_directory(directory: str, storage_options: Any = None, create: bool = True) -> None:

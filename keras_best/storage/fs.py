@@ -42,7 +42,7 @@ class FileSystem:
     def read_bytes(self, path: str) -> bytes:
         raise NotImplementedError
 
-    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+    def write_durably(self, path: str, write: Callable[[str], None], straight: str | None = None) -> str:
         """See `files.write_durably`."""
         raise NotImplementedError
 
@@ -66,11 +66,12 @@ class FileSystem:
         """Raise `OSError` when files cannot be created in `directory` (a remote
         one is not probed: its first write tells)."""
 
-    def remove_leftovers(self, directory: str) -> None:
+    def remove_leftovers(self, directory: str, doomed: frozenset[str] = frozenset()) -> None:
         """Remove what a killed writer of `directory` leaves outside its files
         (temp files are `journal.remove_tmp_files`'s): the local staging
         folders of processes that are gone (`staging.remove_stale`), and for a
-        remote directory the unfinished uploads of its temp names."""
+        remote directory the unfinished uploads of its temp names and of the
+        names in `doomed` (uploaded straight to names no record names)."""
         staging.remove_stale()
 
 
@@ -98,13 +99,14 @@ class LocalFS(FileSystem):
         with open(path, "rb") as f:
             return f.read()
 
-    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+    def write_durably(self, path: str, write: Callable[[str], None], straight: str | None = None) -> str:
         try:
             write(path)
             fsync_path(path)
         except BaseException:
             self.remove(path, missing_ok=True)  # never leave a partial file behind
             raise
+        return path
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
@@ -182,12 +184,15 @@ class RemoteFiles(FileSystem):
         with self.fs.errors(path):
             self.fs.write(path, data)
 
-    def write_durably(self, path: str, write: Callable[[str], None]) -> None:
+    def write_durably(self, path: str, write: Callable[[str], None], straight: str | None = None) -> str:
         with staging.scratch() as local_dir:
             local = os.path.join(local_dir, basename(path))
             write(local)
+            if straight is not None and os.path.isfile(local):  # a file: no copy later (see `uploads`)
+                path = straight
             with self.fs.errors(path):
                 self._upload(local, path)
+        return path
 
     def _upload(self, local: str, path: str) -> None:
         fs = self.fs
@@ -256,14 +261,18 @@ class RemoteFiles(FileSystem):
             except FileNotFoundError:
                 pass
 
-    def remove_leftovers(self, directory: str) -> None:
+    def remove_leftovers(self, directory: str, doomed: frozenset[str] = frozenset()) -> None:
         super().remove_leftovers(directory)
         with self.fs.errors(directory):
-            self.fs.abort_uploads(directory, is_leftover)
+            self.fs.abort_uploads(directory, lambda name: is_leftover(name) or name in doomed)
 
     def remove(self, path: str, missing_ok: bool = False) -> None:
         fs = self.fs
         with fs.errors(path):
+            kind = fs.kind(path) if fs.object_store else None  # one HEAD for a file, no listing
+            if kind == "file":
+                fs.remove(path)
+                return
             if not fs.exists(path):
                 if missing_ok:
                     return

@@ -96,15 +96,24 @@ def _read_part(directory: str, i: int, size: int) -> bytes:
     return raw
 
 
+class MissingPart(ManifestError):
+    """A part of the history the record lists is not there (see `read`)."""
+
+
 def read(directory: str, count: int, nbytes: int, record_path: str,
-         parts: tuple[int, ...] = ()) -> list[dict[str, Any]]:
+         parts: tuple[int, ...] = (), stored: int | None = None) -> list[dict[str, Any]]:
     """The first `nbytes` of the history of `directory` (`count` entries,
     as the record at `record_path` says; on an object store the file's first
-    bytes, then `parts`), validated, oldest first."""
+    bytes, then `parts`), validated, oldest first.
+
+    `stored`: the bytes of the history a newer record lists with `parts`
+    (`nbytes` or more: the history only grows), read to take its first `nbytes`
+    (a reader whose record's parts a writer folded into the file and deleted
+    since: `MissingPart`, then read again with the newer record's layout)."""
     if not nbytes:
         return []
     path = files.join(directory, HISTORY_NAME)
-    kept = nbytes - sum(parts)
+    kept = (nbytes if stored is None else stored) - sum(parts)
     try:
         raw = files.read_bytes(path)[:kept] if kept else b""
     except FileNotFoundError:
@@ -113,8 +122,9 @@ def read(directory: str, count: int, nbytes: int, record_path: str,
     try:
         raw += b"".join(_read_part(directory, i, n) for i, n in enumerate(parts))
     except FileNotFoundError as e:
-        raise ManifestError(f"{record_path} lists {len(parts)} parts of the history, but one is missing "
-                            f"({e}).") from None
+        raise MissingPart(f"{record_path} lists {len(parts)} parts of the history, but one is missing "
+                          f"({e}).") from None
+    raw = raw[:nbytes]
     entries = []
     for i, line in enumerate(raw.splitlines()):
         try:

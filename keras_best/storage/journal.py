@@ -15,6 +15,11 @@ crash after (2) is rolled forward (`roll_forward`): a temp file that still
 exists is the content of its final name. So the record and the files never
 disagree, and `load_best` can read a directory at any instant, even while a
 run is writing.
+
+On an object store, a job's file whose final name the record before does not
+name is uploaded straight to that name, announced first in a marker
+(`keras_best.storage.uploads`), which also lists the commit's deletes: the
+record is then written once, and a crash leaves names the next start removes.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from keras_best.core import names
-from keras_best.storage import files, history
+from keras_best.storage import files, history, uploads
 from keras_best.storage.record import RunRecord
 
 
@@ -75,61 +80,78 @@ class Transaction:
             fn(committed)
 
 
-def commit(directory: str, txn: Transaction, parts: tuple[int, ...] | None = None) -> None:
+def commit(directory: str, txn: Transaction, before: RunRecord | None = None) -> None:
     """Write `txn` so that a crash at any instant leaves a consistent run.
 
-    `parts`: on an object store, the history's parts the record before lists
-    (`None`: read from that record); `txn.record` gets the new ones."""
-    written: list[str] = []
+    `before`: on an object store, the record before the commit (`None`: read
+    from the store); it tells the history's parts (`txn.record` gets the new
+    ones) and which names may be uploaded straight (`uploads`)."""
+    store = files.filesystem(directory).object_store
+    known, before = (True, before) if before is not None or not store else _record_on_disk(directory)
+    straight = uploads.straight(directory, txn.renames, [tmp for _, tmp in txn.jobs],
+                                before.named_files() if before is not None else set() if known else None,
+                                txn.record.named_files(), txn.deletes)
+    # The marker lists the deletes too: then a crash after the record leaves nothing the next start keeps.
+    marker = uploads.announce(directory, [*straight.values(), *txn.deletes]) if straight else None
+    written, landed = [], {}
     try:
         for write_fn, tmp_rel in txn.jobs:
             written.append(tmp_rel)
-            files.write_durably(files.join(directory, tmp_rel), write_fn)
+            final = straight.get(tmp_rel)
+            where = files.write_durably(files.join(directory, tmp_rel), write_fn,
+                                        files.join(directory, final) if final else None)
+            if final and where != files.join(directory, tmp_rel):
+                landed[tmp_rel] = final
     except BaseException:
-        for tmp_rel, _ in txn.renames:
-            files.remove(files.join(directory, tmp_rel), missing_ok=True)
-        for tmp_rel in written:
-            files.remove(files.join(directory, tmp_rel), missing_ok=True)
+        for tmp_rel in [t for t, _ in txn.renames] + written + list(straight.values()) + [marker]:
+            if tmp_rel:
+                files.remove(files.join(directory, tmp_rel), missing_ok=True)
         raise
     if txn.sizes is not None:
-        measure(directory, txn)
+        measure(directory, txn, [(landed.get(tmp, tmp), final) for tmp, final in txn.renames])
+    renames = [(tmp, final) for tmp, final in txn.renames if tmp not in landed]
     offset, stale = txn.record.history_bytes - len(txn.history), []
-    if files.filesystem(directory).object_store:
-        parts = parts if parts is not None else _parts_on_disk(directory, offset)
+    if store:
+        parts = before.history_parts if (before is not None and before.history_bytes == offset
+                                         and before.legacy_history is None) else None
         if txn.history:
             parts, stale = history.append(directory, offset, txn.history, txn.history_head or (lambda: b""), parts)
         txn.record = dataclasses.replace(txn.record, history_parts=parts or ())
     elif txn.history:
         history.append(directory, offset, txn.history, txn.history_head or (lambda: b""))
-    if not txn.renames and not txn.deletes:
+    if not renames and (not txn.deletes or marker):
         txn.record.write(directory)
+        if txn.deletes:  # names the record no longer names (the marker lists them)
+            apply(directory, {"renames": [], "deletes": list(txn.deletes)})
     else:
-        pending = {"renames": [list(r) for r in txn.renames], "deletes": list(txn.deletes)}
+        pending = {"renames": [list(r) for r in renames], "deletes": list(txn.deletes)}
         dataclasses.replace(txn.record, pending=pending).write(directory)
         apply(directory, pending)
         # The journal above is durable: if a crash loses this rename, the journal
         # is found and applied again (idempotent); the next commit's fsync of the
         # directory makes it durable. One journal commit of the file system less.
         txn.record.write(directory, sync_dir=False)
-    for name in stale:  # history parts now in the history file (a crash leaves them: see `roll_forward`)
+    for name in stale + ([marker] if marker else []):  # a crash leaves them: see `roll_forward`
         files.remove_file(files.join(directory, name))
 
 
-def _parts_on_disk(directory: str, nbytes: int) -> tuple[int, ...] | None:
-    """The history parts the record in `directory` lists, when its history is `nbytes` long."""
+def _record_on_disk(directory: str) -> tuple[bool, RunRecord | None]:
+    """The record in `directory` (`None` when there is none) and whether it is
+    known (`False`: one is there but cannot be read)."""
     try:
-        record = RunRecord.read(directory)
-    except (FileNotFoundError, ValueError):
-        return None
-    return record.history_parts if record.history_bytes == nbytes and record.legacy_history is None else None
+        return True, RunRecord.read(directory)
+    except FileNotFoundError:
+        return True, None
+    except ValueError:
+        return False, None
 
 
-def measure(directory: str, txn: Transaction) -> None:
-    """Add the sizes of the temp files `txn` renames in to `txn.sizes`, by
-    final name, and put the sizes into its record."""
-    finals = [final for _, final in txn.renames]
+def measure(directory: str, txn: Transaction, written: list[tuple[str, str]]) -> None:
+    """Add the sizes of the files `txn` brings in (`written`: where each is,
+    its final name) to `txn.sizes`, by final name, and put the sizes into its record."""
+    finals = [final for _, final in written]
     found: dict[str, int] = {}
-    for tmp, final in txn.renames:
+    for tmp, final in written:
         name = next((f for f in finals if files.is_set_name(f) and files.is_shard_of(final, f)), final)
         found[name] = found.get(name, 0) + files.size(files.join(directory, tmp))
     txn.sizes.update(found)
@@ -151,15 +173,26 @@ def roll_forward(directory: str, record: RunRecord) -> RunRecord:
 
 def remove_tmp_files(directory: str, record: RunRecord | None = None) -> None:
     """Delete temp files a crash left (names made by `files.tmp_path`, Orbax's
-    temp directories), what it left outside them (`files.remove_leftovers`) and,
-    with the `record`, history parts it does not list."""
-    files.remove_leftovers(directory)
+    temp directories), the files a marker of `uploads` lists that the `record`
+    does not name (without a `record`: when there is none), what it left
+    outside them (`files.remove_leftovers`) and, with the `record`, history
+    parts it does not list."""
     try:
         found = files.listdir(directory)
     except FileNotFoundError:  # nothing there yet (an object store holds no empty directory)
-        return
+        found = []
+    markers = [name for name in found if uploads.is_marker(name)]
+    doomed: list[str] = []
+    if markers:
+        named = record.named_files() if record is not None else (
+            None if files.exists(files.join(directory, files.MANIFEST_NAME)) else set())
+        doomed = uploads.orphans(directory, markers, named)
+    for name in doomed:
+        for member in files.members(directory, name):
+            files.remove(files.join(directory, member), missing_ok=True)
+    files.remove_leftovers(directory, frozenset(doomed))
     parts = set(record.history_files()) if record is not None else None
-    for name in found:
+    for name in sorted(found, key=uploads.is_marker):  # the markers last: a crash before repeats this
         if names.is_leftover(name) or (parts is not None and name.startswith(names.HISTORY_PART_PREFIX)
                                        and name not in parts):
             files.remove(files.join(directory, name), missing_ok=True)

@@ -246,8 +246,20 @@ class RunRecord:
         """The history entries this record covers, oldest first."""
         if self.legacy_history is not None:
             return [dict(h) for h in self.legacy_history]
-        return _history.read(directory, self.history_count, self.history_bytes, manifest_path(directory),
-                             self.history_parts)
+        path = manifest_path(directory)
+        try:
+            return _history.read(directory, self.history_count, self.history_bytes, path, self.history_parts)
+        except _history.MissingPart:
+            if not self.history_parts:
+                raise
+        # A writer folded the parts into the file since this record was read (every
+        # `PARTS_PER_FILE` commits) and deleted them: a newer record's history starts
+        # with the same bytes. Read once more, with its layout.
+        newer = RunRecord.read(directory)
+        if newer.legacy_history is not None or newer.history_bytes < self.history_bytes:
+            raise ManifestError(f"{path} changed while its history was read: a new run replaced it. Read it again.")
+        return _history.read(directory, self.history_count, self.history_bytes, path, newer.history_parts,
+                             newer.history_bytes)
 
     def history_files(self) -> list[str]:
         """The files of the history: keras_best_history.jsonl and its parts (on object stores)."""

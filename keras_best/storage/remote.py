@@ -90,6 +90,13 @@ class FsspecFS(ConditionalWrites):
     def makedirs(self, path: str) -> None:
         self.fs.makedirs(path, exist_ok=True)
 
+    def kind(self, path: str) -> str | None:
+        """"file", "directory" or `None` (nothing there)."""
+        try:
+            return self.fs.info(path).get("type")
+        except FileNotFoundError:
+            return None
+
     def listdir(self, path: str) -> list[str]:
         self.fs.invalidate_cache(path)  # the store's listing, not a cached one: other processes write there too
         return [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(path, detail=False)]

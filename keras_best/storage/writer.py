@@ -43,6 +43,7 @@ from typing import Callable
 
 from keras_best.storage import files
 from keras_best.storage.journal import Transaction, commit
+from keras_best.storage.record import RunRecord
 
 IDLE_EXIT_S = 5.0  # a background thread with nothing to do exits after this
 WRITER_NICENESS = 10  # the writer thread's nice value, above the training threads'
@@ -65,7 +66,7 @@ class Writer:
         self._error: tuple[BaseException, Transaction] | None = None
         self._thread: threading.Thread | None = None
         self._closing = False
-        self.parts: tuple[int, ...] | None = None  # the history parts of the last record committed (object stores)
+        self.before: RunRecord | None = None  # the last record committed (None: not known)
         self.submitted = 0  # transactions submitted, and how many of the first are durable (committed)
         self.durable = 0
         if background and enabled:
@@ -113,9 +114,9 @@ class Writer:
             self._cond.notify_all()
 
     def _commit(self, txn: Transaction) -> None:
-        parts, self.parts = self.parts, None  # not known while a commit may fail half-way
-        commit(self.directory, txn, parts)
-        self.parts = txn.record.history_parts
+        before, self.before = self.before, None  # not known while a commit may fail half-way
+        commit(self.directory, txn, before)
+        self.before = txn.record
 
     def wait_for(self, ready: Callable[[], bool], poll_s: float = 0.05) -> None:
         """Wait until `ready()`, or until nothing is queued or being written
