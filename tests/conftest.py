@@ -17,7 +17,7 @@ BACKEND = keras.backend.backend()
 # too) runs on JAX and torch as well (CI runs them in venvs without TensorFlow;
 # test_remote.py runs its ram:// cases on TensorFlow only).
 TENSORFLOW_ONLY = ["test_distribute.py", "test_metrics.py", "test_multi_metric.py",
-                   "test_optuna.py", "test_resume.py", "test_savers.py", "test_tracker.py",
+                   "test_optuna.py", "test_resume.py", "test_s3_study.py", "test_savers.py", "test_tracker.py",
                    "workers/mirrored_worker.py", "workers/multiworker_worker.py", "workers/optuna_worker.py"]
 collect_ignore = [] if BACKEND == "tensorflow" else TENSORFLOW_ONLY
 # Worker scripts that import their backend's own package (torch, jax).
