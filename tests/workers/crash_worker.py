@@ -8,9 +8,13 @@ Usage: python crash_worker.py RUN_DIR EPOCHS [async|sync|sharded]
 """
 
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# The test interrupts this process with SIGINT too: take it as Ctrl-C even when the
+# test runs where SIGINT is ignored (a background job inherits SIG_IGN; so would this).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
