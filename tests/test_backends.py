@@ -141,19 +141,20 @@ def test_a_metric_tensor_with_a_gradient_is_read(tmp_path):
 
 
 @pytest.mark.skipif(BACKEND == "tensorflow", reason="the check is for the other backends")
-def test_tensorflow_is_never_imported_on_other_backends(tmp_path):
+def test_tensorflow_and_orbax_are_never_imported_on_other_backends(tmp_path):
+    """Nor is orbax-checkpoint (installed in the JAX venv) by a run that does not save through Orbax."""
     script = f"""
 import sys
 from keras_best import load_best
 from tests.test_backends import _model, _train
 _train({str(tmp_path)!r}, 3)  # a custom loop with resume=True, top-k, restore_best_weights
 load_best(_model(seed=1), {str(tmp_path)!r})
-print("tensorflow" in sys.modules)
+print("tensorflow" in sys.modules, any(m.split(".")[0] == "orbax" for m in sys.modules))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, PYTHONPATH=ROOT, KERAS_BACKEND=BACKEND), cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "False"
+    assert out.stdout.strip().splitlines()[-1] == "False False"
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch only")

@@ -163,17 +163,25 @@ def pair(tmp_path_factory):
     def make(root):
         (root / "out").mkdir()
         jobs, quick = {}, dict(HEARTBEAT_S="10", KERAS_BEST_ORBAX_TIMEOUT_S="15")
-        for name, mode, env in (("resume", "resume", {}), ("kill", "kill", dict(quick, KILL_AT="1", KILL_INDEX="1")),
-                                ("restart", "kill", quick)):
+        # A non-chief killed mid-save, then the chief (process 0: it holds JAX's coordination service and
+        # commits keras_best.json), each in its own run directory, each followed by a restart of both.
+        for name, mode, run, env in (
+                ("resume", "resume", "run", {}),
+                ("kill", "kill", "killed", dict(quick, KILL_AT="1", KILL_INDEX="1")),
+                ("restart", "kill", "killed", quick),
+                ("killchief", "kill", "killed_chief", dict(quick, KILL_AT="1", KILL_INDEX="0")),
+                ("restartchief", "kill", "killed_chief", quick)):
             logs = [str(root / f"{name}{i}.log") for i in range(2)]
-            jobs[name] = {"exits": _pair(mode, root / ("run" if mode == "resume" else "killed"), root / "out", logs,
-                                         **env), "logs": logs}
-            if name != "kill":
+            jobs[name] = {"exits": _pair(mode, root / run, root / "out", logs, **env), "logs": logs}
+            if not name.startswith("kill"):
                 assert [code for code, _ in jobs[name]["exits"]] == [0, 0], _tails(logs)
-            if name == "kill":  # the best it left, loaded in one process before the restart
-                _run("load", root / "killed", root / "out", mesh="none", devices=1)
+            if name.startswith("restart"):
+                for i in range(2):  # each restart's results under its own name
+                    (root / "out" / f"kill{i}.json").rename(root / "out" / f"{name}{i}.json")
+            if name.startswith("kill"):  # the best it left, loaded in one process before the restart
+                _run("load", root / run, root / "out", mesh="none", devices=1)
                 for f in ("epochs.npz", "load0.npz", "load0.json"):
-                    (root / "out" / f).rename(root / "out" / f"killed_{f}")
+                    (root / "out" / f).rename(root / "out" / f"{name}_{f}")
         (root / "jobs.json").write_text(json.dumps(jobs))
 
     run_once(root, make)
@@ -210,25 +218,31 @@ def test_two_processes_resume_continues_exactly_with_keep_last(pair):
 
 
 @pytest.mark.slow
-def test_a_dead_peer_ends_the_survivor_and_both_resume(pair):
+@pytest.mark.parametrize("killed_index", [1, 0])
+def test_a_dead_peer_ends_the_survivor_and_both_resume(pair, killed_index):
+    """A SIGKILL of one process mid-save, a worker (1) or the chief (0, which commits the record and holds
+    JAX's coordination service): the survivor ends with an error, the previous best loads, both resume."""
     root, jobs = pair
-    (killed, died), (survivor, ended) = jobs["kill"]["exits"][1], jobs["kill"]["exits"][0]
-    assert killed == -9, _tails(jobs["kill"]["logs"])
-    assert survivor != 0 and ended - died < 60, jobs["kill"]["exits"]  # no hang: heartbeat 10 s, Orbax 15 s
-    assert "heartbeat" in open(jobs["kill"]["logs"][0]).read()  # says which process stopped answering
-    best = _json(root / "out", "killed_load0.json")["best_epoch"]
+    kill, run = ("kill", "killed") if killed_index else ("killchief", "killed_chief")
+    (killed, died), (survivor, ended) = jobs[kill]["exits"][killed_index], jobs[kill]["exits"][1 - killed_index]
+    assert killed == -9, _tails(jobs[kill]["logs"])
+    assert survivor != 0 and ended - died < 60, jobs[kill]["exits"]  # no hang: heartbeat 10 s, Orbax 15 s
+    if killed_index:  # the chief says which process stopped answering
+        assert "heartbeat" in open(jobs[kill]["logs"][0]).read()
+    best = _json(root / "out", f"{kill}_load0.json")["best_epoch"]
     assert best == 0  # the save of epoch 1 was interrupted: never recorded; the best before loads
-    for a, b in zip(_weights(np.load(root / "out" / "killed_load0.npz"), "best_"),
-                    _weights(np.load(root / "out" / "killed_epochs.npz"), "e0_")):
+    for a, b in zip(_weights(np.load(root / "out" / f"{kill}_load0.npz"), "best_"),
+                    _weights(np.load(root / "out" / f"{kill}_epochs.npz"), "e0_")):
         np.testing.assert_array_equal(a, b)
     full = _json(root / "out", "resume0.json")["full"]["losses"]
+    restart = "restart" if killed_index else "restartchief"
     for i in range(2):  # both restarted with resume=True: on from the last complete state, exactly
-        info = _json(root / "out", f"kill{i}.json")
+        info = _json(root / "out", f"{restart}{i}.json")
         assert info["initial_epoch"] == 1 and info["losses"] == full[1:]
     final = np.load(root / "out" / "resume0.npz")
     for k, w in enumerate(_weights(np.load(root / "out" / "epochs0.npz"), "e3_")):
         np.testing.assert_array_equal(w, final[f"full_{k}"])
-    assert not [n for n in os.listdir(root / "killed") if "tmp" in n]
+    assert not [n for n in os.listdir(root / run) if "tmp" in n]
 
 
 @pytest.mark.slow
