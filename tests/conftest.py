@@ -71,6 +71,28 @@ def perturb(model: keras.Model, seed: int) -> None:
     model.set_weights([rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
 
 
+VALUES = [3.0, 2.0, 2.5, 1.0, 4.0]  # val_loss per epoch for `train`: best at epoch 3; 2nd best epoch 1
+
+
+def model_at(epoch: int) -> keras.Model:
+    """`make_model()` with the weights `train` gives it at `epoch`."""
+    model = make_model()
+    perturb(model, epoch)
+    return model
+
+
+def train(model: keras.Model, filepath: str, values: list[float] = VALUES, **options):
+    """A custom loop: at epoch e the weights of `model_at(e)` and val_loss `values[e]`; the finished tracker."""
+    from keras_best import BestWeightsTracker
+
+    tracker = BestWeightsTracker(model, filepath, monitor="val_loss", verbose=0, **options)
+    for epoch, value in enumerate(values):
+        perturb(model, epoch)
+        tracker.update(epoch, {"val_loss": value})
+    tracker.finish()
+    return tracker
+
+
 @pytest.fixture
 def model() -> keras.Model:
     return make_model()

@@ -25,11 +25,10 @@ from keras_best.cli.summary import summarize
 from keras_best.core import formats
 from keras_best.storage import files, manifest
 from keras_best.storage.manifest import ManifestError
-from tests.conftest import BACKEND, make_model, perturb, run_json, weights_equal
+from tests.conftest import BACKEND, VALUES, make_model, model_at, perturb, run_json, train, weights_equal
 
 HAS_FSSPEC = importlib.util.find_spec("fsspec") is not None
 HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
-VALUES = [3.0, 2.0, 2.5, 1.0, 4.0]  # best at epoch 3
 needs_fsspec = pytest.mark.skipif(not HAS_FSSPEC, reason="needs fsspec (pip install 'keras-best[remote]')")
 SCHEMES = [
     pytest.param("memory", marks=needs_fsspec),
@@ -134,21 +133,6 @@ def store(remote_dir):
     return Store(remote_dir)
 
 
-def _train(model, filepath, values=VALUES, **options):
-    tracker = BestWeightsTracker(model, filepath, monitor="val_loss", verbose=0, **options)
-    for epoch, value in enumerate(values):
-        perturb(model, epoch)
-        tracker.update(epoch, {"val_loss": value})
-    tracker.finish()
-    return tracker
-
-
-def _model_at(epoch: int) -> keras.Model:
-    model = make_model()
-    perturb(model, epoch)
-    return model
-
-
 def _optimizer():
     return keras.optimizers.Adam()
 
@@ -167,7 +151,7 @@ FORMATS = [
 @pytest.mark.parametrize("name,options,saved", FORMATS, ids=["weights", "keras", "savedmodel"])
 def test_every_format(remote_dir, store, tmp_path, name, options, saved):
     model = make_model()
-    tracker = _train(model, f"{remote_dir}/{name}", save_last=True, optimizer=_optimizer(), **options)
+    tracker = train(model, f"{remote_dir}/{name}", save_last=True, optimizer=_optimizer(), **options)
 
     # Exactly the kept files, the manifest and the training state: no temp
     # names, no completion markers, no local leftovers.
@@ -175,7 +159,7 @@ def test_every_format(remote_dir, store, tmp_path, name, options, saved):
     data = run_json(remote_dir)
     assert data["best"]["epoch"] == 3 and data["best"]["value"] == 1.0
     assert "pending" not in data
-    best = _model_at(3)
+    best = model_at(3)
 
     # load_best straight from the remote directory...
     restored = make_model(seed=7)
@@ -206,14 +190,14 @@ def test_every_format(remote_dir, store, tmp_path, name, options, saved):
 @pytest.mark.parametrize("name,options,saved", FORMATS, ids=["weights", "keras", "savedmodel"])
 def test_resume(remote_dir, store, name, options, saved):
     model = make_model()
-    _train(model, f"{remote_dir}/{name}", save_last=True, optimizer=_optimizer(), **options)
+    train(model, f"{remote_dir}/{name}", save_last=True, optimizer=_optimizer(), **options)
 
     resumed = make_model(seed=9)
     tracker = BestWeightsTracker(resumed, f"{remote_dir}/{name}", monitor="val_loss", resume=True,
                                  optimizer=_optimizer(), restore_best_weights=True, verbose=0, **options)
     assert tracker.initial_epoch == len(VALUES)
     assert (tracker.best, tracker.best_epoch) == (1.0, 3)
-    assert weights_equal(resumed, _model_at(len(VALUES) - 1))  # the last state
+    assert weights_equal(resumed, model_at(len(VALUES) - 1))  # the last state
     perturb(resumed, 99)
     decision = tracker.update(len(VALUES), {"val_loss": 0.5})
     tracker.finish()
@@ -227,15 +211,15 @@ def test_export_at_finish(remote_dir, store, tmp_path):
     import tensorflow as tf
 
     model = make_model()
-    _train(model, f"{remote_dir}/best", save_format="savedmodel", export_at_finish=True)
+    train(model, f"{remote_dir}/best", save_format="savedmodel", export_at_finish=True)
     tree = store.tree(remote_dir)
     assert {"best.weights.h5", "best/saved_model.pb", manifest.MANIFEST_NAME} <= tree
     assert not any(files.COMPLETE_MARKER in n or files.is_tmp_name(n.split("/")[0]) for n in tree)
     x = np.ones((1, 4), "float32")
     loaded = tf.saved_model.load(store.download(f"{remote_dir}/best", str(tmp_path / "best")))
     served = loaded.serve(x)
-    np.testing.assert_allclose(served.numpy(), _model_at(3)(x).numpy(), rtol=1e-6)
-    assert weights_equal(model, _model_at(len(VALUES) - 1))  # export left the model as it was
+    np.testing.assert_allclose(served.numpy(), model_at(3)(x).numpy(), rtol=1e-6)
+    assert weights_equal(model, model_at(len(VALUES) - 1))  # export left the model as it was
 
 
 def test_fit_callback_keeps_the_top_k(remote_dir, store, data):
@@ -255,8 +239,8 @@ def test_roll_forward(remote_dir, store, tmp_path):
     """A crash after the journal was written: the next tracker finishes the
     renames and deletes, and removes stray temp files."""
     model = make_model()
-    _train(model, f"{remote_dir}/best.weights.h5")
-    newer = _model_at(50)
+    train(model, f"{remote_dir}/best.weights.h5")
+    newer = model_at(50)
     tmp = files.tmp_path("best.weights.h5")
     stray = files.tmp_path("other.weights.h5")
     newer.save_weights(str(tmp_path / "newer.weights.h5"))
@@ -315,7 +299,7 @@ def test_remote_directory_replace_after_a_crash_while_removing(remote_dir, store
 
 
 def test_manifest_is_json(remote_dir):
-    _train(make_model(), f"{remote_dir}/best.weights.h5")
+    train(make_model(), f"{remote_dir}/best.weights.h5")
     data = run_json(remote_dir)
     assert data["format"] == "keras_best" and data["best"]["path"] == "best.weights.h5"
     assert [h["epoch"] for h in data["history"]] == list(range(len(VALUES)))
@@ -330,7 +314,7 @@ def test_load_best_on_an_empty_remote_directory(remote_dir, store):
 def test_inspect_in_process(remote_dir, store, capsys):
     """`keras-best inspect` (in this process: both file systems live in it)
     and `summarize` read the run, with the size of every kept file."""
-    _train(make_model(), f"{remote_dir}/e{{epoch}}.weights.h5", keep_top_k=2)
+    train(make_model(), f"{remote_dir}/e{{epoch}}.weights.h5", keep_top_k=2)
     s = summarize(remote_dir)
     assert s["best"]["epoch"] == 3 and s["directory"] == remote_dir
     assert [(k["epoch"], k["size_bytes"]) for k in s["kept"]] == [
@@ -478,7 +462,7 @@ def test_a_failed_upload_keeps_the_previous_best(fail_on, async_save):
         tracker.flush()
     assert FailingFS.fail_count == 0
     restored = make_model(seed=5)
-    assert load_best(restored, run).epoch == 0 and weights_equal(restored, _model_at(0))
+    assert load_best(restored, run).epoch == 0 and weights_equal(restored, model_at(0))
     names = set(Store(run).listdir(run))
     assert {"e1.weights.h5", manifest.MANIFEST_NAME} <= names
     if fail_on != manifest.MANIFEST_NAME:  # else the new file's temp copy stays until the next start
@@ -486,7 +470,7 @@ def test_a_failed_upload_keeps_the_previous_best(fail_on, async_save):
     perturb(model, 2)  # training carries on, and the next improvement is saved
     tracker.update(2, {"val_loss": 0.4})
     tracker.finish()
-    assert load_best(restored, run).epoch == 2 and weights_equal(restored, _model_at(2))
+    assert load_best(restored, run).epoch == 2 and weights_equal(restored, model_at(2))
     # A temp file a failed commit left is removed at the next start.
     with pytest.warns(UserWarning, match="already holds a keras-best run"):
         BestWeightsTracker(make_model(), f"{run}/e{{epoch}}.weights.h5", verbose=0).close()
@@ -525,12 +509,12 @@ def test_a_failed_write_brings_back_best_weights_no_later_copy_overwrote(tmp_pat
 # ------------------------------------------------- file:// URLs
 def test_a_file_url_is_the_local_directory(tmp_path):
     url = f"file://{tmp_path}/run"
-    tracker = _train(make_model(), f"{url}/best.weights.h5")
+    tracker = train(make_model(), f"{url}/best.weights.h5")
     assert tracker.best_path == str(tmp_path / "run" / "best.weights.h5")
     assert sorted(os.listdir(tmp_path / "run")) == sorted(
         ["best.weights.h5", manifest.MANIFEST_NAME, manifest.HISTORY_NAME])
     restored = make_model(seed=7)
-    assert load_best(restored, url).epoch == 3 and weights_equal(restored, _model_at(3))
+    assert load_best(restored, url).epoch == 3 and weights_equal(restored, model_at(3))
     assert summarize(f"file://localhost{tmp_path}/run")["best"]["epoch"] == 3
     with pytest.raises(ValueError, match=r"file:///data/runs/exp1 \(three slashes\)\. Received: file://run"):
         BestWeightsTracker(make_model(), "file://run/best.weights.h5")

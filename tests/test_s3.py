@@ -25,11 +25,10 @@ from keras_best.core import names
 from keras_best.loading import read_best
 from keras_best.storage import files, manifest, staging
 from keras_best.storage import record as run_record
-from tests.conftest import BACKEND, make_model, perturb, run_json, weights_equal
+from tests.conftest import BACKEND, make_model, model_at, run_json, train, weights_equal
 
 pytestmark = pytest.mark.backend_neutral
 
-VALUES = [3.0, 2.0, 2.5, 1.0, 4.0]  # best at epoch 3; 2nd best epoch 1
 FRAMEWORK = {manifest.MANIFEST_NAME, manifest.HISTORY_NAME}
 MiB = 2**20
 
@@ -67,21 +66,6 @@ def download(run: str, name: str, local_dir) -> str:
     return os.path.join(local_dir, name)
 
 
-def train(model, filepath, values=VALUES, **options):
-    tracker = BestWeightsTracker(model, filepath, monitor="val_loss", verbose=0, **options)
-    for epoch, value in enumerate(values):
-        perturb(model, epoch)
-        tracker.update(epoch, {"val_loss": value})
-    tracker.finish()
-    return tracker
-
-
-def at(epoch: int) -> keras.Model:
-    model = make_model()
-    perturb(model, epoch)
-    return model
-
-
 SHARD = 150 / 1024**3  # each variable of make_model() (128 bytes at most) a shard of its own
 FORMATS = {
     "weights": ("best.weights.h5", {}, {"best.weights.h5"}),
@@ -116,22 +100,22 @@ def test_every_format_reads_back_with_the_stock_loaders(s3, s3_bucket, tmp_path,
 
     restored = make_model(seed=7)
     record = load_best(restored, run)
-    assert (record.epoch, record.path) == (3, tracker.best_path) and weights_equal(restored, at(3))
+    assert (record.epoch, record.path) == (3, tracker.best_path) and weights_equal(restored, model_at(3))
     local = download(run, files.basename(record.path), tmp_path / "copy")
     if fmt in ("weights", "sharded_top2"):
         stock = make_model(seed=7)
         stock.load_weights(local)
-        assert weights_equal(stock, at(3))
+        assert weights_equal(stock, model_at(3))
     elif fmt == "keras_top2":
-        assert weights_equal(keras.models.load_model(local), at(3))
+        assert weights_equal(keras.models.load_model(local), model_at(3))
         second = download(run, "m-02.keras", tmp_path / "second")
-        assert weights_equal(keras.models.load_model(second), at(1))
+        assert weights_equal(keras.models.load_model(second), model_at(1))
     else:
         import tensorflow as tf
 
         x = np.linspace(-1, 1, 8, dtype="float32").reshape(2, 4)
         loaded = tf.saved_model.load(local)  # kept: its functions need its variables
-        np.testing.assert_allclose(loaded.serve(x).numpy(), at(3)(x).numpy(), rtol=1e-6)
+        np.testing.assert_allclose(loaded.serve(x).numpy(), model_at(3)(x).numpy(), rtol=1e-6)
     assert leftovers(s3, run) == NOTHING_LEFT  # the reads staged their copies and removed them
 
 
@@ -259,7 +243,7 @@ def test_load_best_names_the_recorded_file_right_after_a_kill_mid_rename(s3, s3_
     a delete on S3): `load_best` reads the temp object and names the recorded file."""
     run = f"{s3_bucket}/r"
     train(make_model(), f"{run}/best.weights.h5")
-    newer = at(50)
+    newer = model_at(50)
     newer.save_weights(str(tmp_path / "newer.weights.h5"))
     s3.client.upload_file(str(tmp_path / "newer.weights.h5"), bucket_of(run), f"r/{TMP}")
     data = run_json(run)

@@ -18,7 +18,7 @@ from keras_best import BestWeightsTracker, load_best
 from keras_best.core import names
 from keras_best.storage import files, history, journal, uploads
 from keras_best.storage.record import RunRecord
-from tests.conftest import make_model, perturb, run_json
+from tests.conftest import make_model, model_at, perturb, run_json
 
 pytestmark = [pytest.mark.backend_neutral, pytest.mark.filterwarnings("ignore:resume=True saves the training state"),
               pytest.mark.filterwarnings("ignore:The previous tracker")]
@@ -68,7 +68,7 @@ def test_new_names_are_uploaded_straight_and_named_ones_through_a_temp_object(s3
     assert names_in(s3, run) == expected_names(run) >= {"e2.weights.h5", "e4.weights.h5"}  # {epoch} counts from 1
     reader = make_model(seed=3)
     assert load_best(reader, run).epoch == 3
-    assert all(np.array_equal(a, b) for a, b in zip(reader.get_weights(), _at(3).get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(reader.get_weights(), model_at(3).get_weights()))
 
     fixed = f"{s3_bucket}/fixed"
     tracker = BestWeightsTracker(model, f"{fixed}/best.weights.h5", async_save=False, verbose=0, resume=True)
@@ -78,12 +78,6 @@ def test_new_names_are_uploaded_straight_and_named_ones_through_a_temp_object(s3
     # the first save's names were new; the second overwrote them through temp objects
     assert sorted(copies) == ["best.weights.h5", "keras_best_last.h5"]
     assert names_in(s3, fixed) == expected_names(fixed)
-
-
-def _at(epoch: int):
-    model = make_model()
-    perturb(model, epoch)
-    return model
 
 
 class Crash(BaseException):
@@ -158,7 +152,7 @@ def test_an_interrupted_straight_upload_is_removed_at_the_next_start(s3, s3_buck
                 best = min(entries, key=lambda e: e["value"])["epoch"]
                 reader = make_model(seed=5)
                 assert load_best(reader, run).epoch == best, (epoch, point)
-                assert all(np.array_equal(a, b) for a, b in zip(reader.get_weights(), _at(best).get_weights()))
+                assert all(np.array_equal(a, b) for a, b in zip(reader.get_weights(), model_at(best).get_weights()))
     tracker.finish()
     assert crashes >= 3
     assert names_in(s3, run) == expected_names(run)
